@@ -1,0 +1,28 @@
+"""Parse ``--keep-attention`` specs: which layers of a hybrid stay softmax attention."""
+
+from __future__ import annotations
+
+from ..errors import MmmambaError
+
+HELP = "none | every:N (0, N, 2N, …) | head:K | tail:K | an explicit list such as 0,4,8"
+
+
+def parse_keep_attention(spec: str, num_layers: int) -> list[int]:
+    spec = spec.strip()
+    try:
+        if spec in ("", "none"):
+            layers = []
+        elif spec.startswith("every:"):
+            layers = list(range(0, num_layers, int(spec[6:])))
+        elif spec.startswith("head:"):
+            layers = list(range(int(spec[5:])))
+        elif spec.startswith("tail:"):
+            k = int(spec[5:])
+            layers = list(range(num_layers - k, num_layers))
+        else:
+            layers = sorted({int(s) for s in spec.split(",")})
+    except ValueError:
+        raise MmmambaError(f"--keep-attention {spec!r} is not understood; use {HELP}") from None
+    if any(not 0 <= i < num_layers for i in layers):
+        raise MmmambaError(f"--keep-attention {spec!r} names layers outside 0..{num_layers - 1}")
+    return layers

@@ -1,0 +1,99 @@
+"""Grouped-query softmax attention with RoPE and an optional preallocated KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .rope import apply_rope, rope_cos_sin
+
+
+@dataclass
+class AttentionConfig:
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    qkv_bias: bool = False
+    rope_theta: float = 10000.0
+
+
+class KVCache(nn.Module):
+    """Keys and values of the tokens seen so far, in buffers preallocated for ``max_length``."""
+
+    def __init__(self, batch: int, num_kv_heads: int, max_length: int, head_dim: int, dtype, device=None):
+        super().__init__()
+        shape = (batch, num_kv_heads, max_length, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.length = 0
+
+    def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append k, v (b, kv_heads, L, head_dim); return all keys and values so far."""
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            raise ValueError(f"KV cache holds {self.k.shape[2]} tokens; {end} requested")
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+def attention_mask_for(valid: Tensor | None, q_len: int, past: int, device) -> Tensor | None:
+    """Boolean (b, 1, q_len, past+q_len) mask: causal, minus invalid (padded) keys.
+
+    valid (b, past+q_len) marks real tokens. A query always sees itself, so padded rows stay finite.
+    Returns None when plain causal attention suffices (no padding, no past).
+    """
+    if valid is None and past == 0:
+        return None
+    total = past + q_len
+    q_pos = torch.arange(past, total, device=device)[:, None]
+    k_pos = torch.arange(total, device=device)[None, :]
+    mask = (k_pos <= q_pos)[None, None]  # (1, 1, q_len, total)
+    if valid is not None:
+        mask = mask & valid[:, None, None, :].bool()
+        mask = mask | (k_pos == q_pos)[None, None]
+    return mask
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: AttentionConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, kvh, hd, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+        self.q_proj = nn.Linear(d, h * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(d, kvh * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(d, kvh * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(h * hd, d, bias=False)
+
+    def make_cache(self, batch: int, max_length: int, dtype, device=None) -> KVCache:
+        return KVCache(batch, self.cfg.num_kv_heads, max_length, self.cfg.head_dim, dtype, device)
+
+    def mix(self, u: Tensor, positions: Tensor, valid: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """Attention output before the output projection, (b, L, h·head_dim).
+
+        u (b, L, d) normed input; positions (b, L) RoPE positions; valid (b, past+L) real-token mask.
+        """
+        b, L, _ = u.shape
+        h, kvh, hd = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
+        q = self.q_proj(u).view(b, L, h, hd).transpose(1, 2)  # (b, h, L, hd)
+        k = self.k_proj(u).view(b, L, kvh, hd).transpose(1, 2)
+        v = self.v_proj(u).view(b, L, kvh, hd).transpose(1, 2)
+        cos, sin = rope_cos_sin(positions, hd, self.cfg.rope_theta, q.dtype)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        past = 0
+        if cache is not None:
+            past = cache.length
+            k, v = cache.update(k, v)
+        mask = attention_mask_for(valid, L, past, u.device)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and L > 1, enable_gqa=kvh != h
+        )
+        return y.transpose(1, 2).reshape(b, L, h * hd)
+
+    def forward(self, u: Tensor, positions: Tensor, valid: Tensor | None = None, cache: KVCache | None = None):
+        return self.o_proj(self.mix(u, positions, valid, cache))

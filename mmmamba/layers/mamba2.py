@@ -1,0 +1,145 @@
+"""The Mamba-2 mixer carved out of an attention layer (mmMamba, SPEC §3).
+
+Inherited from attention: q_proj → C, k_proj → B, v_proj → x, o_proj → output.
+New: causal conv over [x, B, C], Δ = softplus(u·Wdt + dt_bias), A = −exp(A_log),
+per-head gated RMSNorm with gate SiLU(u·Wg), optional D skip and q/k norm.
+GQA: B and x are repeated so every query head has its own pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..ops import causal_conv1d, causal_conv1d_step, ssd_chunked_scan, ssd_step
+from .norm import GatedHeadNorm, rms_norm
+
+ACTIVATIONS = {"silu": F.silu, "identity": lambda t: t}
+
+
+@dataclass
+class Mamba2Config:
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    qkv_bias: bool = False
+    conv_kernel: int = 2
+    conv_bias: bool = True
+    conv_activation: str = "silu"
+    use_D: bool = False
+    qk_norm: bool = False
+    chunk_size: int = 64
+    norm_eps: float = 1e-5
+    dt_min: float = 1e-3
+    dt_max: float = 0.1
+
+    def __post_init__(self):
+        if self.conv_activation not in ACTIVATIONS:
+            raise ValueError(f"conv_activation must be one of {sorted(ACTIVATIONS)}, got {self.conv_activation!r}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.conv_kernel < 1:
+            raise ValueError("conv_kernel must be at least 1")
+
+    @property
+    def conv_dim(self) -> int:
+        """Channels of the conv over [x (kv heads), B (kv heads), C (heads)]."""
+        return (2 * self.num_kv_heads + self.num_heads) * self.head_dim
+
+
+class Mamba2State(nn.Module):
+    """Constant-size decoding state of one mixer: the conv window and the SSM state."""
+
+    def __init__(self, batch: int, cfg: Mamba2Config, dtype, device=None):
+        super().__init__()
+        conv = torch.zeros(batch, cfg.conv_kernel - 1, cfg.conv_dim, dtype=dtype, device=device)
+        ssm = torch.zeros(batch, cfg.num_heads, cfg.head_dim, cfg.head_dim, dtype=dtype, device=device)
+        self.register_buffer("conv", conv, persistent=False)
+        self.register_buffer("ssm", ssm, persistent=False)
+        self.length = 0
+
+
+class Mamba2Mixer(nn.Module):
+    def __init__(self, cfg: Mamba2Config):
+        super().__init__()
+        self.cfg = cfg
+        h, kvh, hd, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
+        self.q_proj = nn.Linear(d, h * hd, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(d, kvh * hd, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(d, kvh * hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(h * hd, d, bias=False)
+        self.conv_weight = nn.Parameter(torch.empty(cfg.conv_dim, cfg.conv_kernel))
+        self.conv_bias = nn.Parameter(torch.zeros(cfg.conv_dim)) if cfg.conv_bias else None
+        self.dt_proj = nn.Linear(d, h, bias=False)
+        self.dt_bias = nn.Parameter(torch.zeros(h))
+        self.A_log = nn.Parameter(torch.zeros(h))
+        self.D = nn.Parameter(torch.ones(h)) if cfg.use_D else None
+        self.g_proj = nn.Linear(d, h * hd, bias=False)
+        self.out_norm = GatedHeadNorm(hd, cfg.norm_eps)
+        if cfg.qk_norm:
+            self.q_norm = nn.Parameter(torch.ones(hd))
+            self.k_norm = nn.Parameter(torch.ones(hd))
+        nn.init.normal_(self.conv_weight, std=cfg.conv_kernel**-0.5)
+
+    def make_cache(self, batch: int, max_length: int, dtype, device=None) -> Mamba2State:
+        """Same call as ``Attention.make_cache``; the state does not depend on ``max_length``."""
+        return Mamba2State(batch, self.cfg, dtype, device)
+
+    def _scan_inputs(self, xBC: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Split the conv output into per-head x, B, C and compute Δ; leading dims (...) kept."""
+        cfg = self.cfg
+        h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        xBC = ACTIVATIONS[cfg.conv_activation](xBC)
+        x, B, C = xBC.split([kvh * hd, kvh * hd, h * hd], dim=-1)
+        # (..., kvh·hd) → (..., h, hd): each query head gets its KV head's x and B
+        x = x.unflatten(-1, (kvh, hd)).repeat_interleave(h // kvh, dim=-2)
+        B = B.unflatten(-1, (kvh, hd)).repeat_interleave(h // kvh, dim=-2)
+        C = C.unflatten(-1, (h, hd))
+        if cfg.qk_norm:
+            B, C = rms_norm(B, self.k_norm, cfg.norm_eps), rms_norm(C, self.q_norm, cfg.norm_eps)
+        dt = F.softplus(self.dt_proj(u) + self.dt_bias)
+        return x, dt, B, C
+
+    def mix(
+        self, u: Tensor, positions: Tensor | None = None, valid: Tensor | None = None, cache: Mamba2State | None = None
+    ) -> Tensor:
+        """Mixer output before the output projection, (b, L, h·head_dim).
+
+        Same call as ``Attention.mix``; positions are unused (no RoPE in the mixer). ``valid``
+        (b, past+L) marks real tokens: padded tokens get zero conv input and Δ = 0, so they
+        leave the conv and SSM states exactly as they found them.
+        """
+        b, L, _ = u.shape
+        cfg = self.cfg
+        A = -torch.exp(self.A_log)
+        xBC = torch.cat([self.v_proj(u), self.k_proj(u), self.q_proj(u)], dim=-1)  # (b, L, conv_dim)
+        keep = None if valid is None else valid[:, -L:, None].to(u.dtype)
+        if keep is not None:
+            xBC = xBC * keep
+        if cache is not None and L == 1:  # recurrent decode
+            xBC, conv_state = causal_conv1d_step(xBC[:, 0], cache.conv, self.conv_weight, self.conv_bias)
+            x, dt, B, C = self._scan_inputs(xBC, u[:, 0])
+            if keep is not None:
+                dt = dt * keep[:, 0]
+            y, ssm_state = ssd_step(cache.ssm, x, dt, A, B, C, self.D)
+            y = y[:, None]
+        else:
+            initial = (None, None) if cache is None else (cache.conv, cache.ssm)
+            xBC, conv_state = causal_conv1d(xBC, self.conv_weight, self.conv_bias, initial[0])
+            x, dt, B, C = self._scan_inputs(xBC, u)
+            if keep is not None:
+                dt = dt * keep
+            y, ssm_state = ssd_chunked_scan(x, dt, A, B, C, self.D, initial[1], cfg.chunk_size)
+        if cache is not None:
+            cache.conv.copy_(conv_state)
+            cache.ssm.copy_(ssm_state)
+            cache.length += L
+        gate = self.g_proj(u).unflatten(-1, (cfg.num_heads, cfg.head_dim))
+        return self.out_norm(y, gate).flatten(-2)
+
+    def forward(self, u: Tensor, positions=None, valid: Tensor | None = None, cache: Mamba2State | None = None):
+        return self.o_proj(self.mix(u, positions, valid, cache))

@@ -1,0 +1,87 @@
+"""Configuration of the one decoder that serves as teacher (all attention) and student (some Mamba-2)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..errors import MmmambaError
+from ..layers import AttentionConfig, Mamba2Config
+
+MIXER_KINDS = ("attention", "mamba2")
+
+
+@dataclass
+class VisionConfig:
+    """Fuyu-style front-end: square image cut into patches, each linearly projected to one token."""
+
+    image_size: int = 32
+    patch_size: int = 4
+    channels: int = 3
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class DecoderConfig:
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    max_position: int = 4096
+    mixers: list[str] = field(default_factory=list)  # per layer: "attention" | "mamba2"; empty = all attention
+    mamba: dict = field(default_factory=dict)  # Mamba2Config options beyond the shapes (conv_kernel, …)
+    vision: VisionConfig | None = None
+    image_token_id: int | None = None
+    conversion: dict = field(default_factory=dict)  # provenance written by the converter
+
+    def __post_init__(self):
+        if not self.mixers:
+            self.mixers = ["attention"] * self.num_layers
+        if len(self.mixers) != self.num_layers:
+            raise MmmambaError(f"config lists {len(self.mixers)} mixers for {self.num_layers} layers")
+        bad = sorted(set(self.mixers) - set(MIXER_KINDS))
+        if bad:
+            raise MmmambaError(f"unknown mixer kind(s) {bad}; use one of {list(MIXER_KINDS)}")
+        if isinstance(self.vision, dict):
+            self.vision = VisionConfig(**self.vision)
+        if self.vision is not None and self.image_token_id is None:
+            raise MmmambaError("a config with a vision front-end needs image_token_id")
+        self.mamba2_config()  # validate the options early
+
+    def attention_config(self) -> AttentionConfig:
+        return AttentionConfig(
+            self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.qkv_bias, self.rope_theta
+        )
+
+    def mamba2_config(self) -> Mamba2Config:
+        options = {"norm_eps": self.norm_eps, **self.mamba}
+        try:
+            return Mamba2Config(
+                self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.qkv_bias, **options
+            )
+        except (TypeError, ValueError) as e:
+            raise MmmambaError(f"bad mamba options {self.mamba}: {e}") from None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DecoderConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise MmmambaError(f"config has unknown field(s) {unknown}")
+        try:
+            return cls(**d)
+        except TypeError as e:
+            raise MmmambaError(f"config is incomplete: {e}") from None

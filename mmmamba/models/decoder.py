@@ -1,0 +1,112 @@
+"""One decoder for every family and every mix of mixers: teacher = all attention, student = some Mamba-2."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import MmmambaError
+from ..layers import Attention, Mamba2Mixer, RMSNorm, SwiGLU
+from .config import DecoderConfig
+from .vision import PatchEmbedding
+
+
+def build_mixer(kind: str, cfg: DecoderConfig) -> nn.Module:
+    if kind == "attention":
+        return Attention(cfg.attention_config())
+    return Mamba2Mixer(cfg.mamba2_config())
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: DecoderConfig, kind: str):
+        super().__init__()
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.mixer = build_mixer(kind, cfg)
+        self.post_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x: Tensor, positions: Tensor, valid: Tensor | None, cache) -> tuple[Tensor, Tensor]:
+        """Returns the new residual stream and the mixer output before its output projection."""
+        mixed = self.mixer.mix(self.input_norm(x), positions, valid, cache)
+        x = x + self.mixer.o_proj(mixed)
+        return x + self.mlp(self.post_norm(x)), mixed
+
+
+@dataclass
+class DecoderOutput:
+    logits: Tensor  # (b, L, vocab)
+    layer_inputs: list[Tensor] = field(default_factory=list)  # residual stream entering each layer
+    mixer_outputs: list[Tensor] = field(default_factory=list)  # each mixer's output before o_proj
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DecoderConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.vision = PatchEmbedding(cfg.vision, cfg.hidden_size) if cfg.vision is not None else None
+        self.layers = nn.ModuleList(DecoderLayer(cfg, kind) for kind in cfg.mixers)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+
+    def make_cache(self, batch: int, max_length: int, dtype=None, device=None) -> nn.ModuleList:
+        """One cache per layer: a KV cache for attention, a constant-size state for Mamba-2."""
+        p = self.embed_tokens.weight
+        dtype, device = dtype or p.dtype, device or p.device
+        return nn.ModuleList(layer.mixer.make_cache(batch, max_length, dtype, device) for layer in self.layers)
+
+    def embed(self, input_ids: Tensor, pixel_values: Tensor | None = None) -> Tensor:
+        """Token embeddings with image patch tokens spliced in at the placeholder positions."""
+        x = self.embed_tokens(input_ids)
+        if pixel_values is None or pixel_values.numel() == 0:
+            return x
+        if self.vision is None:
+            raise MmmambaError("this model has no image front-end; drop the image or use a multimodal model")
+        patches = self.vision(pixel_values.to(x.dtype)).flatten(0, 1)  # (n·num_patches, d)
+        where = input_ids == self.config.image_token_id
+        if int(where.sum()) != patches.shape[0]:
+            raise MmmambaError(
+                f"{int(where.sum())} image placeholder tokens but {pixel_values.shape[0]} image(s) × "
+                f"{self.vision.cfg.num_patches} patches; put {self.vision.cfg.num_patches} placeholders per image"
+            )
+        return x.masked_scatter(where[..., None], patches)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        pixel_values: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        cache: nn.ModuleList | None = None,
+        return_layer_io: bool = False,
+    ) -> DecoderOutput:
+        """input_ids (b, L); attention_mask (b, past+L) with 1 for real tokens (left padding)."""
+        b, L = input_ids.shape
+        past = 0 if cache is None else cache[0].length
+        if past + L > self.config.max_position:
+            raise MmmambaError(
+                f"sequence of {past + L} tokens exceeds the model's max_position {self.config.max_position}; "
+                "shorten the prompt"
+            )
+        if attention_mask is not None:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
+        else:
+            positions = torch.arange(past, past + L, device=input_ids.device).expand(b, L)
+        x = self.embed(input_ids, pixel_values)
+        out = DecoderOutput(logits=x)
+        for i, layer in enumerate(self.layers):
+            if return_layer_io:
+                out.layer_inputs.append(x)
+            x, mixed = layer(x, positions, attention_mask, None if cache is None else cache[i])
+            if return_layer_io:
+                out.mixer_outputs.append(mixed)
+        out.logits = self.lm_head(self.norm(x))
+        return out
+
+    def save_pretrained(self, path) -> None:
+        from .checkpoint import save_checkpoint
+
+        save_checkpoint(self, path)
