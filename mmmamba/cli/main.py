@@ -9,12 +9,9 @@ from ..errors import MmmambaError
 
 PLANNED = {
     "distill": "three-stage distillation of a converted student (issue #4)",
-    "eval": "task accuracy of a checkpoint on a data split (issue #3)",
     "generate": "generate an answer to a prompt and an optional image (issue #6)",
     "chat": "interactive multi-turn chat that keeps its state between turns (issue #6)",
     "bench": "prefill / decode speed and memory benchmarks (issue #6)",
-    "data": "generate the built-in multimodal task suite (issue #3)",
-    "teacher": "train the embedded teacher VLM (issue #3)",
     "report": "tables and charts from distillation runs (issue #4)",
 }
 
@@ -32,8 +29,50 @@ def cmd_convert(args) -> None:
     student = convert_to_mamba(teacher, keep, init=args.init, mamba={"conv_kernel": args.conv_kernel})
     student.config.conversion["teacher"] = str(args.teacher)
     student.save_pretrained(args.out)
+    copy_tokenizer(args.teacher, args.out)
     n_mamba = student.config.mixers.count("mamba2")
     print(f"wrote {args.out}: {n_mamba} Mamba-2 layers, attention kept at {keep or 'none'} (init {args.init})")
+
+
+def copy_tokenizer(src, dst) -> None:
+    import shutil
+    from pathlib import Path
+
+    from ..data.tokenizer import FILENAME
+
+    if (Path(src) / FILENAME).is_file():
+        shutil.copyfile(Path(src) / FILENAME, Path(dst) / FILENAME)
+
+
+def cmd_data_make(args) -> None:
+    from ..data.suite import make_suite
+
+    sizes = {"train": args.train, "val": args.val, "test": args.test}
+    make_suite(args.out, args.seed, sizes, tuple(int(k) for k in args.recall_images.split(",")))
+    print(f"wrote {args.out}: train/val/test JSONL + images (seed {args.seed}, per family {sizes})")
+
+
+def cmd_teacher_train(args) -> None:
+    from ..training.teacher import train_teacher
+
+    train_teacher(args.preset, args.data, args.out, args.seed, args.steps, args.eval_every, args.device)
+
+
+def cmd_eval(args) -> None:
+    from pathlib import Path
+
+    from ..data.conversations import read_jsonl
+    from ..data.tokenizer import ByteTokenizer
+    from ..evaluation.tasks import predict, print_table, score, write_report
+    from ..models import load_checkpoint
+
+    model = load_checkpoint(args.model).float()
+    tok = ByteTokenizer.load(args.model)
+    samples = read_jsonl(Path(args.data) / f"{args.split}.jsonl")[: args.limit]
+    report = score(samples, predict(model, tok, samples, args.batch_size))
+    print_table(report, f"{args.model} on {args.data} [{args.split}]")
+    if args.json:
+        write_report(report, args.json)
 
 
 def cmd_info(args) -> None:
@@ -70,6 +109,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conv-kernel", type=int, default=2, help="causal conv kernel size (paper: 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed for the new parameters")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("data", help="the built-in multimodal task suite")
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = dsub.add_parser("make", help="generate train/val/test JSONL + PNG scenes (deterministic for a seed)")
+    p.add_argument("--out", required=True, help="folder to write the suite to")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", type=int, default=4000, help="training samples per family")
+    p.add_argument("--val", type=int, default=40, help="validation samples per family")
+    p.add_argument("--test", type=int, default=100, help="test samples per family")
+    p.add_argument("--recall-images", default="2,3,4", help="image counts of the multi-image recall family")
+    p.set_defaults(func=cmd_data_make)
+
+    p = sub.add_parser("teacher", help="the embedded teacher VLM")
+    tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = tsub.add_parser("train", help="train a teacher preset on the task suite (resumes from --out)")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    p.add_argument("--data", required=True, help="task-suite folder from `mmmamba data make`")
+    p.add_argument("--out", required=True, help="checkpoint folder (training state is kept here too)")
+    p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=cmd_teacher_train)
+
+    p = sub.add_parser("eval", help="exact-match accuracy per task family, greedy decoding")
+    p.add_argument("--model", required=True, help="checkpoint folder")
+    p.add_argument("--data", required=True, help="task-suite folder")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--json", default=None, help="write {mean_accuracy, per_family, n, …} here")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("info", help="summarise a checkpoint: size, layers, which mixers")
     p.add_argument("--model", required=True, help="checkpoint folder")

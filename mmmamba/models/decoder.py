@@ -77,14 +77,19 @@ class Decoder(nn.Module):
 
     def forward(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None = None,
         pixel_values: Tensor | None = None,
         attention_mask: Tensor | None = None,
         cache: nn.ModuleList | None = None,
         return_layer_io: bool = False,
+        inputs_embeds: Tensor | None = None,
     ) -> DecoderOutput:
-        """input_ids (b, L); attention_mask (b, past+L) with 1 for real tokens (left padding)."""
-        b, L = input_ids.shape
+        """input_ids (b, L); attention_mask (b, past+L) with 1 for real tokens (left padding).
+
+        ``inputs_embeds`` (b, L, d), from ``embed``, replaces ids and pixels (chunked prefill of images).
+        """
+        x = self.embed(input_ids, pixel_values) if inputs_embeds is None else inputs_embeds
+        b, L = x.shape[:2]
         past = 0 if cache is None else cache[0].length
         if past + L > self.config.max_position:
             raise MmmambaError(
@@ -94,8 +99,7 @@ class Decoder(nn.Module):
         if attention_mask is not None:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
         else:
-            positions = torch.arange(past, past + L, device=input_ids.device).expand(b, L)
-        x = self.embed(input_ids, pixel_values)
+            positions = torch.arange(past, past + L, device=x.device).expand(b, L)
         out = DecoderOutput(logits=x)
         for i, layer in enumerate(self.layers):
             if return_layer_io:

@@ -1,0 +1,76 @@
+"""Exact-match task accuracy: greedy answers to the first question of each sample, per family."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..data.conversations import Sample, load_images
+from ..data.tokenizer import ByteTokenizer
+from ..infer import generate
+from ..models import Decoder
+
+
+def score(samples: list[Sample], predictions: dict[str, str]) -> dict:
+    """Compare predicted answers (by sample id) with the references; missing predictions count as wrong.
+
+    ``mean_accuracy`` is the mean over families (each family weighs the same);
+    ``recall_by_images`` splits the multi-image family by its number of images.
+    """
+    hits: dict[str, list[bool]] = defaultdict(list)
+    by_k: dict[int, list[bool]] = defaultdict(list)
+    for s in samples:
+        ok = predictions.get(s.id, "").strip() == s.turns[0][1].strip()
+        hits[s.family].append(ok)
+        if len(s.images) > 1:
+            by_k[len(s.images)].append(ok)
+    per_family = {f: sum(v) / len(v) for f, v in sorted(hits.items())}
+    return {
+        "mean_accuracy": sum(per_family.values()) / max(1, len(per_family)),
+        "per_family": per_family,
+        "recall_by_images": {str(k): sum(v) / len(v) for k, v in sorted(by_k.items())},
+        "n": len(samples),
+    }
+
+
+@torch.no_grad()
+def predict(
+    model: Decoder, tok: ByteTokenizer, samples: list[Sample], batch_size: int = 64, max_new_tokens: int = 16,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Greedy answers by sample id. Prompts are batched by length; a batch answers as each prompt alone."""
+    model.eval()
+    size = model.config.vision.image_size if model.config.vision else 0
+    order = sorted(samples, key=lambda s: len(tok.user_turn(s.turns[0][0])))
+    out = {}
+    for i in tqdm(range(0, len(order), batch_size), desc="eval", unit="batch", disable=not progress):
+        chunk = order[i : i + batch_size]
+        prompts = [tok.user_turn(s.turns[0][0]) for s in chunk]
+        pixels = torch.cat([load_images(s.images, size) for s in chunk]) if size else None
+        dtype = model.embed_tokens.weight.dtype
+        answers = generate(
+            model, prompts, None if pixels is None else pixels.to(dtype), max_new_tokens,
+            stop_ids=(tok.end_id,), pad_id=tok.pad_id,
+        )
+        for s, ids in zip(chunk, answers):
+            out[s.id] = tok.decode([t for t in ids if t != tok.end_id])
+    return out
+
+
+def print_table(report: dict, title: str = "") -> None:
+    if title:
+        print(title)
+    for f, acc in report["per_family"].items():
+        print(f"  {f:<12} {acc:6.3f}")
+    for k, acc in report["recall_by_images"].items():
+        print(f"  recall@{k:<5} {acc:6.3f}")
+    print(f"  {'mean':<12} {report['mean_accuracy']:6.3f}   (n = {report['n']})")
+
+
+def write_report(report: dict, path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=2) + "\n")

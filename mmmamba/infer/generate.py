@@ -1,0 +1,96 @@
+"""Generation: left-padded batched prompts, chunked prefill, one recurrent/KV step per token.
+
+Padding never enters a Mamba-2 state (the mixer zeroes its conv input and Δ there) nor an
+attention score (the mask), so a batch gives the tokens each prompt would get alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import MmmambaError
+from ..models import Decoder
+from .sampling import SamplingConfig, sample_next
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[Tensor, Tensor]:
+    """Prompts → ids (b, L) and attention mask (b, L), padded on the left."""
+    L = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), L), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(prompts), L, dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p) :] = torch.tensor(p, device=device)
+        mask[i, L - len(p) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def prefill(
+    model: Decoder, embeds: Tensor, attention_mask: Tensor, cache: nn.ModuleList, chunk_size: int | None = None
+) -> Tensor:
+    """Run the prompt through in chunks, filling ``cache``; returns the last position's logits (b, vocab)."""
+    L = embeds.shape[1]
+    past = cache[0].length
+    step = chunk_size or L
+    logits = None
+    for s in range(0, L, step):
+        e = min(L, s + step)
+        logits = model(inputs_embeds=embeds[:, s:e], attention_mask=attention_mask[:, : past + e], cache=cache).logits
+    return logits[:, -1]
+
+
+@torch.no_grad()
+def decode_one_token(model: Decoder, token: Tensor, attention_mask: Tensor, cache: nn.ModuleList) -> Tensor:
+    """token (b,) → next logits (b, vocab); one recurrent step per Mamba-2 layer, one KV append per attention layer."""
+    return model(token[:, None], attention_mask=attention_mask, cache=cache).logits[:, -1]
+
+
+@torch.no_grad()
+def generate(
+    model: Decoder,
+    prompts: list[list[int]],
+    pixel_values: Tensor | None = None,
+    max_new_tokens: int = 32,
+    sampling: SamplingConfig | None = None,
+    stop_ids: tuple[int, ...] = (),
+    pad_id: int = 0,
+    chunk_size: int | None = None,
+    on_token: Callable[[Tensor], None] | None = None,
+) -> list[list[int]]:
+    """Generate for a batch of tokenised prompts; returns each prompt's new tokens (stop token included).
+
+    ``pixel_values`` holds the images of all prompts in order; ``on_token`` sees each step's tokens (b,).
+    """
+    sampling = sampling or SamplingConfig()
+    device = model.embed_tokens.weight.device
+    total = max(len(p) for p in prompts) + max_new_tokens
+    if total > model.config.max_position:
+        raise MmmambaError(
+            f"prompt of {total - max_new_tokens} tokens + {max_new_tokens} new tokens exceeds the model's "
+            f"max_position {model.config.max_position}; shorten the prompt or lower --max-new-tokens"
+        )
+    ids, mask = left_pad(prompts, pad_id, device)
+    cache = model.make_cache(len(prompts), total)
+    pixels = None if pixel_values is None else pixel_values.to(device)
+    logits = prefill(model, model.embed(ids, pixels), mask, cache, chunk_size)
+    generator = None
+    if sampling.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    out: list[list[int]] = [[] for _ in prompts]
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
+    for step in range(max_new_tokens):
+        token = sample_next(logits, sampling, generator)
+        for i in (~done).nonzero()[:, 0].tolist():
+            out[i].append(int(token[i]))
+        if on_token is not None:
+            on_token(token)
+        done |= torch.isin(token, stops)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        logits = decode_one_token(model, token, mask, cache)
+    return out

@@ -1,0 +1,55 @@
+"""AdamW without weight decay on biases and norms, and the warmup-stable-decay schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup: float = 0.1  # fraction of steps
+    decay: float = 0.1  # fraction of steps, at the end
+    min_lr_ratio: float = 0.0
+    clip: float = 5.0
+
+
+def make_adamw(named_params, cfg: OptimConfig) -> torch.optim.AdamW:
+    """Decay only matrices; biases, norm weights and per-head scalars (1-D tensors) get none."""
+    decay, no_decay = [], []
+    for _, p in named_params:
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def wsd_factor(step: int, total: int, cfg: OptimConfig) -> float:
+    """Learning-rate multiplier: linear warmup, flat, linear decay to ``min_lr_ratio``."""
+    warm = max(1, round(cfg.warmup * total))
+    decay = max(1, round(cfg.decay * total))
+    if step < warm:
+        return (step + 1) / warm
+    if step >= total - decay:
+        frac = (total - step) / decay
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * frac
+    return 1.0
+
+
+def set_lr(opt: torch.optim.Optimizer, step: int, total: int, cfg: OptimConfig) -> float:
+    lr = cfg.lr * wsd_factor(step, total, cfg)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    return lr
+
+
+def clip_and_step(opt: torch.optim.Optimizer, params: list[nn.Parameter], cfg: OptimConfig) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(norm)

@@ -1,0 +1,106 @@
+"""Train the embedded teacher VLM on the built-in task suite (supervised, loss on answers only)."""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..data.conversations import collate, encode_sample, read_jsonl
+from ..data.scenes import CELL, IMAGE_SIZE
+from ..data.tokenizer import ByteTokenizer
+from ..evaluation.tasks import predict, score
+from ..models import Decoder, DecoderConfig, VisionConfig, save_checkpoint
+from .optim import OptimConfig, clip_and_step, make_adamw, set_lr
+from .state import batch_indices, load_state, save_state
+
+
+@dataclass
+class TeacherPreset:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    steps: int
+    batch_size: int
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-3, weight_decay=0.05))
+
+    def model_config(self, tok: ByteTokenizer) -> DecoderConfig:
+        return DecoderConfig(
+            vocab_size=tok.vocab_size, hidden_size=self.hidden_size, num_layers=self.num_layers,
+            num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.hidden_size // self.num_heads,
+            intermediate_size=self.intermediate_size, rope_theta=10000.0, max_position=2048,
+            vision=VisionConfig(image_size=IMAGE_SIZE, patch_size=CELL, channels=3),
+            image_token_id=tok.image_token_id,
+        )
+
+
+PRESETS = {
+    "tiny": TeacherPreset(128, 4, 4, 2, 384, steps=6000, batch_size=64),
+    "small": TeacherPreset(512, 8, 8, 4, 1536, steps=6000, batch_size=64, optim=OptimConfig(lr=1e-3)),
+}
+
+
+def sft_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over answer tokens (position t predicts token t+1)."""
+    target_mask = loss_mask[:, 1:]
+    return F.cross_entropy(logits[:, :-1][target_mask].float(), ids[:, 1:][target_mask])
+
+
+def train_teacher(
+    preset: str, data: Path, out: Path, seed: int = 0, steps: int | None = None, eval_every: int = 500,
+    device: str | None = None, max_train: int | None = None,
+) -> dict:
+    p = PRESETS[preset]
+    steps = steps or p.steps
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(seed)
+    tok = ByteTokenizer(image_tokens=(IMAGE_SIZE // CELL) ** 2)
+    model = Decoder(p.model_config(tok)).to(device)
+    opt = make_adamw(model.named_parameters(), p.optim)
+    train = read_jsonl(Path(data) / "train.jsonl")[:max_train]
+    val = read_jsonl(Path(data) / "val.jsonl")
+    print(f"teacher {preset}: {sum(t.numel() for t in model.parameters()) / 1e6:.2f} M parameters, "
+          f"{len(train)} training samples, {steps} steps of {p.batch_size} on {device}")
+    examples = [encode_sample(s, tok, IMAGE_SIZE) for s in tqdm(train, desc="encode", unit="sample")]
+    out = Path(out)
+    resumed = load_state(out, model, opt)
+    start = 0 if resumed is None else resumed[0]
+    log_path = out / "train_log.csv"
+    if start == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("step,lr,loss,val_accuracy\n")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
+    report = {}
+    bar = tqdm(range(start, steps), desc=f"train {preset}", initial=start, total=steps, unit="step")
+    t0 = time.time()
+    for step in bar:
+        model.train()
+        batch = collate([examples[i] for i in batch_indices(len(examples), p.batch_size, seed, step)], tok.pad_id)
+        batch = batch.to(device)
+        lr = set_lr(opt, step, steps, p.optim)
+        with autocast:
+            logits = model(batch.input_ids, batch.pixel_values).logits
+        loss = sft_loss(logits, batch.input_ids, batch.loss_mask)
+        loss.backward()
+        clip_and_step(opt, list(model.parameters()), p.optim)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        last = step + 1 == steps
+        if (step + 1) % eval_every == 0 or last:
+            report = score(val, predict(model, tok, val, progress=False))
+            bar.write(f"step {step + 1}: loss {loss.item():.4f}, val accuracy {report['mean_accuracy']:.3f} "
+                      f"{ {k: round(v, 2) for k, v in report['per_family'].items()} }")
+            with log_path.open("a") as f:
+                csv.writer(f).writerow([step + 1, f"{lr:.3e}", f"{loss.item():.5f}", f"{report['mean_accuracy']:.4f}"])
+            save_state(out, model, opt, step + 1)
+    model.eval()
+    save_checkpoint(model, out)
+    tok.save(out)
+    print(f"wrote {out} in {time.time() - t0:.0f} s")
+    return report
