@@ -6,8 +6,6 @@ scene description alone; ``tests/test_data.py`` recomputes them independently.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .scenes import COLORS, SHAPES, free_cells
 
 COLOR_NAMES = tuple(COLORS)

@@ -39,7 +39,11 @@ def score(samples: list[Sample], predictions: dict[str, str]) -> dict:
 
 @torch.no_grad()
 def predict(
-    model: Decoder, tok: ByteTokenizer, samples: list[Sample], batch_size: int = 64, max_new_tokens: int = 16,
+    model: Decoder,
+    tok: ByteTokenizer,
+    samples: list[Sample],
+    batch_size: int = 64,
+    max_new_tokens: int = 16,
     progress: bool = True,
 ) -> dict[str, str]:
     """Greedy answers by sample id. Prompts are batched by length; a batch answers as each prompt alone."""
@@ -53,8 +57,12 @@ def predict(
         pixels = torch.cat([load_images(s.images, size) for s in chunk]) if size else None
         dtype = model.embed_tokens.weight.dtype
         answers = generate(
-            model, prompts, None if pixels is None else pixels.to(dtype), max_new_tokens,
-            stop_ids=(tok.end_id,), pad_id=tok.pad_id,
+            model,
+            prompts,
+            None if pixels is None else pixels.to(dtype),
+            max_new_tokens,
+            stop_ids=(tok.end_id,),
+            pad_id=tok.pad_id,
         )
         for s, ids in zip(chunk, answers):
             out[s.id] = tok.decode([t for t in ids if t != tok.end_id])

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from ..data.conversations import collate, encode_sample, read_jsonl
 from ..data.scenes import CELL, IMAGE_SIZE
 from ..data.tokenizer import ByteTokenizer
+from ..errors import MmmambaError
 from ..evaluation.tasks import predict, score
 from ..models import Decoder, DecoderConfig, VisionConfig, save_checkpoint
 from .optim import OptimConfig, clip_and_step, make_adamw, set_lr
@@ -33,9 +34,15 @@ class TeacherPreset:
 
     def model_config(self, tok: ByteTokenizer) -> DecoderConfig:
         return DecoderConfig(
-            vocab_size=tok.vocab_size, hidden_size=self.hidden_size, num_layers=self.num_layers,
-            num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, head_dim=self.hidden_size // self.num_heads,
-            intermediate_size=self.intermediate_size, rope_theta=10000.0, max_position=2048,
+            vocab_size=tok.vocab_size,
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            head_dim=self.hidden_size // self.num_heads,
+            intermediate_size=self.intermediate_size,
+            rope_theta=10000.0,
+            max_position=2048,
             vision=VisionConfig(image_size=IMAGE_SIZE, patch_size=CELL, channels=3),
             image_token_id=tok.image_token_id,
         )
@@ -54,8 +61,14 @@ def sft_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -
 
 
 def train_teacher(
-    preset: str, data: Path, out: Path, seed: int = 0, steps: int | None = None, eval_every: int = 500,
-    device: str | None = None, max_train: int | None = None,
+    preset: str,
+    data: Path,
+    out: Path,
+    seed: int = 0,
+    steps: int | None = None,
+    eval_every: int = 500,
+    device: str | None = None,
+    max_train: int | None = None,
 ) -> dict:
     p = PRESETS[preset]
     steps = steps or p.steps
@@ -66,12 +79,19 @@ def train_teacher(
     opt = make_adamw(model.named_parameters(), p.optim)
     train = read_jsonl(Path(data) / "train.jsonl")[:max_train]
     val = read_jsonl(Path(data) / "val.jsonl")
-    print(f"teacher {preset}: {sum(t.numel() for t in model.parameters()) / 1e6:.2f} M parameters, "
-          f"{len(train)} training samples, {steps} steps of {p.batch_size} on {device}")
+    print(
+        f"teacher {preset}: {sum(t.numel() for t in model.parameters()) / 1e6:.2f} M parameters, "
+        f"{len(train)} training samples, {steps} steps of {p.batch_size} on {device}"
+    )
     examples = [encode_sample(s, tok, IMAGE_SIZE) for s in tqdm(train, desc="encode", unit="sample")]
     out = Path(out)
+    settings = {"preset": preset, "steps": steps, "seed": seed, "batch_size": p.batch_size, "n_train": len(train)}
     resumed = load_state(out, model, opt)
     start = 0 if resumed is None else resumed[0]
+    if resumed is not None and resumed[1] != settings:
+        raise MmmambaError(
+            f"{out}: holds a run started with {resumed[1]}, not {settings}; use the same settings or a new --out"
+        )
     log_path = out / "train_log.csv"
     if start == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -94,11 +114,13 @@ def train_teacher(
         last = step + 1 == steps
         if (step + 1) % eval_every == 0 or last:
             report = score(val, predict(model, tok, val, progress=False))
-            bar.write(f"step {step + 1}: loss {loss.item():.4f}, val accuracy {report['mean_accuracy']:.3f} "
-                      f"{ {k: round(v, 2) for k, v in report['per_family'].items()} }")
+            bar.write(
+                f"step {step + 1}: loss {loss.item():.4f}, val accuracy {report['mean_accuracy']:.3f} "
+                f"{ {k: round(v, 2) for k, v in report['per_family'].items()} }"
+            )
             with log_path.open("a") as f:
                 csv.writer(f).writerow([step + 1, f"{lr:.3e}", f"{loss.item():.5f}", f"{report['mean_accuracy']:.4f}"])
-            save_state(out, model, opt, step + 1)
+            save_state(out, model, opt, step + 1, settings)
     model.eval()
     save_checkpoint(model, out)
     tok.save(out)
