@@ -8,7 +8,6 @@ import sys
 from ..errors import MmmambaError
 
 PLANNED = {
-    "distill": "three-stage distillation of a converted student (issue #4)",
     "generate": "generate an answer to a prompt and an optional image (issue #6)",
     "chat": "interactive multi-turn chat that keeps its state between turns (issue #6)",
     "bench": "prefill / decode speed and memory benchmarks (issue #6)",
@@ -20,7 +19,7 @@ def cmd_convert(args) -> None:
     import torch
 
     from ..convert import convert_to_mamba
-    from ..convert.layer_spec import parse_keep_attention
+    from ..convert.layer_spec import parse_auto, parse_keep_attention
     from ..models import load_checkpoint
 
     torch.manual_seed(args.seed)
@@ -28,6 +27,9 @@ def cmd_convert(args) -> None:
     keep = parse_keep_attention(args.keep_attention, teacher.config.num_layers)
     student = convert_to_mamba(teacher, keep, init=args.init, mamba={"conv_kernel": args.conv_kernel})
     student.config.conversion["teacher"] = str(args.teacher)
+    auto = parse_auto(args.keep_attention, teacher.config.num_layers)
+    if auto is not None:
+        student.config.conversion["auto_keep"] = auto
     student.save_pretrained(args.out)
     copy_tokenizer(args.teacher, args.out)
     n_mamba = student.config.mixers.count("mamba2")
@@ -73,6 +75,37 @@ def cmd_eval(args) -> None:
     print_table(report, f"{args.model} on {args.data} [{args.split}]")
     if args.json:
         write_report(report, args.json)
+
+
+def cmd_distill(args) -> None:
+    import torch
+
+    from ..distill.trainer import DistillConfig, distill
+
+    stages = [int(s) for s in args.stages.split(",")]
+    steps = [int(s) for s in args.steps_per_stage.split(",")]
+    if len(steps) == 1:
+        steps *= len(stages)
+    if len(steps) != len(stages) or any(s not in (1, 2, 3) for s in stages) or stages != sorted(set(stages)):
+        raise MmmambaError(
+            f"--stages {args.stages} / --steps-per-stage {args.steps_per_stage}: give stages from 1,2,3 "
+            "in order and one step count, or one per stage"
+        )
+    cfg = DistillConfig(
+        stages=stages,
+        steps=dict(zip(stages, steps)),
+        batch_size=args.batch_size,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        temperature=args.temperature,
+        ce_weight=args.ce_weight,
+        train_o_proj=args.train_o_proj,
+        train_mlp=args.train_mlp,
+        lr_scale=args.lr_scale,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+    )
+    distill(args.teacher, args.student, args.data, args.out, cfg)
+    print(f"wrote {args.out}/after_stage{stages[-1]} (log.csv, loss.png beside it)")
 
 
 def cmd_info(args) -> None:
@@ -141,6 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("distill", help="distil a converted student from its teacher, stages 1-3 (resumable)")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint folder")
+    p.add_argument("--student", required=True, help="student folder from `mmmamba convert`")
+    p.add_argument("--data", required=True, help="task-suite / conversation folder (train.jsonl, val.jsonl)")
+    p.add_argument("--out", required=True, help="run folder: after_stageS/ checkpoints, log.csv, loss.png")
+    p.add_argument("--stages", default="1,2,3", help="stages to run, in order (any subset of 1,2,3)")
+    p.add_argument("--steps-per-stage", default="300,300,600", help="one count, or one per stage")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--eval-every", type=int, default=100, help="validate on the val split every N steps")
+    p.add_argument("--temperature", type=float, default=1.0, help="stage-3 KL temperature")
+    p.add_argument("--ce-weight", type=float, default=0.0, help="stage-3 weight of cross-entropy on answers")
+    p.add_argument("--train-o-proj", action="store_true", help="stage 3 also trains Wo (the paper freezes it)")
+    p.add_argument("--train-mlp", action="store_true", help="stage 3 also trains the MLPs (the paper freezes them)")
+    p.add_argument("--lr-scale", type=float, default=1.0, help="multiply the paper's per-stage learning rates")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("info", help="summarise a checkpoint: size, layers, which mixers")
     p.add_argument("--model", required=True, help="checkpoint folder")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from ..errors import MmmambaError
 
-HELP = "none | every:N (0, N, 2N, …) | head:K | tail:K | an explicit list such as 0,4,8"
+HELP = "none | every:N (0, N, 2N, …) | head:K | tail:K | auto:K (chosen after stage 2) | a list such as 0,4,8"
 
 
 def parse_keep_attention(spec: str, num_layers: int) -> list[int]:
+    """Layer indices to keep; ``auto:K`` is not a list yet (see ``parse_auto``) and yields []."""
     spec = spec.strip()
+    if parse_auto(spec, num_layers) is not None:
+        return []
     try:
         if spec in ("", "none"):
             layers = []
@@ -26,3 +29,16 @@ def parse_keep_attention(spec: str, num_layers: int) -> list[int]:
     if any(not 0 <= i < num_layers for i in layers):
         raise MmmambaError(f"--keep-attention {spec!r} names layers outside 0..{num_layers - 1}")
     return layers
+
+
+def parse_auto(spec: str, num_layers: int) -> int | None:
+    """K of ``auto:K``, else None."""
+    if not spec.strip().startswith("auto:"):
+        return None
+    try:
+        k = int(spec.strip()[5:])
+    except ValueError:
+        raise MmmambaError(f"--keep-attention {spec!r}: K must be an integer") from None
+    if not 0 <= k <= num_layers:
+        raise MmmambaError(f"--keep-attention {spec!r}: K must be between 0 and {num_layers}")
+    return k
