@@ -57,7 +57,8 @@ class Mamba2State(nn.Module):
     def __init__(self, batch: int, cfg: Mamba2Config, dtype, device=None):
         super().__init__()
         conv = torch.zeros(batch, cfg.conv_kernel - 1, cfg.conv_dim, dtype=dtype, device=device)
-        ssm = torch.zeros(batch, cfg.num_heads, cfg.head_dim, cfg.head_dim, dtype=dtype, device=device)
+        state_dtype = torch.promote_types(dtype, torch.float32)  # the recurrence accumulates: keep it ≥ fp32
+        ssm = torch.zeros(batch, cfg.num_heads, cfg.head_dim, cfg.head_dim, dtype=state_dtype, device=device)
         self.register_buffer("conv", conv, persistent=False)
         self.register_buffer("ssm", ssm, persistent=False)
         self.length = 0
@@ -102,7 +103,9 @@ class Mamba2Mixer(nn.Module):
         if cfg.qk_norm:
             B, C = rms_norm(B, self.k_norm, cfg.norm_eps), rms_norm(C, self.q_norm, cfg.norm_eps)
         dt = F.softplus(self.dt_proj(u) + self.dt_bias)
-        return x, dt, B, C
+        # the scan runs in at least float32 (exp of decay sums, long accumulations); output is cast back
+        scan_dtype = torch.promote_types(u.dtype, torch.float32)
+        return x.to(scan_dtype), dt.to(scan_dtype), B.to(scan_dtype), C.to(scan_dtype)
 
     def mix(
         self, u: Tensor, positions: Tensor | None = None, valid: Tensor | None = None, cache: Mamba2State | None = None
@@ -115,7 +118,7 @@ class Mamba2Mixer(nn.Module):
         """
         b, L, _ = u.shape
         cfg = self.cfg
-        A = -torch.exp(self.A_log)
+        A = -torch.exp(self.A_log.to(torch.promote_types(u.dtype, torch.float32)))
         xBC = torch.cat([self.v_proj(u), self.k_proj(u), self.q_proj(u)], dim=-1)  # (b, L, conv_dim)
         keep = None if valid is None else valid[:, -L:, None].to(u.dtype)
         if keep is not None:
@@ -139,7 +142,7 @@ class Mamba2Mixer(nn.Module):
             cache.ssm.copy_(ssm_state)
             cache.length += L
         gate = self.g_proj(u).unflatten(-1, (cfg.num_heads, cfg.head_dim))
-        return self.out_norm(y, gate).flatten(-2)
+        return self.out_norm(y.to(u.dtype), gate).flatten(-2)
 
     def forward(self, u: Tensor, positions=None, valid: Tensor | None = None, cache: Mamba2State | None = None):
         return self.o_proj(self.mix(u, positions, valid, cache))
