@@ -11,7 +11,6 @@ PLANNED = {
     "generate": "generate an answer to a prompt and an optional image (issue #6)",
     "chat": "interactive multi-turn chat that keeps its state between turns (issue #6)",
     "bench": "prefill / decode speed and memory benchmarks (issue #6)",
-    "report": "tables and charts from distillation runs (issue #4)",
 }
 
 
@@ -108,6 +107,14 @@ def cmd_distill(args) -> None:
     print(f"wrote {args.out}/after_stage{stages[-1]} (log.csv, loss.png beside it)")
 
 
+def cmd_report(args) -> None:
+    from ..evaluation.report import write_report
+
+    q = write_report(args.runs, args.teacher_eval, args.out, args.notes, args.chart, args.quality)
+    print(f"wrote {args.out}: teacher {q['teacher']:.3f}, " + ", ".join(f"{k} {v:.3f}" for k, v in q.items()
+                                                                        if k in ("linear", "hybrid")))
+
+
 def cmd_info(args) -> None:
     from ..models import load_checkpoint
 
@@ -192,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=cmd_distill)
+
+    p = sub.add_parser("report", help="RESULTS.md tables + PNG chart + quality.json from distillation runs")
+    p.add_argument("--runs", nargs="+", required=True, help="run folders (or result.json files) of scripts/ablations.py")
+    p.add_argument("--teacher-eval", required=True, help="the teacher's `mmmamba eval --json` file")
+    p.add_argument("--out", default="RESULTS.md")
+    p.add_argument("--notes", default=None, help="markdown to include after the tables")
+    p.add_argument("--chart", default="results/quality.png")
+    p.add_argument("--quality", default="results/quality.json")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("info", help="summarise a checkpoint: size, layers, which mixers")
     p.add_argument("--model", required=True, help="checkpoint folder")
