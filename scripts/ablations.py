@@ -140,9 +140,21 @@ def main():
     p.add_argument("--lr-scale", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (small models leave a GPU idle)")
+    p.add_argument("--teacher-eval", default=None, help="teacher's eval JSON: print a comparison table at the end")
     args = p.parse_args()
     with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(lambda n: run_one(n, args), args.runs))
+        results = list(pool.map(lambda n: run_one(n, args), args.runs))
+    if args.teacher_eval:
+        teacher = json.loads(Path(args.teacher_eval).read_text())
+        rows = [{"name": "teacher", **teacher}, *results]
+        families = list(teacher["per_family"])
+        print(f"\n{'model':<16}{'mean':>7}{'vs teacher':>12}  " + " ".join(f"{f[:9]:>9}" for f in families))
+        for r in rows:
+            ratio = r["mean_accuracy"] / teacher["mean_accuracy"]
+            print(
+                f"{r['name']:<16}{r['mean_accuracy']:>7.3f}{ratio:>12.3f}  "
+                + " ".join(f"{r['per_family'][f]:>9.2f}" for f in families)
+            )
 
 
 if __name__ == "__main__":

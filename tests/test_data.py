@@ -125,7 +125,8 @@ def test_tokenizer_round_trip_and_chat_mask(tmp_path):
         ('{"conversations": [{"from": "human", "value": "hi"}]}', "human/gpt pairs"),
         ('{"conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}]}', "'human' then"),
         (
-            '{"image": "a.png", "conversations": [{"from": "human", "value": "no mark"}, {"from": "gpt", "value": "x"}]}',
+            '{"image": "a.png", "conversations": [{"from": "human", "value": "no mark"}, '
+            '{"from": "gpt", "value": "x"}]}',
             "0 '<image>' marks but 1",
         ),
     ],

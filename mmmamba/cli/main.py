@@ -8,9 +8,7 @@ import sys
 from ..errors import MmmambaError
 
 PLANNED = {
-    "generate": "generate an answer to a prompt and an optional image (issue #6)",
-    "chat": "interactive multi-turn chat that keeps its state between turns (issue #6)",
-    "bench": "prefill / decode speed and memory benchmarks (issue #6)",
+    "bench": "speed benchmarks run on a GPU: python -m mmmamba.bench.speed --help",
 }
 
 
@@ -111,8 +109,85 @@ def cmd_report(args) -> None:
     from ..evaluation.report import write_report
 
     q = write_report(args.runs, args.teacher_eval, args.out, args.notes, args.chart, args.quality)
-    print(f"wrote {args.out}: teacher {q['teacher']:.3f}, " + ", ".join(f"{k} {v:.3f}" for k, v in q.items()
-                                                                        if k in ("linear", "hybrid")))
+    print(
+        f"wrote {args.out}: teacher {q['teacher']:.3f}, "
+        + ", ".join(f"{k} {v:.3f}" for k, v in q.items() if k in ("linear", "hybrid"))
+    )
+
+
+def _load_for_chat(args):
+    from ..data.conversations import load_image
+    from ..data.tokenizer import ByteTokenizer
+    from ..infer import SamplingConfig
+    from ..models import load_checkpoint
+
+    model = load_checkpoint(args.model).float().eval()
+    tok = ByteTokenizer.load(args.model)
+    image = None
+    if args.image:
+        if model.config.vision is None:
+            raise MmmambaError(f"{args.model} has no image front-end; drop --image")
+        image = load_image(args.image, model.config.vision.image_size)
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
+    return model, tok, image, sampling
+
+
+class _Stream:
+    """Prints byte-level tokens as they arrive, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self, tok):
+        self.tok, self.ids, self.shown = tok, [], ""
+
+    def __call__(self, token: int) -> None:
+        if token == self.tok.end_id:
+            return
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        if not text.endswith("\ufffd"):
+            print(text[len(self.shown) :], end="", flush=True)
+            self.shown = text
+
+
+def cmd_generate(args) -> None:
+    from ..infer import ChatSession
+
+    model, tok, image, sampling = _load_for_chat(args)
+    ChatSession(model, tok, sampling).ask(args.prompt, image, args.max_new_tokens, _Stream(tok))
+    print()
+
+
+def cmd_chat(args) -> None:
+    from ..infer import ChatSession
+
+    model, tok, image, sampling = _load_for_chat(args)
+    chat = ChatSession(model, tok, sampling)
+    print(
+        "chat: type a message; /reset starts over, /quit or an empty line ends."
+        + (" Image attached." if image is not None else "")
+    )
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            break
+        if text in ("", "/quit"):
+            break
+        if text == "/reset":
+            chat.reset()
+            continue
+        print("model> ", end="", flush=True)
+        chat.ask(text, image if chat.tokens == 0 else None, args.max_new_tokens, _Stream(tok))
+        print()
+
+
+def _sampling_args(p) -> None:
+    p.add_argument("--model", required=True, help="checkpoint folder (with tokenizer.json)")
+    p.add_argument("--image", default=None, help="an image file for the (first) turn")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
 
 
 def cmd_info(args) -> None:
@@ -201,13 +276,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("report", help="RESULTS.md tables + PNG chart + quality.json from distillation runs")
-    p.add_argument("--runs", nargs="+", required=True, help="run folders (or result.json files) of scripts/ablations.py")
+    p.add_argument(
+        "--runs", nargs="+", required=True, help="run folders (or result.json files) of scripts/ablations.py"
+    )
     p.add_argument("--teacher-eval", required=True, help="the teacher's `mmmamba eval --json` file")
     p.add_argument("--out", default="RESULTS.md")
     p.add_argument("--notes", default=None, help="markdown to include after the tables")
     p.add_argument("--chart", default="results/quality.png")
     p.add_argument("--quality", default="results/quality.json")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("generate", help="answer one prompt (and image), streaming the tokens")
+    _sampling_args(p)
+    p.add_argument("--prompt", required=True)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat; the state is kept between turns")
+    _sampling_args(p)
+    p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("info", help="summarise a checkpoint: size, layers, which mixers")
     p.add_argument("--model", required=True, help="checkpoint folder")

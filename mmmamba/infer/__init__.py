@@ -1,6 +1,16 @@
 """Running a model: chunked prefill, constant-memory decode, sampling, batched generation."""
 
-from .generate import decode_one_token, generate, left_pad, prefill
+from .chat import ChatSession
+from .generate import decode_one_token, decode_tokens, generate, left_pad, prefill
 from .sampling import SamplingConfig, sample_next
 
-__all__ = ["SamplingConfig", "decode_one_token", "generate", "left_pad", "prefill", "sample_next"]
+__all__ = [
+    "ChatSession",
+    "SamplingConfig",
+    "decode_tokens",
+    "decode_one_token",
+    "generate",
+    "left_pad",
+    "prefill",
+    "sample_next",
+]

@@ -49,6 +49,51 @@ def decode_one_token(model: Decoder, token: Tensor, attention_mask: Tensor, cach
 
 
 @torch.no_grad()
+def decode_tokens(
+    model: Decoder,
+    logits: Tensor,
+    attention_mask: Tensor,
+    cache: nn.ModuleList,
+    max_new_tokens: int,
+    sampling: SamplingConfig,
+    stop_ids: tuple[int, ...] = (),
+    on_token: Callable[[Tensor], None] | None = None,
+) -> tuple[list[list[int]], Tensor]:
+    """Sample up to ``max_new_tokens`` per row from ``logits`` onwards; a row stops at a stop token.
+
+    The last sampled token is returned but not fed through the model (the caller feeds it first
+    next time, as the chat does). Returns the new tokens per row and the extended attention mask.
+    """
+    device = logits.device
+    generator = None
+    if sampling.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    out: list[list[int]] = [[] for _ in range(logits.shape[0])]
+    done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
+    for step in range(max_new_tokens):
+        token = sample_next(logits, sampling, generator)
+        for i in (~done).nonzero()[:, 0].tolist():
+            out[i].append(int(token[i]))
+        if on_token is not None:
+            on_token(token)
+        done |= torch.isin(token, stops)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+        logits = decode_one_token(model, token, attention_mask, cache)
+    return out, attention_mask
+
+
+def check_length(model: Decoder, prompt_tokens: int, max_new_tokens: int) -> None:
+    if prompt_tokens + max_new_tokens > model.config.max_position:
+        raise MmmambaError(
+            f"prompt of {prompt_tokens} tokens + {max_new_tokens} new tokens exceeds the model's "
+            f"max_position {model.config.max_position}; shorten the prompt or lower --max-new-tokens"
+        )
+
+
+@torch.no_grad()
 def generate(
     model: Decoder,
     prompts: list[list[int]],
@@ -64,33 +109,12 @@ def generate(
 
     ``pixel_values`` holds the images of all prompts in order; ``on_token`` sees each step's tokens (b,).
     """
-    sampling = sampling or SamplingConfig()
     device = model.embed_tokens.weight.device
-    total = max(len(p) for p in prompts) + max_new_tokens
-    if total > model.config.max_position:
-        raise MmmambaError(
-            f"prompt of {total - max_new_tokens} tokens + {max_new_tokens} new tokens exceeds the model's "
-            f"max_position {model.config.max_position}; shorten the prompt or lower --max-new-tokens"
-        )
+    longest = max(len(p) for p in prompts)
+    check_length(model, longest, max_new_tokens)
     ids, mask = left_pad(prompts, pad_id, device)
-    cache = model.make_cache(len(prompts), total)
+    cache = model.make_cache(len(prompts), longest + max_new_tokens)
     pixels = None if pixel_values is None else pixel_values.to(device)
     logits = prefill(model, model.embed(ids, pixels), mask, cache, chunk_size)
-    generator = None
-    if sampling.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(sampling.seed)
-    out: list[list[int]] = [[] for _ in prompts]
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-    stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
-    for step in range(max_new_tokens):
-        token = sample_next(logits, sampling, generator)
-        for i in (~done).nonzero()[:, 0].tolist():
-            out[i].append(int(token[i]))
-        if on_token is not None:
-            on_token(token)
-        done |= torch.isin(token, stops)
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        logits = decode_one_token(model, token, mask, cache)
+    out, _ = decode_tokens(model, logits, mask, cache, max_new_tokens, sampling or SamplingConfig(), stop_ids, on_token)
     return out

@@ -1,0 +1,57 @@
+"""Multi-turn chat that keeps the model's cache between turns instead of re-reading the history.
+
+For a Mamba-2 model the cache is a constant-size state, so each turn costs only its own tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..data.tokenizer import IMAGE_MARK, ByteTokenizer
+from ..models import Decoder
+from .generate import check_length, decode_tokens, prefill
+from .sampling import SamplingConfig
+
+
+class ChatSession:
+    def __init__(
+        self, model: Decoder, tok: ByteTokenizer, sampling: SamplingConfig | None = None, max_length: int | None = None
+    ):
+        self.model, self.tok = model, tok
+        self.sampling = sampling or SamplingConfig()
+        self.max_length = max_length or model.config.max_position
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = self.model.make_cache(1, self.max_length)
+        self.mask = torch.zeros(1, 0, dtype=torch.long, device=self.model.embed_tokens.weight.device)
+        self.pending: list[int] = []  # the last turn's stop token, sampled but not yet fed
+        self.tokens = 0
+
+    @torch.no_grad()
+    def ask(
+        self,
+        text: str,
+        image: torch.Tensor | None = None,
+        max_new_tokens: int = 128,
+        on_token: Callable[[int], None] | None = None,
+    ) -> list[int]:
+        """One user turn (with an optional image (3, S, S)); returns the answer's tokens."""
+        if image is not None and IMAGE_MARK not in text:
+            text = f"{IMAGE_MARK}\n{text}"
+        ids = self.pending + self.tok.user_turn(text, first=self.tokens == 0)
+        check_length(self.model, self.tokens + len(ids), max_new_tokens)
+        device = self.mask.device
+        ids_t = torch.tensor([ids], device=device)
+        self.mask = torch.cat([self.mask, torch.ones_like(ids_t)], dim=1)
+        pixels = None if image is None else image[None].to(device, self.model.embed_tokens.weight.dtype)
+        logits = prefill(self.model, self.model.embed(ids_t, pixels), self.mask, self.cache)
+        callback = None if on_token is None else (lambda t: on_token(int(t[0])))
+        (answer,), self.mask = decode_tokens(
+            self.model, logits, self.mask, self.cache, max_new_tokens, self.sampling, (self.tok.end_id,), callback
+        )
+        self.tokens = self.mask.shape[1]
+        self.pending = answer[-1:]
+        return answer

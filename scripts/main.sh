@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The main job on the embedded default teacher (models/tiny-teacher), CPU-sized budget:
+#   set-up → task suite → convert (linear, hybrid every:4) → distil stages 1-3 → eval → chat on an image.
+# The full-budget runs behind RESULTS.md are in scripts/gpu_bench_and_grid.sh (same code, more steps).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q torch==2.13.0
+fi
+.venv/bin/python -m pip install -q -e ".[data]"
+. .venv/bin/activate
+OUT=${OUT:-runs/main}
+STEPS=${STEPS:-600}
+mkdir -p "$OUT"
+[ -f "$OUT/suite/test.jsonl" ] || mmmamba data make --out "$OUT/suite" --seed 0 --train 500 --val 16 --test 50
+mmmamba eval --model models/tiny-teacher --data "$OUT/suite" --split test --json "$OUT/teacher_eval.json"
+python scripts/ablations.py --teacher models/tiny-teacher --data "$OUT/suite" --out "$OUT/runs" \
+  --runs linear hybrid_every4 --total-steps "$STEPS" --batch-size 16 --lr-scale 10 --eval-every 100 \
+  --teacher-eval "$OUT/teacher_eval.json"
+img="$OUT/suite/images/test/test-shape-00000-0.png"
+q=$(python -c "import json
+for line in open('$OUT/suite/test.jsonl'):
+    r = json.loads(line)
+    if r['id'] == 'test-shape-00000':
+        print(r['conversations'][0]['value'].split(chr(10), 1)[1])")
+for m in models/tiny-teacher "$OUT/runs/linear/run/after_stage3" "$OUT/runs/hybrid_every4/run/after_stage3"; do
+  echo "[$m] image $img, you: $q"
+  echo -n "  answer: "; mmmamba generate --model "$m" --image "$img" --prompt "$q" --max-new-tokens 16
+done
+echo "main job took $(( $(date +%s) - start )) s"

@@ -1,0 +1,111 @@
+"""Distillation stages train exactly their parameters, leave the teacher alone, resume exactly."""
+
+import pytest
+import torch
+
+from mmmamba.convert import convert_to_mamba
+from mmmamba.data.conversations import collate, encode_sample, read_jsonl
+from mmmamba.data.suite import make_suite
+from mmmamba.data.tokenizer import ByteTokenizer
+from mmmamba.distill.losses import masked_kl, masked_mse
+from mmmamba.distill.stages import STAGES, select_trainable
+from mmmamba.distill.trainer import DistillConfig, distill, stage_loss
+from mmmamba.models import Decoder, DecoderConfig, VisionConfig, load_checkpoint
+from mmmamba.training.optim import make_adamw
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    make_suite(root / "data", seed=1, sizes={"train": 4, "val": 1, "test": 1})
+    tok = ByteTokenizer(image_tokens=16)
+    torch.manual_seed(0)
+    cfg = DecoderConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_layers=3,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=8,
+        intermediate_size=64,
+        vision=VisionConfig(32, 8, 3),
+        image_token_id=tok.image_token_id,
+    )
+    teacher = Decoder(cfg)
+    teacher.save_pretrained(root / "teacher")
+    tok.save(root / "teacher")
+    convert_to_mamba(teacher, [1]).save_pretrained(root / "student")
+    samples = read_jsonl(root / "data" / "train.jsonl")[:6]
+    batch = collate([encode_sample(s, tok, 32) for s in samples], tok.pad_id)
+    return root, teacher.eval(), batch
+
+
+def one_step(stage_id, teacher, student, batch, lr=1e-2):
+    stage = STAGES[stage_id]
+    params = select_trainable(student, stage)
+    opt = make_adamw(params, stage.optim)
+    for g in opt.param_groups:
+        g["lr"] = lr
+    loss = stage_loss(stage, DistillConfig(), teacher, student, batch)
+    loss.backward()
+    opt.step()
+    return {n for n, _ in params}, loss.item()
+
+
+@pytest.mark.parametrize("stage_id", [1, 2, 3])
+def test_stage_changes_exactly_its_parameter_set(setup, stage_id):
+    root, teacher, batch = setup
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = load_checkpoint(root / "student")
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    trained, _ = one_step(stage_id, teacher, student, batch)
+    changed = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == trained  # every trained tensor moved, nothing else did (bit-identical)
+    qkv = {n for n in trained if any(p in n for p in ("q_proj", "k_proj", "v_proj"))}
+    assert bool(qkv) == (stage_id >= 2)
+    assert not any("o_proj" in n or "mlp" in n or "layers.1." in n for n in trained)  # Wo, MLPs, kept attention
+    assert {n.split(".mixer.")[1].split(".")[0] for n in trained} >= {"conv_weight", "dt_bias", "A_log", "g_proj"}
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k])
+
+
+def test_padding_does_not_change_masked_losses():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 7, 5, generator=g), torch.randn(2, 7, 5, generator=g)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
+    s2, t2 = s.clone(), t.clone()
+    s2[1, 4:] += 100.0
+    t2[1, 4:] -= 50.0
+    assert torch.equal(masked_mse(s, t, mask), masked_mse(s2, t2, mask))
+    assert torch.equal(masked_kl(t, s, mask, 2.0), masked_kl(t2, s2, mask, 2.0))
+    # averaged, not summed: repeating the batch keeps the value
+    torch.testing.assert_close(
+        masked_kl(torch.cat([t, t]), torch.cat([s, s]), torch.cat([mask, mask])), masked_kl(t, s, mask)
+    )
+    assert float(masked_kl(t, t, mask)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("stage_id", [1, 2, 3])
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(setup, stage_id):
+    root, teacher, batch = setup
+    student = load_checkpoint(root / "student")
+    losses = [one_step(stage_id, teacher, student, batch, lr=3e-3)[1] for _ in range(8)]
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_kill_and_resume_equals_uninterrupted(setup, tmp_path):
+    root, _, _ = setup
+    cfg = DistillConfig(stages=[1, 3], steps={1: 4, 3: 4}, batch_size=4, eval_every=2, val_limit=4)
+    args = (root / "teacher", root / "student", root / "data")
+    full = distill(*args, tmp_path / "full", cfg)
+    distill(*args, tmp_path / "cut", cfg, stop_after=3)  # interrupted inside stage 1
+    distill(*args, tmp_path / "cut", cfg, stop_after=2)  # stage 1 done, interrupted inside stage 3
+    resumed = distill(*args, tmp_path / "cut", cfg)
+    for k, v in full.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert (tmp_path / "cut" / "after_stage1" / "config.json").exists()
+    assert (tmp_path / "full" / "loss.png").stat().st_size > 1000
+    saved = load_checkpoint(tmp_path / "full" / "after_stage3")
+    assert {k for k in saved.state_dict() if "A_log" in k or "dt_bias" in k}  # every parameter is saved
+    log = (tmp_path / "full" / "log.csv").read_text().splitlines()
+    assert len(log) == 1 + 8 and log[2].split(",")[4] != ""  # one row per step, val at step 2
