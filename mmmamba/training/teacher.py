@@ -50,7 +50,7 @@ class TeacherPreset:
 
 PRESETS = {
     "tiny": TeacherPreset(128, 4, 4, 2, 384, steps=15000, batch_size=64),
-    "small": TeacherPreset(512, 8, 8, 4, 1536, steps=6000, batch_size=64, optim=OptimConfig(lr=5e-4)),
+    "small": TeacherPreset(512, 8, 8, 4, 1536, steps=4000, batch_size=64, optim=OptimConfig(lr=1e-3)),
 }
 
 
