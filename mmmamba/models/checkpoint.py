@@ -128,7 +128,11 @@ def load_checkpoint(path, dtype: torch.dtype | None = None) -> Decoder:
     path = Path(path)
     raw = read_config_json(path)
     if raw.pop("format", None) != FORMAT:
-        raise MmmambaError(f"{path}/config.json: not an mmmamba checkpoint; convert it with `mmmamba convert`")
+        if "architectures" in raw:  # a Hugging Face folder
+            from .hf_import import load_hf_decoder
+
+            return load_hf_decoder(path, raw, dtype)
+        raise MmmambaError(f"{path}/config.json: neither an mmmamba nor a Hugging Face checkpoint")
     cfg = DecoderConfig.from_dict(raw)
     tensors = read_safetensors(path)
     dtype = dtype or next(iter(tensors.values())).dtype
