@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .projections import add_qkvo_projections
 from .rope import apply_rope, rope_cos_sin
 
 
@@ -65,10 +66,7 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         h, kvh, hd, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
-        self.q_proj = nn.Linear(d, h * hd, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(d, kvh * hd, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(d, kvh * hd, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(h * hd, d, bias=False)
+        add_qkvo_projections(self, d, h, kvh, hd, cfg.qkv_bias)
 
     def make_cache(self, batch: int, max_length: int, dtype, device=None) -> KVCache:
         return KVCache(batch, self.cfg.num_kv_heads, max_length, self.cfg.head_dim, dtype, device)

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from ..ops import causal_conv1d, causal_conv1d_step, ssd_chunked_scan, ssd_step
 from .norm import GatedHeadNorm, rms_norm
+from .projections import add_qkvo_projections
 
 ACTIVATIONS = {"silu": F.silu, "identity": lambda t: t}
 
@@ -69,10 +70,7 @@ class Mamba2Mixer(nn.Module):
         super().__init__()
         self.cfg = cfg
         h, kvh, hd, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.hidden_size
-        self.q_proj = nn.Linear(d, h * hd, bias=cfg.qkv_bias)
-        self.k_proj = nn.Linear(d, kvh * hd, bias=cfg.qkv_bias)
-        self.v_proj = nn.Linear(d, kvh * hd, bias=cfg.qkv_bias)
-        self.o_proj = nn.Linear(h * hd, d, bias=False)
+        add_qkvo_projections(self, d, h, kvh, hd, cfg.qkv_bias)
         self.conv_weight = nn.Parameter(torch.empty(cfg.conv_dim, cfg.conv_kernel))
         self.conv_bias = nn.Parameter(torch.zeros(cfg.conv_dim)) if cfg.conv_bias else None
         self.dt_proj = nn.Linear(d, h, bias=False)

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data.conversations import collate, encode_sample, read_jsonl
 from ..data.scenes import CELL, IMAGE_SIZE
 from ..data.tokenizer import ByteTokenizer
+from ..distill.losses import masked_ce
 from ..errors import MmmambaError
 from ..evaluation.tasks import predict, score
 from ..models import Decoder, DecoderConfig, VisionConfig, save_checkpoint
@@ -52,12 +52,6 @@ PRESETS = {
     "tiny": TeacherPreset(128, 4, 4, 2, 384, steps=15000, batch_size=64),
     "small": TeacherPreset(512, 8, 8, 4, 1536, steps=4000, batch_size=64, optim=OptimConfig(lr=1e-3)),
 }
-
-
-def sft_loss(logits: torch.Tensor, ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over answer tokens (position t predicts token t+1)."""
-    target_mask = loss_mask[:, 1:]
-    return F.cross_entropy(logits[:, :-1][target_mask].float(), ids[:, 1:][target_mask])
 
 
 def train_teacher(
@@ -107,7 +101,7 @@ def train_teacher(
         lr = set_lr(opt, step, steps, p.optim)
         with autocast:
             logits = model(batch.input_ids, batch.pixel_values).logits
-        loss = sft_loss(logits, batch.input_ids, batch.loss_mask)
+        loss = masked_ce(logits, batch.input_ids, batch.loss_mask)  # answers only
         loss.backward()
         clip_and_step(opt, list(model.parameters()), p.optim)
         bar.set_postfix(loss=f"{loss.item():.4f}")
