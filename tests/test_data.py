@@ -196,3 +196,15 @@ def test_shipped_teacher_answers_test_questions(suite):
     acc = score(samples, predict(model, tok, samples, progress=False))["mean_accuracy"]
     assert acc >= 0.9
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]])).logits).all()
+
+
+def test_teacher_training_writes_a_checkpoint_and_refuses_a_mismatched_resume(suite, tmp_path):
+    import mmmamba
+    from mmmamba.training.teacher import train_teacher
+
+    train_teacher("tiny", suite, tmp_path, steps=2, eval_every=2, device="cpu")
+    model = mmmamba.from_pretrained(tmp_path)
+    assert ByteTokenizer.load(tmp_path).image_tokens == model.config.vision.num_patches == 16
+    assert (tmp_path / "train_log.csv").read_text().splitlines()[1].startswith("2,")
+    with pytest.raises(MmmambaError, match="holds a run started with"):
+        train_teacher("tiny", suite, tmp_path, steps=3, eval_every=2, device="cpu")
