@@ -149,10 +149,28 @@ class _Stream:
 
 
 def cmd_generate(args) -> None:
-    from ..infer import ChatSession
+    import torch
+
+    from ..data.tokenizer import IMAGE_MARK
+    from ..infer import generate
 
     model, tok, image, sampling = _load_for_chat(args)
-    ChatSession(model, tok, sampling).ask(args.prompt, image, args.max_new_tokens, _Stream(tok))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = model.to(device)
+    text = f"{IMAGE_MARK}\n{args.prompt}" if image is not None and IMAGE_MARK not in args.prompt else args.prompt
+    stream = _Stream(tok)
+    generate(
+        model,
+        [tok.user_turn(text)],
+        None if image is None else image[None],
+        args.max_new_tokens,
+        sampling,
+        (tok.end_id,),
+        tok.pad_id,
+        args.prefill_chunk,
+        lambda t: stream(int(t[0])),
+        args.cuda_graph,
+    )
     print()
 
 
@@ -289,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="answer one prompt (and image), streaming the tokens")
     _sampling_args(p)
     p.add_argument("--prompt", required=True)
+    p.add_argument("--prefill-chunk", type=int, default=None, help="prefill the prompt in chunks of N tokens")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--cuda-graph", action="store_true", help="replay decode steps from a CUDA graph (all-Mamba-2)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive multi-turn chat; the state is kept between turns")

@@ -58,12 +58,15 @@ def decode_tokens(
     sampling: SamplingConfig,
     stop_ids: tuple[int, ...] = (),
     on_token: Callable[[Tensor], None] | None = None,
+    step: Callable[[Tensor, Tensor], Tensor] | None = None,
 ) -> tuple[list[list[int]], Tensor]:
     """Sample up to ``max_new_tokens`` per row from ``logits`` onwards; a row stops at a stop token.
 
     The last sampled token is returned but not fed through the model (the caller feeds it first
     next time, as the chat does). Returns the new tokens per row and the extended attention mask.
+    ``step(token, mask) → logits`` replaces the eager decode step (e.g. a CUDA-graph replay).
     """
+    step = step or (lambda token, mask: decode_one_token(model, token, mask, cache))
     device = logits.device
     generator = None
     if sampling.seed is not None:
@@ -71,17 +74,17 @@ def decode_tokens(
     out: list[list[int]] = [[] for _ in range(logits.shape[0])]
     done = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=device)
-    for step in range(max_new_tokens):
+    for i_new in range(max_new_tokens):
         token = sample_next(logits, sampling, generator)
         for i in (~done).nonzero()[:, 0].tolist():
             out[i].append(int(token[i]))
         if on_token is not None:
             on_token(token)
         done |= torch.isin(token, stops)
-        if bool(done.all()) or step == max_new_tokens - 1:
+        if bool(done.all()) or i_new == max_new_tokens - 1:
             break
         attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-        logits = decode_one_token(model, token, attention_mask, cache)
+        logits = step(token, attention_mask)
     return out, attention_mask
 
 
@@ -104,10 +107,12 @@ def generate(
     pad_id: int = 0,
     chunk_size: int | None = None,
     on_token: Callable[[Tensor], None] | None = None,
+    cuda_graph: bool = False,
 ) -> list[list[int]]:
     """Generate for a batch of tokenised prompts; returns each prompt's new tokens (stop token included).
 
     ``pixel_values`` holds the images of all prompts in order; ``on_token`` sees each step's tokens (b,).
+    ``cuda_graph`` replays each decode step from a CUDA graph (all-Mamba-2 models on CUDA only).
     """
     device = model.embed_tokens.weight.device
     longest = max(len(p) for p in prompts)
@@ -116,5 +121,14 @@ def generate(
     cache = model.make_cache(len(prompts), longest + max_new_tokens)
     pixels = None if pixel_values is None else pixel_values.to(device)
     logits = prefill(model, model.embed(ids, pixels), mask, cache, chunk_size)
-    out, _ = decode_tokens(model, logits, mask, cache, max_new_tokens, sampling or SamplingConfig(), stop_ids, on_token)
+    step = None
+    if cuda_graph:
+        from .cuda_graph import GraphedDecodeStep
+
+        if device.type != "cuda":
+            raise MmmambaError("CUDA-graph decode needs a CUDA device; drop --cuda-graph")
+        graphed = GraphedDecodeStep(model, cache, len(prompts))
+        step = lambda token, _mask: graphed(token)  # noqa: E731  (Mamba-2 decode needs no mask)
+    sampling = sampling or SamplingConfig()
+    out, _ = decode_tokens(model, logits, mask, cache, max_new_tokens, sampling, stop_ids, on_token, step)
     return out
