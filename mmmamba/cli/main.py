@@ -17,6 +17,7 @@ def cmd_convert(args) -> None:
 
     from ..convert import convert_to_mamba
     from ..convert.layer_spec import parse_auto, parse_keep_attention
+    from ..data.tokenizer import copy_tokenizer
     from ..models import load_checkpoint
 
     torch.manual_seed(args.seed)
@@ -31,16 +32,6 @@ def cmd_convert(args) -> None:
     copy_tokenizer(args.teacher, args.out)
     n_mamba = student.config.mixers.count("mamba2")
     print(f"wrote {args.out}: {n_mamba} Mamba-2 layers, attention kept at {keep or 'none'} (init {args.init})")
-
-
-def copy_tokenizer(src, dst) -> None:
-    import shutil
-    from pathlib import Path
-
-    from ..data.tokenizer import FILENAME
-
-    if (Path(src) / FILENAME).is_file():
-        shutil.copyfile(Path(src) / FILENAME, Path(dst) / FILENAME)
 
 
 def cmd_data_make(args) -> None:

@@ -7,6 +7,7 @@ Ids 0–255 are raw UTF-8 bytes; special tokens follow. An image is written in t
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from ..errors import MmmambaError
@@ -78,3 +79,9 @@ class ByteTokenizer:
         if spec.get("kind") != "byte" or spec.get("specials") != list(SPECIALS):
             raise MmmambaError(f"{f}: not an mmmamba byte tokenizer")
         return cls(image_tokens=spec["image_tokens"])
+
+
+def copy_tokenizer(src, dst) -> None:
+    """Copy a checkpoint's tokenizer file next to a derived checkpoint, if the source has one."""
+    if (Path(src) / FILENAME).is_file():
+        shutil.copyfile(Path(src) / FILENAME, Path(dst) / FILENAME)

@@ -13,7 +13,6 @@ import copy
 import csv
 import dataclasses
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,8 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.conversations import Batch, collate, encode_sample, read_jsonl
-from ..data.tokenizer import FILENAME as TOKENIZER_FILE
-from ..data.tokenizer import ByteTokenizer
+from ..data.tokenizer import ByteTokenizer, copy_tokenizer
 from ..errors import MmmambaError
 from ..layers import Mamba2Mixer
 from ..models import Decoder, load_checkpoint, save_checkpoint
@@ -223,8 +221,7 @@ def distill(teacher_dir, student_dir, data_dir, out_dir, cfg: DistillConfig, sto
         bar.close()
         student.eval()
         save_checkpoint(student, finished)
-        if (Path(teacher_dir) / TOKENIZER_FILE).exists():
-            shutil.copyfile(Path(teacher_dir) / TOKENIZER_FILE, finished / TOKENIZER_FILE)
+        copy_tokenizer(teacher_dir, finished)
         (out / STATE_FILE).unlink(missing_ok=True)
         plot_losses(out)
         student_src = finished
