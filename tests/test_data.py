@@ -7,14 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from mmmamba.data.conversations import collate, encode_sample, load_image, read_jsonl
+from mmmamba.data.conversations import collate, encode_sample, read_jsonl
+from mmmamba.data.images import ImageProcessor
 from mmmamba.data.scenes import COLORS, SHAPE_MASKS, load_uci_digits
 from mmmamba.data.suite import make_suite
 from mmmamba.data.tokenizer import ByteTokenizer
 from mmmamba.errors import MmmambaError
 from mmmamba.evaluation.tasks import score
+from mmmamba.models import VisionConfig
 
 SIZES = {"train": 30, "val": 6, "test": 12}
+FUYU32 = ImageProcessor(VisionConfig(image_size=32, patch_size=8))  # the task suite's images, as the teacher sees them
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +97,7 @@ def test_every_answer_checks_out_and_images_show_the_scene(suite):
             paths = [r["image"]] if isinstance(r.get("image"), str) else r.get("image", [])
             assert len(paths) == len(r["scenes"])
             for path, scene in zip(paths, r["scenes"]):
-                img = ((load_image(suite / path, 32) + 1) * 127.5).round().numpy().transpose(1, 2, 0)
+                img = ((FUYU32(suite / path)[0] + 1) * 127.5).round().numpy().transpose(1, 2, 0)
                 for o in scene:
                     cell = img[o["row"] * 8 : o["row"] * 8 + 8, o["col"] * 8 : o["col"] * 8 + 8]
                     if o["kind"] == "shape":
@@ -142,13 +145,13 @@ def test_loader_rejects_malformed_lines_with_file_and_line(tmp_path, line, messa
 def test_corrupt_image_is_named(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(MmmambaError, match="bad.png: cannot read image"):
-        load_image(tmp_path / "bad.png", 32)
+        FUYU32(tmp_path / "bad.png")
 
 
 def test_collate_pads_and_masks_answers(suite):
     tok = ByteTokenizer(image_tokens=16)
     samples = read_jsonl(suite / "test.jsonl")[:3] + read_jsonl(suite / "test.jsonl")[-2:]
-    batch = collate([encode_sample(s, tok, 32) for s in samples], tok.pad_id)
+    batch = collate([encode_sample(s, tok, FUYU32) for s in samples], tok.pad_id)
     n_images = sum(len(s.images) for s in samples)
     assert batch.pixel_values.shape == (n_images, 3, 32, 32)
     assert int((batch.input_ids == tok.image_token_id).sum()) == 16 * n_images

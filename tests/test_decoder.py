@@ -38,7 +38,7 @@ def test_image_tokens_are_spliced_causally(teacher):
 
 
 def test_wrong_number_of_placeholders_is_a_clear_error(teacher):
-    with pytest.raises(mmmamba.MmmambaError, match="4 placeholders per image"):
+    with pytest.raises(mmmamba.MmmambaError, match="4 placeholders per tile"):
         teacher(image_prompt(n_patches=3), pixel_values=torch.randn(1, 3, 8, 8, dtype=F64))
 
 

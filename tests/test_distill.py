@@ -5,6 +5,7 @@ import torch
 
 from mmmamba.convert import convert_to_mamba
 from mmmamba.data.conversations import collate, encode_sample, read_jsonl
+from mmmamba.data.images import ImageProcessor
 from mmmamba.data.suite import make_suite
 from mmmamba.data.tokenizer import ByteTokenizer
 from mmmamba.distill.losses import masked_kl, masked_mse
@@ -36,7 +37,7 @@ def setup(tmp_path_factory):
     tok.save(root / "teacher")
     convert_to_mamba(teacher, [1]).save_pretrained(root / "student")
     samples = read_jsonl(root / "data" / "train.jsonl")[:6]
-    batch = collate([encode_sample(s, tok, 32) for s in samples], tok.pad_id)
+    batch = collate([encode_sample(s, tok, ImageProcessor(cfg.vision)) for s in samples], tok.pad_id)
     return root, teacher.eval(), batch
 
 

@@ -103,12 +103,12 @@ def test_chat_keeps_state_between_turns():
     tok = ByteTokenizer(image_tokens=4)
     model = convert_to_mamba(Decoder(tiny_config(vocab_size=tok.vocab_size, image_token_id=tok.image_token_id)), [2])
     model = perturb_ssm(model.double().eval())
-    image = torch.randn(3, 8, 8, dtype=F64)
+    image = torch.randn(1, 3, 8, 8, dtype=F64)  # one tile
     chat = ChatSession(model, tok)
     a1 = chat.ask("what is this?", image=image, max_new_tokens=6)
     a2 = chat.ask("and then?", max_new_tokens=6)
     history = tok.user_turn("<image>\nwhat is this?") + a1 + tok.user_turn("and then?", first=False)
-    expected = generate(model, [history], image[None], max_new_tokens=6, stop_ids=(tok.end_id,))[0]
+    expected = generate(model, [history], image, max_new_tokens=6, stop_ids=(tok.end_id,))[0]
     assert a2 == expected
     assert chat.tokens == len(history) + len(a2) - 1
 

@@ -52,12 +52,12 @@ def cmd_eval(args) -> None:
     from pathlib import Path
 
     from ..data.conversations import read_jsonl
-    from ..data.tokenizer import ByteTokenizer
+    from ..data.tokenizer import load_tokenizer
     from ..evaluation.tasks import predict, print_table, score, write_report
     from ..models import load_checkpoint
 
     model = load_checkpoint(args.model).float()
-    tok = ByteTokenizer.load(args.model)
+    tok = load_tokenizer(args.model)
     samples = read_jsonl(Path(args.data) / f"{args.split}.jsonl")[: args.limit]
     report = score(samples, predict(model, tok, samples, args.batch_size))
     print_table(report, f"{args.model} on {args.data} [{args.split}]")
@@ -107,18 +107,18 @@ def cmd_report(args) -> None:
 
 
 def _load_for_chat(args):
-    from ..data.conversations import load_image
-    from ..data.tokenizer import ByteTokenizer
+    from ..data.images import ImageProcessor
+    from ..data.tokenizer import load_tokenizer
     from ..infer import SamplingConfig
     from ..models import load_checkpoint
 
     model = load_checkpoint(args.model).float().eval()
-    tok = ByteTokenizer.load(args.model)
+    tok = load_tokenizer(args.model)
     image = None
     if args.image:
         if model.config.vision is None:
             raise MmmambaError(f"{args.model} has no image front-end; drop --image")
-        image = load_image(args.image, model.config.vision.image_size)
+        image = ImageProcessor(model.config.vision)(args.image)  # (n_tiles, C, S, S)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
     return model, tok, image, sampling
 
@@ -130,7 +130,7 @@ class _Stream:
         self.tok, self.ids, self.shown = tok, [], ""
 
     def __call__(self, token: int) -> None:
-        if token == self.tok.end_id:
+        if token in self.tok.stop_ids:
             return
         self.ids.append(token)
         text = self.tok.decode(self.ids)
@@ -148,15 +148,18 @@ def cmd_generate(args) -> None:
     model, tok, image, sampling = _load_for_chat(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
-    text = f"{IMAGE_MARK}\n{args.prompt}" if image is not None and IMAGE_MARK not in args.prompt else args.prompt
+    text, counts = args.prompt, None
+    if image is not None:
+        text = text if IMAGE_MARK in text else f"{IMAGE_MARK}\n{text}"
+        counts = [image.shape[0] * model.config.vision.tokens_per_tile]
     stream = _Stream(tok)
     generate(
         model,
-        [tok.user_turn(text)],
-        None if image is None else image[None],
+        [tok.user_turn(text, image_tokens=counts)],
+        image,
         args.max_new_tokens,
         sampling,
-        (tok.end_id,),
+        tok.stop_ids,
         tok.pad_id,
         args.prefill_chunk,
         lambda t: stream(int(t[0])),

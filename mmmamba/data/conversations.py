@@ -11,12 +11,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from ..errors import MmmambaError
-from .tokenizer import IMAGE_MARK, ByteTokenizer
+from .images import ImageProcessor
+from .tokenizer import IMAGE_MARK, ChatTokenizer
 
 
 @dataclass
@@ -70,37 +69,23 @@ def read_jsonl(path) -> list[Sample]:
     return samples
 
 
-def load_image(path, size: int) -> torch.Tensor:
-    """An image file → (3, size, size) float tensor in [−1, 1]."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            arr = np.asarray(im, dtype=np.float32)
-    except (OSError, UnidentifiedImageError) as e:
-        raise MmmambaError(f"{path}: cannot read image ({e.__class__.__name__}); replace or remove it") from None
-    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
-
-
 @dataclass
 class Example:
     """One tokenised sample: ids, loss mask on answer tokens, and its images."""
 
     ids: list[int]
     loss_mask: list[bool]
-    pixels: torch.Tensor  # (n_images, 3, S, S)
+    pixels: torch.Tensor | None  # (n_tiles, C, S, S), all images' tiles in order; None for a text model
 
 
-def encode_sample(sample: Sample, tok: ByteTokenizer, image_size: int) -> Example:
-    ids, mask = tok.chat(sample.turns)
-    return Example(ids, mask, load_images(sample.images, image_size))
-
-
-def load_images(paths, image_size: int) -> torch.Tensor:
-    if not paths:
-        return torch.zeros(0, 3, image_size, image_size)
-    return torch.stack([load_image(p, image_size) for p in paths])
+def encode_sample(sample: Sample, tok: ChatTokenizer, images: ImageProcessor | None) -> Example:
+    """Tokenise a conversation, each ``<image>`` expanded to as many placeholders as its image's tiles take."""
+    if images is None:
+        if sample.images:
+            raise MmmambaError(f"sample {sample.id}: has images but the model has no image front-end; drop them")
+        return Example(*tok.chat(sample.turns), None)
+    pixels, counts = images.load_many(sample.images)
+    return Example(*tok.chat(sample.turns, counts), pixels)
 
 
 @dataclass
@@ -108,10 +93,11 @@ class Batch:
     input_ids: torch.Tensor  # (b, L)
     attention_mask: torch.Tensor  # (b, L), 1 on real tokens
     loss_mask: torch.Tensor  # (b, L), 1 where the token at this position is a training target
-    pixel_values: torch.Tensor  # (n_images_in_batch, 3, S, S), in sequence order
+    pixel_values: torch.Tensor | None  # (n_tiles_in_batch, C, S, S), in sequence order
 
     def to(self, device) -> Batch:
-        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.loss_mask, self.pixel_values)))
+        moved = (t if t is None else t.to(device) for t in (self.input_ids, self.attention_mask, self.loss_mask))
+        return Batch(*moved, None if self.pixel_values is None else self.pixel_values.to(device))
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:
@@ -124,4 +110,5 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
         ids[i, : len(e.ids)] = torch.tensor(e.ids)
         att[i, : len(e.ids)] = 1
         loss[i, : len(e.ids)] = torch.tensor(e.loss_mask)
-    return Batch(ids, att, loss, torch.cat([e.pixels for e in examples]))
+    pixels = [e.pixels for e in examples if e.pixels is not None]
+    return Batch(ids, att, loss, torch.cat(pixels) if pixels else None)

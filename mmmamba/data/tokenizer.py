@@ -1,7 +1,8 @@
 """Byte-level tokenizer with special tokens and a chat template, saved beside the checkpoint.
 
-Ids 0–255 are raw UTF-8 bytes; special tokens follow. An image is written in the text as
-``<image>`` and expanded to ``<img>`` + one ``<IMG_CONTEXT>`` placeholder per patch + ``</img>``.
+``ByteTokenizer``: ids 0–255 are raw UTF-8 bytes; special tokens follow. Hugging Face tokenizers
+(``hf_tokenizer.py``) serve through the same ``ChatTokenizer`` interface. An image is written in
+the text as ``<image>`` and expanded to ``<img>`` + its ``<IMG_CONTEXT>`` placeholders + ``</img>``.
 """
 
 from __future__ import annotations
@@ -17,22 +18,84 @@ IMAGE_MARK = "<image>"
 FILENAME = "tokenizer.json"
 
 
-class ByteTokenizer:
+class ChatTokenizer:
+    """What training, evaluation and generation need of a tokenizer, whatever its kind.
+
+    Subclasses set the ids below and implement ``encode_text``, ``decode``, ``user_turn`` and ``answer``.
+    ``<image>`` in a message becomes ``<img>``, one ``<IMG_CONTEXT>`` per image token, ``</img>``;
+    the count per image comes from the image processor (tiles × tokens per tile).
+    """
+
+    pad_id: int
+    bos_id: int | None
+    end_id: int
+    stop_ids: tuple[int, ...]
+    image_token_id: int | None
+    image_tokens: int = 0  # placeholders per image when the caller gives no counts
+    source = "tokenizer"
+
+    def encode_text(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def image_span_ids(self) -> tuple[int, int, int]:
+        """Ids of ``<img>``, ``<IMG_CONTEXT>``, ``</img>``."""
+        raise NotImplementedError
+
+    def encode(self, text: str, image_tokens: list[int] | None = None) -> list[int]:
+        """Text to ids; each ``<image>`` mark expands to its image's placeholder span."""
+        parts = text.split(IMAGE_MARK)
+        counts = [self.image_tokens] * (len(parts) - 1) if image_tokens is None else list(image_tokens)
+        if len(counts) != len(parts) - 1:
+            raise MmmambaError(f"{len(parts) - 1} '<image>' mark(s) but {len(counts)} image(s); make them match")
+        ids: list[int] = []
+        for i, part in enumerate(parts):
+            if i:
+                start, ctx, end = self.image_span_ids()
+                ids += [start, *[ctx] * counts[i - 1], end]
+            ids += self.encode_text(part) if part else []
+        return ids
+
+    def user_turn(self, text: str, first: bool = True, image_tokens: list[int] | None = None) -> list[int]:
+        """The user's message wrapped as a turn, ending with the assistant cue (ready to generate)."""
+        raise NotImplementedError
+
+    def answer(self, text: str) -> list[int]:
+        """The assistant's reply as a turn, ending with the end-of-turn token."""
+        raise NotImplementedError
+
+    def chat(self, turns: list[tuple[str, str]], image_tokens: list[int] | None = None) -> tuple[list[int], list[bool]]:
+        """(user, assistant) pairs → ids and a mask that is True on answer tokens (the SFT loss targets)."""
+        ids: list[int] = []
+        mask: list[bool] = []
+        counts = None if image_tokens is None else list(image_tokens)
+        for i, (user, assistant) in enumerate(turns):
+            k = user.count(IMAGE_MARK)
+            mine = None if counts is None else counts[:k]
+            counts = None if counts is None else counts[k:]
+            prompt, reply = self.user_turn(user, first=i == 0, image_tokens=mine), self.answer(assistant)
+            ids += prompt + reply
+            mask += [False] * len(prompt) + [True] * len(reply)
+        return ids, mask
+
+
+class ByteTokenizer(ChatTokenizer):
+    """Our own tokenizer: UTF-8 bytes plus a few specials, with a fixed minimal chat template."""
+
+    source = "byte"
+
     def __init__(self, image_tokens: int = 16):
         self.image_tokens = image_tokens
         self.special = {name: 256 + i for i, name in enumerate(SPECIALS)}
         self.vocab_size = 256 + len(SPECIALS)
         self.pad_id, self.bos_id, self.end_id = (self.special[s] for s in ("<pad>", "<bos>", "<end>"))
+        self.stop_ids = (self.end_id,)
         self.image_token_id = self.special["<IMG_CONTEXT>"]
 
-    def encode(self, text: str) -> list[int]:
-        """Plain text to ids; ``<image>`` becomes the image start, placeholders and end."""
-        ids: list[int] = []
-        for i, part in enumerate(text.split(IMAGE_MARK)):
-            if i:
-                ids += [self.special["<img>"], *[self.image_token_id] * self.image_tokens, self.special["</img>"]]
-            ids += list(part.encode("utf-8"))
-        return ids
+    def encode_text(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def image_span_ids(self) -> tuple[int, int, int]:
+        return self.special["<img>"], self.image_token_id, self.special["</img>"]
 
     def decode(self, ids) -> str:
         out, raw = [], bytearray()
@@ -48,23 +111,14 @@ class ByteTokenizer:
         out.append(raw.decode("utf-8", errors="replace"))
         return "".join(out)
 
-    def user_turn(self, text: str, first: bool = True) -> list[int]:
-        """``<bos>`` (first turn only), the user's message and the assistant cue, ready for generation."""
+    def user_turn(self, text: str, first: bool = True, image_tokens: list[int] | None = None) -> list[int]:
+        """``<bos>`` (first turn only), ``<|user|>``, the message, ``<end>``, ``<|assistant|>``."""
         head = [self.bos_id] if first else []
-        return head + [self.special["<|user|>"], *self.encode(text), self.end_id, self.special["<|assistant|>"]]
+        body = self.encode(text, image_tokens)
+        return head + [self.special["<|user|>"], *body, self.end_id, self.special["<|assistant|>"]]
 
     def answer(self, text: str) -> list[int]:
         return [*self.encode(text), self.end_id]
-
-    def chat(self, turns: list[tuple[str, str]]) -> tuple[list[int], list[bool]]:
-        """(user, assistant) pairs → ids and a mask that is True on answer tokens (the SFT loss targets)."""
-        ids: list[int] = []
-        mask: list[bool] = []
-        for i, (user, assistant) in enumerate(turns):
-            prompt, reply = self.user_turn(user, first=i == 0), self.answer(assistant)
-            ids += prompt + reply
-            mask += [False] * len(prompt) + [True] * len(reply)
-        return ids, mask
 
     def save(self, folder) -> None:
         spec = {"kind": "byte", "specials": list(SPECIALS), "image_tokens": self.image_tokens}
@@ -81,7 +135,34 @@ class ByteTokenizer:
         return cls(image_tokens=spec["image_tokens"])
 
 
+# Files that make up a tokenizer in a checkpoint folder (ours, or a Hugging Face one)
+TOKENIZER_FILES = (
+    FILENAME,
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+
 def copy_tokenizer(src, dst) -> None:
-    """Copy a checkpoint's tokenizer file next to a derived checkpoint, if the source has one."""
-    if (Path(src) / FILENAME).is_file():
-        shutil.copyfile(Path(src) / FILENAME, Path(dst) / FILENAME)
+    """Copy a checkpoint's tokenizer files next to a derived checkpoint (those the source has)."""
+    for name in TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, Path(dst) / name)
+
+
+def load_tokenizer(folder) -> ChatTokenizer:
+    """The tokenizer saved in a checkpoint folder: ours (byte-level) or a Hugging Face one."""
+    f = Path(folder) / FILENAME
+    if f.is_file() and f.stat().st_size < 4096 and json.loads(f.read_text()).get("kind") == "byte":
+        return ByteTokenizer.load(folder)
+    if not f.is_file() and not (Path(folder) / "tokenizer_config.json").is_file():
+        raise MmmambaError(f"{folder}: no tokenizer files; copy the teacher's tokenizer files into it")
+    from .hf_tokenizer import HFTokenizer
+
+    return HFTokenizer(folder)

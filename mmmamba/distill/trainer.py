@@ -20,7 +20,8 @@ import torch
 from tqdm import tqdm
 
 from ..data.conversations import Batch, collate, encode_sample, read_jsonl
-from ..data.tokenizer import ByteTokenizer, copy_tokenizer
+from ..data.images import image_processor
+from ..data.tokenizer import copy_tokenizer, load_tokenizer
 from ..errors import MmmambaError
 from ..layers import Mamba2Mixer
 from ..models import Decoder, load_checkpoint, save_checkpoint
@@ -153,10 +154,10 @@ def distill(teacher_dir, student_dir, data_dir, out_dir, cfg: DistillConfig, sto
     teacher = load_checkpoint(teacher_dir).float().to(device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    tok = ByteTokenizer.load(teacher_dir)
-    size = teacher.config.vision.image_size if teacher.config.vision else 0
-    train = [encode_sample(s, tok, size) for s in read_jsonl(Path(data_dir) / "train.jsonl")]
-    val_examples = [encode_sample(s, tok, size) for s in read_jsonl(Path(data_dir) / "val.jsonl")[: cfg.val_limit]]
+    tok = load_tokenizer(teacher_dir)
+    images = image_processor(teacher.config.vision)
+    train = [encode_sample(s, tok, images) for s in read_jsonl(Path(data_dir) / "train.jsonl")]
+    val_examples = [encode_sample(s, tok, images) for s in read_jsonl(Path(data_dir) / "val.jsonl")[: cfg.val_limit]]
     val = _batches(
         val_examples,
         [range(i, min(i + cfg.batch_size, len(val_examples))) for i in range(0, len(val_examples), cfg.batch_size)],

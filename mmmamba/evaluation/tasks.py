@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..data.conversations import Sample, load_images
-from ..data.tokenizer import ByteTokenizer
+from ..data.conversations import Sample
+from ..data.images import image_processor
+from ..data.tokenizer import ChatTokenizer
 from ..infer import generate
 from ..models import Decoder
 
@@ -40,7 +41,7 @@ def score(samples: list[Sample], predictions: dict[str, str]) -> dict:
 @torch.no_grad()
 def predict(
     model: Decoder,
-    tok: ByteTokenizer,
+    tok: ChatTokenizer,
     samples: list[Sample],
     batch_size: int = 64,
     max_new_tokens: int = 16,
@@ -48,24 +49,32 @@ def predict(
 ) -> dict[str, str]:
     """Greedy answers by sample id. Prompts are batched by length; a batch answers as each prompt alone."""
     model.eval()
-    size = model.config.vision.image_size if model.config.vision else 0
-    order = sorted(samples, key=lambda s: len(tok.user_turn(s.turns[0][0])))
+    images = image_processor(model.config.vision)
+
+    def prompt(s: Sample) -> tuple[list[int], torch.Tensor | None]:
+        if images is None:
+            return tok.user_turn(s.turns[0][0]), None
+        pixels, counts = images.load_many(s.images)
+        return tok.user_turn(s.turns[0][0], image_tokens=counts), pixels
+
+    encoded = {s.id: prompt(s) for s in samples}
+    order = sorted(samples, key=lambda s: len(encoded[s.id][0]))
     out = {}
     for i in tqdm(range(0, len(order), batch_size), desc="eval", unit="batch", disable=not progress):
         chunk = order[i : i + batch_size]
-        prompts = [tok.user_turn(s.turns[0][0]) for s in chunk]
-        pixels = torch.cat([load_images(s.images, size) for s in chunk]) if size else None
+        prompts = [encoded[s.id][0] for s in chunk]
+        pixels = None if images is None else torch.cat([encoded[s.id][1] for s in chunk])
         dtype = model.embed_tokens.weight.dtype
         answers = generate(
             model,
             prompts,
             None if pixels is None else pixels.to(dtype),
             max_new_tokens,
-            stop_ids=(tok.end_id,),
+            stop_ids=tok.stop_ids,
             pad_id=tok.pad_id,
         )
         for s, ids in zip(chunk, answers):
-            out[s.id] = tok.decode([t for t in ids if t != tok.end_id])
+            out[s.id] = tok.decode([t for t in ids if t not in tok.stop_ids])
     return out
 
 

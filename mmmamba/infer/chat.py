@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..data.tokenizer import IMAGE_MARK, ByteTokenizer
+from ..data.tokenizer import IMAGE_MARK, ChatTokenizer
 from ..models import Decoder
 from .generate import check_length, decode_tokens, prefill
 from .sampling import SamplingConfig
@@ -17,7 +17,7 @@ from .sampling import SamplingConfig
 
 class ChatSession:
     def __init__(
-        self, model: Decoder, tok: ByteTokenizer, sampling: SamplingConfig | None = None, max_length: int | None = None
+        self, model: Decoder, tok: ChatTokenizer, sampling: SamplingConfig | None = None, max_length: int | None = None
     ):
         self.model, self.tok = model, tok
         self.sampling = sampling or SamplingConfig()
@@ -38,19 +38,21 @@ class ChatSession:
         max_new_tokens: int = 128,
         on_token: Callable[[int], None] | None = None,
     ) -> list[int]:
-        """One user turn (with an optional image (3, S, S)); returns the answer's tokens."""
-        if image is not None and IMAGE_MARK not in text:
-            text = f"{IMAGE_MARK}\n{text}"
-        ids = self.pending + self.tok.user_turn(text, first=self.tokens == 0)
+        """One user turn, with an optional image as its tiles (n_tiles, C, S, S); returns the answer's tokens."""
+        counts = None
+        if image is not None:
+            text = text if IMAGE_MARK in text else f"{IMAGE_MARK}\n{text}"
+            counts = [image.shape[0] * self.model.config.vision.tokens_per_tile]
+        ids = self.pending + self.tok.user_turn(text, first=self.tokens == 0, image_tokens=counts)
         check_length(self.model, self.tokens + len(ids), max_new_tokens)
         device = self.mask.device
         ids_t = torch.tensor([ids], device=device)
         self.mask = torch.cat([self.mask, torch.ones_like(ids_t)], dim=1)
-        pixels = None if image is None else image[None].to(device, self.model.embed_tokens.weight.dtype)
+        pixels = None if image is None else image.to(device, self.model.embed_tokens.weight.dtype)
         logits = prefill(self.model, self.model.embed(ids_t, pixels), self.mask, self.cache)
         callback = None if on_token is None else (lambda t: on_token(int(t[0])))
         (answer,), self.mask = decode_tokens(
-            self.model, logits, self.mask, self.cache, max_new_tokens, self.sampling, (self.tok.end_id,), callback
+            self.model, logits, self.mask, self.cache, max_new_tokens, self.sampling, self.tok.stop_ids, callback
         )
         self.tokens = self.mask.shape[1]
         self.pending = answer[-1:]

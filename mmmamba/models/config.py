@@ -11,17 +11,58 @@ from ..layers import AttentionConfig, Mamba2Config
 MIXER_KINDS = ("attention", "mamba2")
 
 
+VISION_STYLES = ("fuyu", "internvl")
+
+
 @dataclass
 class VisionConfig:
-    """Fuyu-style front-end: square image cut into patches, each linearly projected to one token."""
+    """Image front-end and its preprocessing.
+
+    ``fuyu``: each patch linearly projected to one token, plus a learned position (our tiny teacher).
+    ``internvl``: conv patch embedding + position embedding, pixel shuffle by ``downsample_ratio``,
+    then an MLP projector (LayerNorm, Linear, GELU, Linear) — the HoVLE / InternVL front-end.
+    ``max_tiles`` > 1 turns on dynamic tiling: the image is cut into 1…max_tiles tiles of
+    ``image_size`` chosen by aspect ratio, plus a thumbnail when there is more than one.
+    """
 
     image_size: int = 32
     patch_size: int = 4
     channels: int = 3
+    style: str = "fuyu"
+    embed_dim: int = 0  # patch-embedding width for "internvl"; 0 = the decoder's hidden size
+    downsample_ratio: float = 1.0  # "internvl": 0.5 merges each 2×2 block of patches into one token
+    min_tiles: int = 1
+    max_tiles: int = 1
+    use_thumbnail: bool = False
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # pixel/255 normalisation
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    resample: str = "bilinear"  # PIL filter used to resize: "bilinear" | "bicubic"
+
+    def __post_init__(self):
+        if self.style not in VISION_STYLES:
+            raise MmmambaError(f"unknown vision style {self.style!r}; use one of {list(VISION_STYLES)}")
+        if self.image_size % self.patch_size:
+            raise MmmambaError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        merge = round(1 / self.downsample_ratio)
+        if self.style == "fuyu" and merge != 1:
+            raise MmmambaError("pixel shuffle (downsample_ratio < 1) needs the 'internvl' vision style")
+        if (self.image_size // self.patch_size) % merge:
+            raise MmmambaError(f"{self.image_size // self.patch_size} patches a side do not divide by {merge}")
+        if not 1 <= self.min_tiles <= self.max_tiles:
+            raise MmmambaError(
+                f"tiles must satisfy 1 <= min_tiles <= max_tiles, got {self.min_tiles}, {self.max_tiles}"
+            )
+        if self.resample not in ("bilinear", "bicubic"):
+            raise MmmambaError(f"resample {self.resample!r}: use 'bilinear' or 'bicubic'")
 
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def tokens_per_tile(self) -> int:
+        """Placeholder tokens one tile (or thumbnail) occupies in the sequence."""
+        return round(self.num_patches * self.downsample_ratio**2)
 
 
 @dataclass

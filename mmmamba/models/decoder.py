@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from ..errors import MmmambaError
 from ..layers import Attention, Mamba2Mixer, RMSNorm, SwiGLU
 from .config import DecoderConfig
-from .vision import PatchEmbedding
+from .vision import build_vision
 
 
 def build_mixer(kind: str, cfg: DecoderConfig) -> nn.Module:
@@ -46,7 +46,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.vision = PatchEmbedding(cfg.vision, cfg.hidden_size) if cfg.vision is not None else None
+        self.vision = build_vision(cfg.vision, cfg.hidden_size) if cfg.vision is not None else None
         self.layers = nn.ModuleList(DecoderLayer(cfg, kind) for kind in cfg.mixers)
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
@@ -66,12 +66,13 @@ class Decoder(nn.Module):
             return x
         if self.vision is None:
             raise MmmambaError("this model has no image front-end; drop the image or use a multimodal model")
-        patches = self.vision(pixel_values.to(x.dtype)).flatten(0, 1)  # (n·num_patches, d)
+        patches = self.vision(pixel_values.to(x.dtype)).flatten(0, 1)  # (tiles·tokens_per_tile, d)
         where = input_ids == self.config.image_token_id
         if int(where.sum()) != patches.shape[0]:
+            per = self.vision.cfg.tokens_per_tile
             raise MmmambaError(
-                f"{int(where.sum())} image placeholder tokens but {pixel_values.shape[0]} image(s) × "
-                f"{self.vision.cfg.num_patches} patches; put {self.vision.cfg.num_patches} placeholders per image"
+                f"{int(where.sum())} image placeholder tokens but {pixel_values.shape[0]} image tile(s) × "
+                f"{per} tokens; put {per} placeholders per tile (the tokenizer does this for '<image>')"
             )
         return x.masked_scatter(where[..., None], patches)
 

@@ -1,4 +1,4 @@
-"""Image front-end: pixels → one token per patch, to be spliced at image-placeholder positions."""
+"""Image front-ends: pixels → tokens, spliced into the sequence at image-placeholder positions."""
 
 from __future__ import annotations
 
@@ -8,8 +8,28 @@ from torch import Tensor, nn
 from .config import VisionConfig
 
 
+def _check_pixels(cfg: VisionConfig, pixel_values: Tensor) -> None:
+    _, c, height, width = pixel_values.shape
+    s = cfg.image_size
+    if (c, height, width) != (cfg.channels, s, s):
+        raise ValueError(f"expected images of shape ({cfg.channels}, {s}, {s}), got ({c}, {height}, {width})")
+
+
+def pixel_shuffle(x: Tensor, ratio: float) -> Tensor:
+    """InternVL's pixel shuffle (v2): (n, h, w, c) → (n, h·ratio, w·ratio, c/ratio²).
+
+    Each output token concatenates an r×r block of neighbouring patches (r = 1/ratio); the channel
+    order follows InternVL so that projector weights trained there apply unchanged.
+    """
+    n, h, w, c = x.shape
+    r = round(1 / ratio)
+    x = x.reshape(n, h, w // r, c * r).permute(0, 2, 1, 3)  # (n, w/r, h, c·r)
+    x = x.reshape(n, w // r, h // r, c * r * r).permute(0, 2, 1, 3)  # (n, h/r, w/r, c·r²)
+    return x.contiguous()
+
+
 class PatchEmbedding(nn.Module):
-    """Fuyu-style linear patch projection plus a learned per-patch position embedding."""
+    """Fuyu style: each patch linearly projected to one token, plus a learned per-patch position."""
 
     def __init__(self, cfg: VisionConfig, hidden_size: int):
         super().__init__()
@@ -19,10 +39,37 @@ class PatchEmbedding(nn.Module):
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         """pixel_values (n, C, H, W) → (n, num_patches, hidden)."""
-        n, c, height, width = pixel_values.shape
+        _check_pixels(self.cfg, pixel_values)
+        n, c = pixel_values.shape[:2]
         s, p = self.cfg.image_size, self.cfg.patch_size
-        if (c, height, width) != (self.cfg.channels, s, s):
-            raise ValueError(f"expected images of shape ({self.cfg.channels}, {s}, {s}), got ({c}, {height}, {width})")
         # (n, C, H, W) → (n, H/p, W/p, p·p·C): row-major patches
         patches = pixel_values.reshape(n, c, s // p, p, s // p, p).permute(0, 2, 4, 3, 5, 1)
         return self.proj(patches.reshape(n, (s // p) ** 2, p * p * c)) + self.pos
+
+
+class ShuffledPatchEmbedding(nn.Module):
+    """InternVL / HoVLE style: conv patches + positions → pixel shuffle → MLP projector."""
+
+    def __init__(self, cfg: VisionConfig, hidden_size: int):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim or hidden_size
+        merged = round(d / cfg.downsample_ratio**2)
+        self.patch_embedding = nn.Conv2d(cfg.channels, d, cfg.patch_size, stride=cfg.patch_size)
+        self.position_embedding = nn.Parameter(torch.randn(1, cfg.num_patches, d) * 0.02)
+        self.projector = nn.Sequential(
+            nn.LayerNorm(merged), nn.Linear(merged, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+        )
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """pixel_values (n, C, H, W) → (n, tokens_per_tile, hidden)."""
+        _check_pixels(self.cfg, pixel_values)
+        x = self.patch_embedding(pixel_values)  # (n, d, h, w)
+        n, d, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2) + self.position_embedding  # (n, h·w, d)
+        x = pixel_shuffle(x.reshape(n, h, w, d), self.cfg.downsample_ratio)
+        return self.projector(x.reshape(n, -1, x.shape[-1]))
+
+
+def build_vision(cfg: VisionConfig, hidden_size: int) -> nn.Module:
+    return {"fuyu": PatchEmbedding, "internvl": ShuffledPatchEmbedding}[cfg.style](cfg, hidden_size)

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.conversations import collate, encode_sample, read_jsonl
+from ..data.images import ImageProcessor
 from ..data.scenes import CELL, IMAGE_SIZE
 from ..data.tokenizer import ByteTokenizer
 from ..distill.losses import masked_ce
@@ -77,7 +78,8 @@ def train_teacher(
         f"teacher {preset}: {sum(t.numel() for t in model.parameters()) / 1e6:.2f} M parameters, "
         f"{len(train)} training samples, {steps} steps of {p.batch_size} on {device}"
     )
-    examples = [encode_sample(s, tok, IMAGE_SIZE) for s in tqdm(train, desc="encode", unit="sample")]
+    images = ImageProcessor(model.config.vision)
+    examples = [encode_sample(s, tok, images) for s in tqdm(train, desc="encode", unit="sample")]
     out = Path(out)
     settings = {"preset": preset, "steps": steps, "seed": seed, "batch_size": p.batch_size, "n_train": len(train)}
     resumed = load_state(out, model, opt)
