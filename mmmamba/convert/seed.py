@@ -102,7 +102,7 @@ def convert_to_mamba(
     cfg = student.config
     cfg.mamba = {**cfg.mamba, **(mamba or {})}
     cfg.mixers = ["attention" if i in keep_attention else "mamba2" for i in range(n)]
-    cfg.conversion = {"init": init, "keep_attention": sorted(keep_attention)}
+    cfg.conversion = {**cfg.conversion, "init": init, "keep_attention": sorted(keep_attention)}  # keep provenance
     mamba_cfg = cfg.mamba2_config()
     for i, layer in enumerate(student.layers):
         if cfg.mixers[i] == "mamba2":

@@ -133,13 +133,16 @@ def load_checkpoint(path, dtype: torch.dtype | None = None) -> Decoder:
 
             return load_hf_decoder(path, raw, dtype)
         raise MmmambaError(f"{path}/config.json: neither an mmmamba nor a Hugging Face checkpoint")
-    cfg = DecoderConfig.from_dict(raw)
-    tensors = read_safetensors(path)
+    return build_loaded(DecoderConfig.from_dict(raw), read_safetensors(path), path, dtype)
+
+
+def build_loaded(cfg: DecoderConfig, tensors: dict[str, torch.Tensor], source, dtype=None) -> Decoder:
+    """A model of ``cfg`` holding ``tensors`` (strictly), built without a throw-away random init."""
     dtype = dtype or next(iter(tensors.values())).dtype
     with torch.device("meta"):
         model = Decoder(cfg)
     model = model.to_empty(device="cpu").to(dtype)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
-    load_state_strict(model, tensors, path)
+    load_state_strict(model, tensors, source)
     return model.eval()

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MmmambaError
-from .checkpoint import load_state_strict, read_safetensors
+from .checkpoint import build_loaded, read_safetensors
 from .config import DecoderConfig, VisionConfig
 from .decoder import Decoder
 from .hf_families import FAMILIES, Family, family_of, map_names, require, split_packed_qkv, token_id_from_files
@@ -118,7 +118,4 @@ def load_hf_decoder(path, raw: dict, dtype: torch.dtype | None = None) -> Decode
         tensors[ours] = t
     if cfg.tie_embeddings:
         tensors.pop("lm_head.weight", None)
-    dtype = dtype or next(iter(tensors.values())).dtype
-    model = Decoder(cfg).to(dtype)
-    load_state_strict(model, tensors, path)
-    return model.eval()
+    return build_loaded(cfg, tensors, path, dtype)
