@@ -38,7 +38,16 @@ def write_data(folder, with_images: bool):
 
 def run_pipeline(tmp_path, teacher, capsys):
     student, out = tmp_path / "student", tmp_path / "run"
-    assert main(["convert", "--teacher", str(teacher), "--out", str(student), "--keep-attention", "tail:1"]) == 0
+    args = ["convert", "--teacher", str(teacher), "--out", str(student), "--keep-attention", "tail:1"]
+    assert main(args + ["--max-shard-size", "40KB"]) == 0
+    assert len(list(student.glob("model-*.safetensors"))) > 1 and (student / "model.safetensors.index.json").exists()
+    seeded = mmmamba.from_pretrained(student)
+    again = tmp_path / "again"
+    seeded.save_pretrained(again)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(seeded.state_dict().values(), mmmamba.from_pretrained(again).state_dict().values())
+    )
     args = ["distill", "--teacher", str(teacher), "--student", str(student), "--data", str(tmp_path / "data")]
     args += ["--out", str(out), "--steps-per-stage", "2", "--batch-size", "2", "--device", "cpu"]
     assert main(args) == 0

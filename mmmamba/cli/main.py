@@ -12,6 +12,18 @@ PLANNED = {
 }
 
 
+def parse_size(text: str) -> int:
+    """'2GB', '500MB', '64KB' or a byte count → bytes."""
+    units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "B": 1}
+    t = text.strip().upper()
+    for unit, scale in units.items():
+        if t.endswith(unit) and t[: -len(unit)].replace(".", "", 1).isdigit():
+            return int(float(t[: -len(unit)]) * scale)
+    if t.isdigit():
+        return int(t)
+    raise MmmambaError(f"size {text!r}: write it like 2GB, 500MB or 64KB")
+
+
 def cmd_convert(args) -> None:
     import torch
 
@@ -28,7 +40,7 @@ def cmd_convert(args) -> None:
     auto = parse_auto(args.keep_attention, teacher.config.num_layers)
     if auto is not None:
         student.config.conversion["auto_keep"] = auto
-    student.save_pretrained(args.out)
+    student.save_pretrained(args.out, parse_size(args.max_shard_size))
     copy_tokenizer(args.teacher, args.out)
     n_mamba = student.config.mixers.count("mamba2")
     print(f"wrote {args.out}: {n_mamba} Mamba-2 layers, attention kept at {keep or 'none'} (init {args.init})")
@@ -235,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="mimic", choices=INITS, help="mixer initialisation (paper ablation)")
     p.add_argument("--conv-kernel", type=int, default=2, help="causal conv kernel size (paper: 2)")
     p.add_argument("--seed", type=int, default=0, help="random seed for the new parameters")
+    p.add_argument("--max-shard-size", default="2GB", help="split the safetensors above this size (e.g. 500MB)")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("data", help="the built-in multimodal task suite")

@@ -111,7 +111,7 @@ class Decoder(nn.Module):
         out.logits = self.lm_head(self.norm(x))
         return out
 
-    def save_pretrained(self, path) -> None:
-        from .checkpoint import save_checkpoint
+    def save_pretrained(self, path, max_shard_bytes: int | None = None) -> None:
+        from .checkpoint import MAX_SHARD_BYTES, save_checkpoint
 
-        save_checkpoint(self, path)
+        save_checkpoint(self, path, max_shard_bytes or MAX_SHARD_BYTES)
