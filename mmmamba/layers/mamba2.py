@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import causal_conv1d, causal_conv1d_step, ssd_chunked_scan, ssd_step
+from ..ops import causal_conv1d, causal_conv1d_step, ssd_scan, ssd_step
 from .norm import GatedHeadNorm, rms_norm
 from .projections import add_qkvo_projections
 
@@ -134,7 +134,7 @@ class Mamba2Mixer(nn.Module):
             x, dt, B, C = self._scan_inputs(xBC, u)
             if keep is not None:
                 dt = dt * keep
-            y, ssm_state = ssd_chunked_scan(x, dt, A, B, C, self.D, initial[1], cfg.chunk_size)
+            y, ssm_state = ssd_scan(x, dt, A, B, C, self.D, initial[1], cfg.chunk_size)
         if cache is not None:
             cache.conv.copy_(conv_state)
             cache.ssm.copy_(ssm_state)

@@ -1,0 +1,56 @@
+"""The SSD scan as layers call it: one signature, the fastest implementation that serves the call."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import Tensor
+
+from .ssd_chunked import ssd_chunked_scan
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@functools.cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pick_backend(x: Tensor, *tensors: Tensor | None, backend: str = "auto") -> str:
+    """``auto``: the fused Triton kernel on CUDA for float32 inputs when no gradient is needed
+    (prefill at inference), else the PyTorch chunked scan, which autograd differentiates.
+    The environment variable ``MMMAMBA_SSD_BACKEND`` (torch | triton) overrides ``auto``."""
+    if backend == "auto":
+        backend = os.environ.get("MMMAMBA_SSD_BACKEND", "auto")
+    if backend not in BACKENDS:
+        raise ValueError(f"SSD backend {backend!r}: use one of {list(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *tensors))
+    ok = x.is_cuda and x.dtype == torch.float32 and not needs_grad and triton_available()
+    return "triton" if ok else "torch"
+
+
+def ssd_scan(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    initial_state: Tensor | None = None,
+    chunk_size: int = 64,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """SSD scan (shapes as ``ssd_naive_scan``); returns (y (b, L, h, p), final state (b, h, p, n))."""
+    if pick_backend(x, dt, A, B, C, D, initial_state, backend=backend) == "triton":
+        from .ssd_triton import ssd_triton_scan
+
+        return ssd_triton_scan(x, dt, A, B, C, D, initial_state, chunk_size)
+    return ssd_chunked_scan(x, dt, A, B, C, D, initial_state, chunk_size)
