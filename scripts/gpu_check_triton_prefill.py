@@ -39,7 +39,8 @@ for backend in ("torch", "triton"):
     with torch.no_grad():
         logits[backend] = model(ids, pixels, mask).logits
     answers[backend] = predict(model, tok, samples, progress=False)
-    print(f"{dtype} {backend}: mean accuracy {score(samples, answers[backend])['mean_accuracy']:.4f} on {len(samples)} samples")
+    accuracy = score(samples, answers[backend])["mean_accuracy"]
+    print(f"{dtype} {backend}: mean accuracy {accuracy:.4f} on {len(samples)} samples")
 diff = (logits["torch"].float() - logits["triton"].float()).abs().max().item()
 same = sum(answers["torch"][k] == answers["triton"][k] for k in answers["torch"])
 print(f"max |logits torch − triton| = {diff:.2e} (logit scale {logits['torch'].abs().max().item():.1f})")
