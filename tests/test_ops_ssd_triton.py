@@ -50,10 +50,16 @@ def test_triton_scan_without_D_on_strided_group_shared_inputs():
     assert (y.double() - y_ref).abs().max() <= 1e-4 and (s.double() - s_ref).abs().max() <= 1e-4
 
 
-def test_dispatch_uses_autograd_path_when_gradients_are_needed():
-    x, dt, A, B, C, D, s0 = random_ssd_inputs(1, 9, 2, 4, 4, requires_grad=True)
-    assert pick_backend(x, dt, A, B, C, backend="auto") == "torch"
-    assert pick_backend(x, backend="triton") == "triton"
-    y, _ = ssd_scan(x, dt, A, B, C, D, s0, chunk_size=4)  # CPU / float64 / grad: the PyTorch chunked scan
+def test_dispatch_defaults_to_the_autograd_scan_and_obeys_the_override(monkeypatch):
+    x, dt, A, B, C, D, s0 = random_ssd_inputs(1, 21, 2, 16, 16, requires_grad=True)
+    monkeypatch.delenv("MMMAMBA_SSD_BACKEND", raising=False)
+    assert pick_backend() == "torch"
+    y, _ = ssd_scan(x, dt, A, B, C, D, s0, chunk_size=4)
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+    monkeypatch.setenv("MMMAMBA_SSD_BACKEND", "triton")
+    args = [t.detach().float().to(DEVICE) for t in (x, dt, A, B, C, D, s0)]
+    y_k, _ = ssd_scan(*args)
+    assert (y_k.double().cpu() - y.detach()).abs().max() <= 1e-4
+    with pytest.raises(ValueError, match="use one of"):
+        pick_backend("cuda")

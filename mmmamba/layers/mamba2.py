@@ -134,8 +134,7 @@ class Mamba2Mixer(nn.Module):
             x, dt, B, C = self._scan_inputs(xBC, u)
             if keep is not None:
                 dt = dt * keep
-            low_precision = u.dtype in (torch.bfloat16, torch.float16)  # TF32 rounding is below the input's own
-            y, ssm_state = ssd_scan(x, dt, A, B, C, self.D, initial[1], cfg.chunk_size, tf32_ok=low_precision)
+            y, ssm_state = ssd_scan(x, dt, A, B, C, self.D, initial[1], cfg.chunk_size)
         if cache is not None:
             cache.conv.copy_(conv_state)
             cache.ssm.copy_(ssm_state)

@@ -1,43 +1,26 @@
-"""The SSD scan as layers call it: one signature, the fastest implementation that serves the call."""
+"""The SSD scan as layers call it: one signature, the implementation chosen by ``backend``."""
 
 from __future__ import annotations
 
-import functools
 import os
 
-import torch
 from torch import Tensor
 
 from .ssd_chunked import ssd_chunked_scan
 
-BACKENDS = ("auto", "torch", "triton")
+# auto = torch. The fused Triton kernel is opt-in: measured on an H100 (BENCHMARKS.md §1b) it is
+# 5–8× slower than PyTorch with exact fp32 dots and 2.8–4.3× faster with TF32 dots, but TF32 moved
+# a bf16 student's logits by up to 0.3 (7 of 400 greedy answers changed), so it is not the default.
+BACKENDS = ("auto", "torch", "triton", "triton_tf32")
 
 
-@functools.cache
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def pick_backend(x: Tensor, *tensors: Tensor | None, backend: str = "auto", tf32_ok: bool = False) -> str:
-    """``auto``: the fused Triton kernel (TF32 matmuls) on CUDA when no gradient is needed and the
-    caller accepts TF32 rounding (``tf32_ok``: a bf16/fp16 model, whose own inputs are coarser);
-    otherwise the PyTorch chunked scan — exact in fp32, and the one autograd differentiates.
-    Measured on an H100 (BENCHMARKS.md): Triton TF32 2.8–4.3× faster than PyTorch, Triton with
-    exact fp32 matmuls 5–8× slower, so exact float32 stays on PyTorch.
-    The environment variable ``MMMAMBA_SSD_BACKEND`` (torch | triton) overrides ``auto``."""
+def pick_backend(backend: str = "auto") -> str:
+    """``backend``, or for ``auto`` the environment variable ``MMMAMBA_SSD_BACKEND`` (default torch)."""
     if backend == "auto":
-        backend = os.environ.get("MMMAMBA_SSD_BACKEND", "auto")
-    if backend not in BACKENDS:
-        raise ValueError(f"SSD backend {backend!r}: use one of {list(BACKENDS)}")
-    if backend != "auto":
-        return backend
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *tensors))
-    ok = tf32_ok and x.is_cuda and x.dtype == torch.float32 and not needs_grad and triton_available()
-    return "triton" if ok else "torch"
+        backend = os.environ.get("MMMAMBA_SSD_BACKEND", "torch")
+    if backend not in BACKENDS[1:]:
+        raise ValueError(f"SSD backend {backend!r}: use one of {list(BACKENDS[1:])}")
+    return backend
 
 
 def ssd_scan(
@@ -50,11 +33,15 @@ def ssd_scan(
     initial_state: Tensor | None = None,
     chunk_size: int = 64,
     backend: str = "auto",
-    tf32_ok: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """SSD scan (shapes as ``ssd_naive_scan``); returns (y (b, L, h, p), final state (b, h, p, n))."""
-    if pick_backend(x, dt, A, B, C, D, initial_state, backend=backend, tf32_ok=tf32_ok) == "triton":
-        from .ssd_triton import ssd_triton_scan
+    """SSD scan (shapes as ``ssd_naive_scan``); returns (y (b, L, h, p), final state (b, h, p, n)).
 
-        return ssd_triton_scan(x, dt, A, B, C, D, initial_state, chunk_size, precision="tf32" if tf32_ok else "ieee")
-    return ssd_chunked_scan(x, dt, A, B, C, D, initial_state, chunk_size)
+    ``torch``: the chunked PyTorch scan (autograd, any device). ``triton`` / ``triton_tf32``: the
+    fused forward-only kernel with exact fp32 or TF32 matmuls (inference on CUDA).
+    """
+    kind = pick_backend(backend)
+    if kind == "torch":
+        return ssd_chunked_scan(x, dt, A, B, C, D, initial_state, chunk_size)
+    from .ssd_triton import ssd_triton_scan
+
+    return ssd_triton_scan(x, dt, A, B, C, D, initial_state, precision="tf32" if kind == "triton_tf32" else "ieee")

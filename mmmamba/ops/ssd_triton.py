@@ -94,9 +94,11 @@ def ssd_triton_scan(
     chunk_size: int = 64,
     block_p: int = 64,
     precision: str = "ieee",
-    num_warps: int = 4,
+    num_warps: int = 8,
 ) -> tuple[Tensor, Tensor]:
-    """Same signature and result as ``ssd_chunked_scan``: (y (b, L, h, p), final state (b, h, p, n)) in float32.
+    """Same result as ``ssd_chunked_scan``: (y (b, L, h, p), final state (b, h, p, n)) in float32.
+
+    The chunk length is an internal tile size here (capped at 64); the result does not depend on it.
 
     ``precision`` "ieee" matches the PyTorch scan; "tf32" is faster on tensor cores, less exact.
     """
@@ -108,7 +110,7 @@ def ssd_triton_scan(
     final = torch.empty(b, h, p, n, device=x.device, dtype=torch.float32)
     s0 = initial_state.contiguous().float() if initial_state is not None else final
     block_p = min(block_p, triton.next_power_of_2(p))
-    chunk = max(16, triton.next_power_of_2(chunk_size))
+    chunk = min(64, max(16, triton.next_power_of_2(chunk_size)))  # 128 overflows shared memory on an H100
     grid = (b * h, triton.cdiv(p, block_p))
     x32 = x.float() if x.dtype != torch.float32 else x
     _ssd_scan_kernel[grid](
