@@ -72,7 +72,7 @@ def test_pixel_shuffle_matches_a_loop_reference():
         for j in range(2):
             # InternVL order: the block's rows vary slowest, then columns, then channels
             ref[:, i, j] = torch.cat([x[:, i * r + di, j * r + dj] for di in range(r) for dj in range(r)], dim=-1)
-    assert torch.equal(pixel_shuffle(x, 0.5), ref)
+    assert torch.equal(pixel_shuffle(x, 2), ref)
 
 
 def test_shuffled_patch_embedding_matches_per_patch_matmul():

@@ -154,7 +154,7 @@ class _Stream:
 def cmd_generate(args) -> None:
     import torch
 
-    from ..data.tokenizer import IMAGE_MARK
+    from ..data.images import attach_image
     from ..infer import generate
 
     model, tok, image, sampling = _load_for_chat(args)
@@ -162,8 +162,7 @@ def cmd_generate(args) -> None:
     model = model.to(device)
     text, counts = args.prompt, None
     if image is not None:
-        text = text if IMAGE_MARK in text else f"{IMAGE_MARK}\n{text}"
-        counts = [image.shape[0] * model.config.vision.tokens_per_tile]
+        text, counts = attach_image(text, image, model.config.vision)
     stream = _Stream(tok)
     generate(
         model,

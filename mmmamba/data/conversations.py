@@ -96,8 +96,8 @@ class Batch:
     pixel_values: torch.Tensor | None  # (n_tiles_in_batch, C, S, S), in sequence order
 
     def to(self, device) -> Batch:
-        moved = (t if t is None else t.to(device) for t in (self.input_ids, self.attention_mask, self.loss_mask))
-        return Batch(*moved, None if self.pixel_values is None else self.pixel_values.to(device))
+        pixels = None if self.pixel_values is None else self.pixel_values.to(device)
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device), pixels)
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:

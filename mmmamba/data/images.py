@@ -86,5 +86,12 @@ class ImageProcessor:
         return (torch.cat(tiles) if tiles else torch.zeros(0, self.cfg.channels, s, s)), counts
 
 
+def attach_image(text: str, tiles: torch.Tensor, cfg: VisionConfig) -> tuple[str, list[int]]:
+    """A message sent with one image (its tiles): the ``<image>`` mark, put first when absent, and its token count."""
+    from .tokenizer import IMAGE_MARK
+
+    return (text if IMAGE_MARK in text else f"{IMAGE_MARK}\n{text}"), [tiles.shape[0] * cfg.tokens_per_tile]
+
+
 def image_processor(cfg: VisionConfig | None) -> ImageProcessor | None:
     return None if cfg is None else ImageProcessor(cfg)

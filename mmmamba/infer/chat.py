@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..data.tokenizer import IMAGE_MARK, ChatTokenizer
+from ..data.images import attach_image
+from ..data.tokenizer import ChatTokenizer
 from ..models import Decoder
 from .generate import check_length, decode_tokens, prefill
 from .sampling import SamplingConfig
@@ -41,8 +42,7 @@ class ChatSession:
         """One user turn, with an optional image as its tiles (n_tiles, C, S, S); returns the answer's tokens."""
         counts = None
         if image is not None:
-            text = text if IMAGE_MARK in text else f"{IMAGE_MARK}\n{text}"
-            counts = [image.shape[0] * self.model.config.vision.tokens_per_tile]
+            text, counts = attach_image(text, image, self.model.config.vision)
         ids = self.pending + self.tok.user_turn(text, first=self.tokens == 0, image_tokens=counts)
         check_length(self.model, self.tokens + len(ids), max_new_tokens)
         device = self.mask.device

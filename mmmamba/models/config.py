@@ -43,7 +43,7 @@ class VisionConfig:
             raise MmmambaError(f"unknown vision style {self.style!r}; use one of {list(VISION_STYLES)}")
         if self.image_size % self.patch_size:
             raise MmmambaError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
-        merge = round(1 / self.downsample_ratio)
+        merge = self.merge
         if self.style == "fuyu" and merge != 1:
             raise MmmambaError("pixel shuffle (downsample_ratio < 1) needs the 'internvl' vision style")
         if (self.image_size // self.patch_size) % merge:
@@ -60,9 +60,14 @@ class VisionConfig:
         return (self.image_size // self.patch_size) ** 2
 
     @property
+    def merge(self) -> int:
+        """Side of the block of patches pixel shuffle merges into one token (1: none)."""
+        return round(1 / self.downsample_ratio)
+
+    @property
     def tokens_per_tile(self) -> int:
         """Placeholder tokens one tile (or thumbnail) occupies in the sequence."""
-        return round(self.num_patches * self.downsample_ratio**2)
+        return self.num_patches // self.merge**2
 
 
 @dataclass

@@ -15,14 +15,13 @@ def _check_pixels(cfg: VisionConfig, pixel_values: Tensor) -> None:
         raise ValueError(f"expected images of shape ({cfg.channels}, {s}, {s}), got ({c}, {height}, {width})")
 
 
-def pixel_shuffle(x: Tensor, ratio: float) -> Tensor:
-    """InternVL's pixel shuffle (v2): (n, h, w, c) → (n, h·ratio, w·ratio, c/ratio²).
+def pixel_shuffle(x: Tensor, r: int) -> Tensor:
+    """InternVL's pixel shuffle (v2, ratio 1/r): (n, h, w, c) → (n, h/r, w/r, c·r²).
 
-    Each output token concatenates an r×r block of neighbouring patches (r = 1/ratio); the channel
-    order follows InternVL so that projector weights trained there apply unchanged.
+    Each output token concatenates an r×r block of neighbouring patches; the channel order follows
+    InternVL so that projector weights trained there apply unchanged.
     """
     n, h, w, c = x.shape
-    r = round(1 / ratio)
     x = x.reshape(n, h, w // r, c * r).permute(0, 2, 1, 3)  # (n, w/r, h, c·r)
     x = x.reshape(n, w // r, h // r, c * r * r).permute(0, 2, 1, 3)  # (n, h/r, w/r, c·r²)
     return x.contiguous()
@@ -54,7 +53,7 @@ class ShuffledPatchEmbedding(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.embed_dim or hidden_size
-        merged = round(d / cfg.downsample_ratio**2)
+        merged = d * cfg.merge**2
         self.patch_embedding = nn.Conv2d(cfg.channels, d, cfg.patch_size, stride=cfg.patch_size)
         self.position_embedding = nn.Parameter(torch.randn(1, cfg.num_patches, d) * 0.02)
         self.projector = nn.Sequential(
@@ -67,7 +66,7 @@ class ShuffledPatchEmbedding(nn.Module):
         x = self.patch_embedding(pixel_values)  # (n, d, h, w)
         n, d, h, w = x.shape
         x = x.flatten(2).transpose(1, 2) + self.position_embedding  # (n, h·w, d)
-        x = pixel_shuffle(x.reshape(n, h, w, d), self.cfg.downsample_ratio)
+        x = pixel_shuffle(x.reshape(n, h, w, d), self.cfg.merge)
         return self.projector(x.reshape(n, -1, x.shape[-1]))
 
 

@@ -44,4 +44,5 @@ def ssd_scan(
         return ssd_chunked_scan(x, dt, A, B, C, D, initial_state, chunk_size)
     from .ssd_triton import ssd_triton_scan
 
-    return ssd_triton_scan(x, dt, A, B, C, D, initial_state, precision="tf32" if kind == "triton_tf32" else "ieee")
+    precision = "tf32" if kind == "triton_tf32" else "ieee"
+    return ssd_triton_scan(x, dt, A, B, C, D, initial_state, chunk_size, precision=precision)

@@ -112,11 +112,10 @@ def ssd_triton_scan(
     block_p = min(block_p, triton.next_power_of_2(p))
     chunk = min(64, max(16, triton.next_power_of_2(chunk_size)))  # 128 overflows shared memory on an H100
     grid = (b * h, triton.cdiv(p, block_p))
-    x32 = x.float() if x.dtype != torch.float32 else x
     _ssd_scan_kernel[grid](
-        x32, dt, A, B, C, D if D is not None else A, s0, y, final,
+        x, dt, A, B, C, D if D is not None else A, s0, y, final,
         L, h, p, n,
-        *x32.stride()[:3], *dt.stride(), *B.stride()[:3], *C.stride()[:3], *final.stride()[:3],
+        *x.stride()[:3], *dt.stride(), *B.stride()[:3], *C.stride()[:3], *final.stride()[:3],
         HAS_D=D is not None, HAS_S0=initial_state is not None,
         CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=max(16, triton.next_power_of_2(n)), PRECISION=precision,
         num_warps=num_warps,
