@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import MmmambaError
 from ..models.config import VisionConfig
+from .tokenizer import IMAGE_MARK
 
 RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
@@ -88,8 +89,6 @@ class ImageProcessor:
 
 def attach_image(text: str, tiles: torch.Tensor, cfg: VisionConfig) -> tuple[str, list[int]]:
     """A message sent with one image (its tiles): the ``<image>`` mark, put first when absent, and its token count."""
-    from .tokenizer import IMAGE_MARK
-
     return (text if IMAGE_MARK in text else f"{IMAGE_MARK}\n{text}"), [tiles.shape[0] * cfg.tokens_per_tile]
 
 
