@@ -53,6 +53,11 @@ class Decoder(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
+    def between_layers(self, i: int, x: Tensor) -> Tensor:
+        """The residual stream after layer ``i``, as the next layer sees it (a model feature hook;
+        e.g. HoVLE's L2 normalisation between its two stacks). Identity by default."""
+        return x
+
     def make_cache(self, batch: int, max_length: int, dtype=None, device=None) -> nn.ModuleList:
         """One cache per layer: a KV cache for attention, a constant-size state for Mamba-2."""
         p = self.embed_tokens.weight
@@ -106,6 +111,7 @@ class Decoder(nn.Module):
             if return_layer_io:
                 out.layer_inputs.append(x)
             x, mixed = layer(x, positions, attention_mask, None if cache is None else cache[i])
+            x = self.between_layers(i, x)
             if return_layer_io:
                 out.mixer_outputs.append(mixed)
         out.logits = self.lm_head(self.norm(x))
