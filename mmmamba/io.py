@@ -1,0 +1,271 @@
+"""Files on disk, done one way everywhere: atomic writes, defensive reads, outputs checked before work.
+
+- ``write_atomic`` writes a file under a temporary sibling name, flushes it to disk and renames it
+  into place: a reader sees the old file or the new one, never half of one. A failed write (disk
+  full, file-size limit) removes the temporary file and says so in one line.
+- ``publish_dir`` moves a complete temporary folder into place; an existing folder is swapped out
+  first and deleted only after the new one is in place. ``recover_dir`` undoes a swap that a kill
+  interrupted (the old folder comes back) and removes leftover temporaries.
+- ``read_json`` turns every malformed file (missing, a folder, empty, not UTF-8, not JSON, nested
+  too deeply, the wrong shape) into one line naming the file.
+- ``check_output_dir`` / ``check_output_file`` / ``check_free_space`` refuse an output that cannot
+  be written before any work starts.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import MmmambaError
+
+MAX_JSON_BYTES = 512 * 1024**2  # a Hugging Face tokenizer.json is tens of MB; a config a few KB
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+TMP_TAG, OLD_TAG = ".tmp-", ".old-"
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """An error that means the disk (or a file-size or quota limit) is full, however it is wrapped."""
+    if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+        return True
+    text = str(e).lower()
+    return any(s in text for s in ("no space left", "file too large", "disk quota", "enforce fail at inline_container"))
+
+
+def disk_full_error(path, e: BaseException) -> MmmambaError:
+    return MmmambaError(
+        f"{path}: disk full while writing ({e.__class__.__name__}); free space and rerun "
+        "(what was there before is intact)"
+    )
+
+
+def temp_sibling(path: Path, tag: str = TMP_TAG) -> Path:
+    return path.with_name(f".{path.name}{tag}{uuid.uuid4().hex[:8]}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path, write: Callable[[Path], object]) -> None:
+    """``write(tmp)`` writes the content to ``tmp``; it then replaces ``path`` in one rename."""
+    path = Path(path)
+    tmp = temp_sibling(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise disk_full_error(path, e) from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_text_atomic(path, text: str) -> None:
+    write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _siblings(final: Path, tag: str) -> list[Path]:
+    prefix = f".{final.name}{tag}"
+    if not final.parent.is_dir():
+        return []
+    return sorted(p for p in final.parent.iterdir() if p.name.startswith(prefix))
+
+
+def recover_dir(final) -> None:
+    """Finish or undo an interrupted ``publish_dir`` of ``final`` and remove leftover temporaries.
+
+    A kill between the two renames leaves ``final`` missing and its old copy aside: the old copy
+    comes back (the new one was never announced). Temporary folders are always incomplete work.
+    """
+    final = Path(final)
+    olds = _siblings(final, OLD_TAG)
+    if olds and not final.exists():
+        os.rename(olds[-1], final)
+        olds = olds[:-1]
+    for leftover in olds + _siblings(final, TMP_TAG):
+        remove_tree(leftover)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move the complete folder ``tmp`` to ``final``; an existing ``final`` is removed only afterwards."""
+    old = None
+    if final.exists():
+        old = temp_sibling(final, OLD_TAG)
+        os.rename(final, old)
+    os.rename(tmp, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        remove_tree(old)
+
+
+def link_or_copy_tree(src: Path, dst: Path) -> None:
+    """Hard-link (or copy, across file systems) a file or folder: the source stays untouched."""
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=_link_or_copy, symlinks=True)
+    else:
+        _link_or_copy(src, dst)
+
+
+def _link_or_copy(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def read_json(path, what: str = "JSON file", kind: type | None = dict, max_bytes: int = MAX_JSON_BYTES):
+    """Parse a JSON file; every way it can be wrong is a one-line error naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise MmmambaError(f"{path}: is a folder, expected a {what}; point at the file")
+    if not path.is_file():
+        raise MmmambaError(f"{path}: no such {what}")
+    size = path.stat().st_size
+    if size == 0:
+        raise MmmambaError(f"{path}: empty {what} (an interrupted write?); restore or re-create it")
+    if size > max_bytes:
+        raise MmmambaError(f"{path}: {size} bytes is too large for a {what}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MmmambaError(f"{path}: not UTF-8 text (byte {e.start}); re-save the {what} as UTF-8") from None
+    except OSError as e:
+        raise MmmambaError(f"{path}: cannot read ({e.strerror or e}); check the file's permissions") from None
+    obj = parse_json(text, str(path), what)
+    if kind is not None and not isinstance(obj, kind):
+        raise MmmambaError(f"{path}: expected a JSON {_KIND_NAMES.get(kind, kind.__name__)}, got {_json_type(obj)}")
+    return obj
+
+
+_KIND_NAMES = {dict: "object", list: "array", str: "string"}
+
+
+def _json_type(obj) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(obj), "a number"
+    )
+
+
+def parse_json(text: str, where: str, what: str = "JSON"):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise MmmambaError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}); fix the {what}") from None
+    except RecursionError:
+        raise MmmambaError(f"{where}: JSON nested too deeply; fix the {what}") from None
+    except ValueError as e:  # e.g. an integer with thousands of digits
+        raise MmmambaError(f"{where}: unreadable JSON value ({str(e).splitlines()[0]}); fix the {what}") from None
+
+
+def _first_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_parent_chain(path: Path, flag: str) -> None:
+    anchor = _first_existing(path.parent if not path.exists() else path)
+    if anchor.exists() and not anchor.is_dir():
+        raise MmmambaError(f"{flag} {path}: lies under {anchor}, which is a file; choose a path in a folder")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise MmmambaError(f"{flag} {path}: {anchor} is not writable; choose a writable location")
+
+
+def check_output_dir(path, flag: str = "--out") -> Path:
+    """An output folder: not a file, not under a file, writable. Nothing is created."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise MmmambaError(f"{flag} {path}: is a file, expected a folder; choose another path")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise MmmambaError(f"{flag} {path}: the folder is not writable; choose a writable location")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise MmmambaError(f"{flag} {path}: its parent folder is not writable (needed to replace it safely)")
+        return path
+    _check_parent_chain(path, flag)
+    return path
+
+
+def check_output_file(path, flag: str = "--out") -> Path:
+    """An output file: not a folder, not under a file, writable. Nothing is created."""
+    path = Path(path)
+    if path.is_dir():
+        raise MmmambaError(f"{flag} {path}: is a folder, expected a file path; name a file")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise MmmambaError(f"{flag} {path}: the file is read-only; choose a writable location")
+    _check_parent_chain(path, flag)
+    return path
+
+
+def free_bytes(path) -> int:
+    try:
+        return shutil.disk_usage(_first_existing(Path(path).absolute())).free
+    except OSError:
+        return 1 << 62
+
+
+def check_free_space(path, need: int, what: str) -> None:
+    free = free_bytes(path)
+    if need > free:
+        raise MmmambaError(
+            f"{path}: {what} needs about {human_bytes(need)} of disk, only {human_bytes(free)} is free; free space"
+        )
+
+
+def machine_memory() -> int:
+    """Bytes of memory this process may use: the physical memory, or a cgroup limit below it."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 1 << 40
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            limit = int(Path(f).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        total = min(total, limit)
+    return total
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1024 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def same_or_inside(a, b) -> bool:
+    """Whether path ``a`` is ``b`` or lies inside it (after resolving links)."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or b in a.parents
