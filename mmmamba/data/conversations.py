@@ -2,18 +2,19 @@
 
 One sample a line: ``{"id", "image": path | [paths] | absent, "conversations": [{"from": "human",
 "value": "<image>\\n…"}, {"from": "gpt", "value": "…"}, …]}``; image paths are relative to the
-data root. Extra keys (``family``, ``scenes``) are kept for evaluation.
+data root and must stay inside it (no ``..``, no absolute path) unless the caller allows it
+(``--allow-outside-images``). Extra keys (``family``, ``scenes``) are kept for evaluation.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import MmmambaError
+from ..io import parse_json
 from .images import ImageProcessor
 from .tokenizer import IMAGE_MARK, ChatTokenizer
 
@@ -24,6 +25,7 @@ class Sample:
     family: str
     images: list[Path]
     turns: list[tuple[str, str]]  # (human, gpt) pairs
+    where: str = ""  # "file:line", for messages
 
 
 def _check(record, where: str) -> Sample:
@@ -46,26 +48,54 @@ def _check(record, where: str) -> Sample:
     marks = sum(h.count(IMAGE_MARK) for h, _ in turns)
     if marks != len(images):
         raise MmmambaError(f"{where}: {marks} '<image>' marks but {len(images)} image path(s); make them match")
-    return Sample(str(record.get("id", where)), str(record.get("family", "all")), images, turns)
+    return Sample(str(record.get("id", where)), str(record.get("family", "all")), images, turns, where)
 
 
-def read_jsonl(path) -> list[Sample]:
+def _image_path(root: Path, rel: str, where: str, allow_outside: bool) -> Path:
+    if not rel or "\x00" in rel:
+        raise MmmambaError(f"{where}: empty or invalid image path {rel!r}")
+    p = Path(rel)
+    if not allow_outside and (p.is_absolute() or ".." in p.parts):
+        raise MmmambaError(
+            f"{where}: image path {rel!r} leaves the data folder; use a path inside it "
+            "(or pass --allow-outside-images)"
+        )
+    return root / p
+
+
+def read_jsonl(path, allow_outside: bool = False) -> list[Sample]:
     """Parse and validate every line; a bad line raises an error naming the file and line number."""
     path = Path(path)
+    if path.is_dir():
+        raise MmmambaError(f"{path}: is a folder, expected a JSONL data file")
     if not path.is_file():
         raise MmmambaError(f"{path}: no such data file; run `mmmamba data make --out DIR` or point --data at it")
     samples = []
-    with path.open() as f:
-        for n, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise MmmambaError(f"{where}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MmmambaError(f"{path}:{n}: not valid JSON ({e.msg}); fix or remove the line") from None
-            sample = _check(record, f"{path}:{n}")
-            sample.images = [path.parent / p for p in sample.images]
+            record = parse_json(line, where, "line (or remove it)")
+            sample = _check(record, where)
+            sample.images = [_image_path(path.parent, p, where, allow_outside) for p in sample.images]
             samples.append(sample)
+    return samples
+
+
+def read_split(data_dir, split: str, allow_outside: bool = False, limit: int | None = None) -> list[Sample]:
+    """``{data_dir}/{split}.jsonl``; an absent folder or an empty split is an error naming it."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        what = "is a file" if data_dir.exists() else "does not exist"
+        raise MmmambaError(f"--data {data_dir}: {what}; point it at a folder with train.jsonl / val.jsonl / test.jsonl")
+    samples = read_jsonl(data_dir / f"{split}.jsonl", allow_outside)[:limit]
+    if not samples:
+        raise MmmambaError(f"{data_dir / f'{split}.jsonl'}: holds no samples; the {split} split must not be empty")
     return samples
 
 
@@ -78,14 +108,33 @@ class Example:
     pixels: torch.Tensor | None  # (n_tiles, C, S, S), all images' tiles in order; None for a text model
 
 
-def encode_sample(sample: Sample, tok: ChatTokenizer, images: ImageProcessor | None) -> Example:
+def encode_sample(
+    sample: Sample, tok: ChatTokenizer, images: ImageProcessor | None, max_length: int | None = None
+) -> Example:
     """Tokenise a conversation, each ``<image>`` expanded to as many placeholders as its image's tiles take."""
+    where = sample.where or f"sample {sample.id}"
     if images is None:
         if sample.images:
-            raise MmmambaError(f"sample {sample.id}: has images but the model has no image front-end; drop them")
-        return Example(*tok.chat(sample.turns), None)
-    pixels, counts = images.load_many(sample.images)
-    return Example(*tok.chat(sample.turns, counts), pixels)
+            raise MmmambaError(f"{where}: has images but the model has no image front-end; use text-only data")
+        ex = Example(*tok.chat(sample.turns), None)
+    else:
+        pixels, counts = images.load_many(sample.images)
+        ex = Example(*tok.chat(sample.turns, counts), pixels)
+    if max_length is not None and len(ex.ids) > max_length:
+        raise MmmambaError(
+            f"{where}: {len(ex.ids)} tokens, more than the model's max_position {max_length}; shorten or drop it"
+        )
+    return ex
+
+
+def check_images_match(samples: list[Sample], vision, model_name) -> None:
+    """Image data for a text-only model is refused before any work (it would be scored without its images)."""
+    if vision is None:
+        with_images = next((s for s in samples if s.images), None)
+        if with_images is not None:
+            raise MmmambaError(
+                f"{with_images.where}: has images but {model_name} is text-only; use text-only data or a VLM"
+            )
 
 
 @dataclass

@@ -40,12 +40,18 @@ def choose_grid(width: int, height: int, image_size: int, min_tiles: int, max_ti
     return best
 
 
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # larger headers are refused before decoding (decompression bombs)
+
+
 def open_image(path) -> Image.Image:
-    """Decode an image file to RGB; a corrupt or missing file is a one-line error naming it."""
+    """Decode an image file to RGB; a corrupt, missing or oversized file is a one-line error naming it."""
     try:
         with Image.open(path) as im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS or min(w, h) < 1:
+                raise MmmambaError(f"{path}: {w}x{h} pixels is not a usable image size; resize it below 64 Mpixel")
             return im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
         raise MmmambaError(f"{path}: cannot read image ({e.__class__.__name__}); replace or remove it") from None
 
 

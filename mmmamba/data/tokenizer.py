@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import MmmambaError
+from ..io import read_json, write_atomic, write_json_atomic
 
 SPECIALS = ("<pad>", "<bos>", "<end>", "<img>", "</img>", "<IMG_CONTEXT>", "<|user|>", "<|assistant|>")
 IMAGE_MARK = "<image>"
@@ -122,17 +123,20 @@ class ByteTokenizer(ChatTokenizer):
 
     def save(self, folder) -> None:
         spec = {"kind": "byte", "specials": list(SPECIALS), "image_tokens": self.image_tokens}
-        (Path(folder) / FILENAME).write_text(json.dumps(spec, indent=2) + "\n")
+        write_json_atomic(Path(folder) / FILENAME, spec)
 
     @classmethod
     def load(cls, folder) -> ByteTokenizer:
         f = Path(folder) / FILENAME
         if not f.is_file():
             raise MmmambaError(f"{f}: no tokenizer.json; save the tokenizer with the checkpoint")
-        spec = json.loads(f.read_text())
+        spec = read_json(f, "tokenizer.json")
         if spec.get("kind") != "byte" or spec.get("specials") != list(SPECIALS):
             raise MmmambaError(f"{f}: not an mmmamba byte tokenizer")
-        return cls(image_tokens=spec["image_tokens"])
+        n = spec.get("image_tokens")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1 << 20:
+            raise MmmambaError(f"{f}: image_tokens must be a positive integer, got {json.dumps(n)}")
+        return cls(image_tokens=n)
 
 
 # Files that make up a tokenizer in a checkpoint folder (ours, or a Hugging Face one)
@@ -150,17 +154,21 @@ TOKENIZER_FILES = (
 
 
 def copy_tokenizer(src, dst) -> None:
-    """Copy a checkpoint's tokenizer files next to a derived checkpoint (those the source has)."""
+    """Copy a checkpoint's tokenizer files next to a derived checkpoint (those the source has), atomically."""
     for name in TOKENIZER_FILES:
         if (Path(src) / name).is_file():
-            shutil.copyfile(Path(src) / name, Path(dst) / name)
+            write_atomic(Path(dst) / name, lambda p, name=name: shutil.copyfile(Path(src) / name, p))
 
 
 def load_tokenizer(folder) -> ChatTokenizer:
     """The tokenizer saved in a checkpoint folder: ours (byte-level) or a Hugging Face one."""
     f = Path(folder) / FILENAME
-    if f.is_file() and f.stat().st_size < 4096 and json.loads(f.read_text()).get("kind") == "byte":
+    if f.exists() and not f.is_file():
+        raise MmmambaError(f"{f}: is not a file; copy the teacher's tokenizer files into {folder}")
+    if f.is_file() and f.stat().st_size < 4096 and read_json(f, "tokenizer.json").get("kind") == "byte":
         return ByteTokenizer.load(folder)
+    if f.is_file():
+        read_json(f, "tokenizer.json")  # a malformed file is one line here, not deep in transformers
     if not f.is_file() and not (Path(folder) / "tokenizer_config.json").is_file():
         raise MmmambaError(f"{folder}: no tokenizer files; copy the teacher's tokenizer files into it")
     from .hf_tokenizer import HFTokenizer

@@ -2,9 +2,16 @@
 split, CSV log + loss-curve PNG, a full checkpoint after every stage, and exact resume.
 
 Output folder:
-  after_stage{S}/      complete student checkpoint after stage S (every parameter, tokenizer)
-  train_state.pt       in-progress stage: student, optimizer, step, RNG (resumes exactly)
+  distill_config.json  the run's settings (a rerun with other settings is refused)
+  after_stage{S}/      complete student checkpoint after stage S (every parameter, tokenizer, manifest)
+  train_state.pt       in-progress stage: student, optimizer, step, RNG, skip counters (resumes exactly)
   log.csv, loss.png    per-step training loss and periodic validation loss
+
+Crash safety: every file is written under a temporary name and renamed; ``after_stage{S}`` is
+written complete (tokenizer included) into a temporary folder and renamed into place, and only
+then is ``train_state.pt`` removed. A kill at any point leaves a folder that the same command
+resumes; a leftover state of a finished stage is recognised (and removed) before anything loads.
+Everything the run needs is checked before the first step (``prepare``; ``dry_run`` stops there).
 """
 
 from __future__ import annotations
@@ -12,23 +19,42 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import json
+import io
+import math
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..data.conversations import Batch, collate, encode_sample, read_jsonl
+from ..data.conversations import Batch, Example, check_images_match, collate, encode_sample, read_split
 from ..data.images import image_processor
-from ..data.tokenizer import copy_tokenizer, load_tokenizer
+from ..data.tokenizer import ChatTokenizer, copy_tokenizer, load_tokenizer
 from ..errors import MmmambaError
+from ..io import (
+    check_free_space,
+    check_output_dir,
+    free_bytes,
+    human_bytes,
+    machine_memory,
+    read_json,
+    recover_dir,
+    same_or_inside,
+    write_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 from ..layers import Mamba2Mixer
-from ..models import Decoder, load_checkpoint, save_checkpoint
-from ..training.optim import clip_and_step, make_adamw, set_lr
-from ..training.state import STATE_FILE, batch_indices, load_state, save_state
+from ..models import Decoder, DecoderConfig, load_checkpoint, save_checkpoint
+from ..models.checkpoint import parameter_count
+from ..training.optim import NonFiniteGuard, clip_and_step, make_adamw, set_lr
+from ..training.state import STATE_FILE, apply_state, batch_indices, read_state, save_state
 from .losses import masked_ce, masked_kl, masked_mse
 from .stages import STAGES, StageConfig, select_trainable
+
+MAX_STEPS = 10_000_000
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size")
 
 
 @dataclass
@@ -45,6 +71,30 @@ class DistillConfig:
     train_mlp: bool = False
     lr_scale: float = 1.0  # multiplies every stage's paper learning rate
     device: str = "cpu"
+    max_bad_steps: int = 20  # consecutive non-finite steps that stop the run
+    allow_outside_images: bool = False
+
+
+def check_config(cfg: DistillConfig) -> None:
+    """Every setting in range, before anything is read."""
+    stages = list(cfg.stages)
+    if not stages or any(s not in STAGES for s in stages) or stages != sorted(set(stages)):
+        raise MmmambaError(f"--stages {stages}: give stages from 1,2,3, in order, each once")
+    for s in stages:
+        n = cfg.steps.get(s)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_STEPS:
+            raise MmmambaError(f"stage {s}: {n} steps; give a whole number of steps between 1 and {MAX_STEPS}")
+    positive = {"batch_size": 1 << 16, "eval_every": MAX_STEPS, "val_limit": 1 << 24, "max_bad_steps": MAX_STEPS}
+    for name, high in positive.items():
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= high:
+            raise MmmambaError(f"{name.replace('_', '-')} {v}: give a whole number between 1 and {high}")
+    for name, low_open in (("temperature", True), ("lr_scale", True), ("ce_weight", False)):
+        v = getattr(cfg, name)
+        bad = not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (low_open and v == 0)
+        if bad:
+            need = "a finite number above 0" if low_open else "a finite number, 0 or more"
+            raise MmmambaError(f"--{name.replace('_', '-')} {v}: give {need}")
 
 
 def mamba_layers(model: Decoder) -> list[int]:
@@ -99,12 +149,27 @@ class Logger:
     def __init__(self, out: Path):
         self.path = out / "log.csv"
         if not self.path.exists():
-            self.path.write_text("stage,step,lr,train_loss,val_loss\n")
+            write_text_atomic(self.path, "stage,step,lr,train_loss,val_loss\n")
+
+    def truncate(self, stage: int, step: int) -> None:
+        """Forget rows past (stage, step): the steps a resumed run will take again."""
+        rows = self.path.read_text().splitlines(keepends=True)
+        keep = rows[:1] + [r for r in rows[1:] if _row_key(r) <= (stage, step)]
+        if len(keep) != len(rows):
+            write_text_atomic(self.path, "".join(keep))
 
     def row(self, stage: int, step: int, lr: float, train: float | None, val: float | None) -> None:
         with self.path.open("a") as f:
             fmt = lambda v: "" if v is None else f"{v:.6g}"  # noqa: E731
             csv.writer(f).writerow([stage, step, f"{lr:.3e}", fmt(train), fmt(val)])
+
+
+def _row_key(row: str) -> tuple[int, int]:
+    try:
+        stage, step = row.split(",")[:2]
+        return int(stage), int(step)
+    except ValueError:
+        return (0, 0)
 
 
 def plot_losses(out: Path) -> None:
@@ -113,8 +178,10 @@ def plot_losses(out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = list(csv.DictReader((out / "log.csv").open()))
+    rows = [r for r in csv.DictReader((out / "log.csv").open()) if r.get("stage", "").isdigit()]
     stages = sorted({int(r["stage"]) for r in rows})
+    if not stages:
+        return
     fig, axes = plt.subplots(1, len(stages), figsize=(4.5 * len(stages), 3.4), squeeze=False)
     for ax, s in zip(axes[0], stages):
         mine = [r for r in rows if int(r["stage"]) == s]
@@ -129,51 +196,242 @@ def plot_losses(out: Path) -> None:
         ax.set_xlabel("step")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
+    write_atomic(out / "loss.png", lambda p: p.write_bytes(buf.getvalue()))
 
 
 def _batches(examples, idx_lists, pad_id, device) -> list[Batch]:
     return [collate([examples[i] for i in idx], pad_id).to(device) for idx in idx_lists]
 
 
-def distill(teacher_dir, student_dir, data_dir, out_dir, cfg: DistillConfig, stop_after: int | None = None) -> Decoder:
-    """Run ``cfg.stages`` in order; resumes from ``out_dir`` if a previous run was interrupted.
+@dataclass
+class Prepared:
+    """Everything a run needs, loaded and checked before the first step."""
 
-    ``stop_after`` ends the run after that many optimizer steps in this call (to test resuming).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = json.loads(json.dumps(asdict(cfg) | {"teacher": str(teacher_dir), "student": str(student_dir)}))
-    settings_file = out / "distill_config.json"
-    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
-        raise MmmambaError(f"{out}: holds a run with other settings ({settings_file}); use the same or a new --out")
-    settings_file.write_text(json.dumps(settings, indent=2) + "\n")
+    teacher: Decoder
+    student: Decoder
+    tok: ChatTokenizer
+    train: list[Example]
+    val: list[Batch]
+    estimate: dict
 
+
+def _check_paths(teacher_dir, student_dir, data_dir, out: Path) -> None:
+    check_output_dir(out)
+    for flag, p in (("--teacher", teacher_dir), ("--student", student_dir), ("--data", data_dir)):
+        if same_or_inside(out, p) and Path(out).resolve() == Path(p).resolve():
+            raise MmmambaError(f"--out {out} is the {flag[2:]} folder; distil into a new folder")
+        if Path(p).exists() and same_or_inside(p, out) and Path(p).resolve().parent == out.resolve():
+            if Path(p).name.startswith("after_stage"):
+                raise MmmambaError(f"{flag} {p} would be overwritten by this run's {Path(p).name}; copy it elsewhere")
+
+
+def check_pair(teacher: Decoder, student_cfg: DecoderConfig, teacher_dir, student_dir) -> None:
+    """The student must be a conversion of this teacher: same shapes, same front-end, some Mamba-2."""
+    if "mamba2" in teacher.config.mixers:
+        raise MmmambaError(
+            f"--teacher {teacher_dir} is already a converted student (it has Mamba-2 layers); "
+            "pass the original attention teacher"
+        )
+    for name in SHAPE_FIELDS:
+        a, b = getattr(teacher.config, name), getattr(student_cfg, name)
+        if a != b:
+            raise MmmambaError(
+                f"--student {student_dir}: {name} {b} differs from the teacher's {a}; "
+                f"convert this teacher (`mmmamba convert --teacher {teacher_dir}`)"
+            )
+    if (teacher.config.vision is None) != (student_cfg.vision is None) or (
+        teacher.config.vision is not None and asdict(teacher.config.vision) != asdict(student_cfg.vision)
+    ):
+        raise MmmambaError(f"--student {student_dir}: its image front-end differs from the teacher's; convert again")
+    if "mamba2" not in student_cfg.mixers and not student_cfg.conversion.get("auto_keep"):
+        raise MmmambaError(f"--student {student_dir}: has no Mamba-2 layers; convert the teacher first")
+
+
+def prepare(teacher_dir, student_dir, data_dir, out: Path, cfg: DistillConfig, progress: bool = True) -> Prepared:
+    """Load and check everything the run will need; nothing is written."""
     device = cfg.device
-    teacher = load_checkpoint(teacher_dir).float().to(device).eval()
+    teacher = load_checkpoint(teacher_dir).float().eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    student = load_checkpoint(student_dir).float()
+    check_pair(teacher, student.config, teacher_dir, student_dir)
     tok = load_tokenizer(teacher_dir)
+    train_samples = read_split(data_dir, "train", cfg.allow_outside_images)
+    val_samples = read_split(data_dir, "val", cfg.allow_outside_images, cfg.val_limit)
+    name = f"--teacher {teacher_dir}"
+    check_images_match(train_samples + val_samples, teacher.config.vision, name)
+    if len(train_samples) < cfg.batch_size:
+        raise MmmambaError(
+            f"--batch-size {cfg.batch_size}: the train split has only {len(train_samples)} samples; "
+            "lower the batch size"
+        )
     images = image_processor(teacher.config.vision)
-    train = [encode_sample(s, tok, images) for s in read_jsonl(Path(data_dir) / "train.jsonl")]
-    val_examples = [encode_sample(s, tok, images) for s in read_jsonl(Path(data_dir) / "val.jsonl")[: cfg.val_limit]]
+    limit = teacher.config.max_position
+
+    def enc(samples, what):
+        bar = tqdm(samples, desc=f"check {what}", unit="sample", disable=not progress)
+        return [encode_sample(s, tok, images, limit) for s in bar]
+
+    train, val_examples = enc(train_samples, "train"), enc(val_samples, "val")
     val = _batches(
         val_examples,
         [range(i, min(i + cfg.batch_size, len(val_examples))) for i in range(0, len(val_examples), cfg.batch_size)],
         tok.pad_id,
         device,
     )
+    n_t, n_s = parameter_count(teacher.config), parameter_count(student.config)
+    longest = max(len(e.ids) for e in train + val_examples)
+    ckpt_bytes = 4 * n_s
+    need_disk = ckpt_bytes * 4  # one checkpoint + the training state (weights, two Adam moments)
+    check_free_space(out, need_disk, "one checkpoint and the training state")
+    act = cfg.batch_size * longest * (teacher.config.hidden_size * teacher.config.num_layers * 24)
+    logits = cfg.batch_size * longest * teacher.config.vocab_size * 4 * 4
+    memory = 4 * (n_t + 4 * n_s) + act + logits
+    if memory > machine_memory() and not str(device).startswith("cuda"):
+        raise MmmambaError(
+            f"the run needs about {human_bytes(memory)} of memory, the machine has {human_bytes(machine_memory())}; "
+            "lower --batch-size"
+        )
+    estimate = {
+        "teacher_params": n_t,
+        "student_params": n_s,
+        "train_samples": len(train),
+        "val_samples": len(val_examples),
+        "longest_sequence": longest,
+        "memory_bytes": memory,
+        "disk_bytes": need_disk,
+        "free_disk_bytes": free_bytes(out),
+    }
+    teacher.to(device)
+    return Prepared(teacher, student, tok, train, val, estimate)
+
+
+def time_steps(prep: Prepared, cfg: DistillConfig) -> dict[int, float]:
+    """Seconds per step of each stage, measured on one batch (the student is not changed)."""
+    student = copy.deepcopy(prep.student).to(cfg.device)
+    (batch,) = _batches(prep.train, [list(range(cfg.batch_size))], prep.tok.pad_id, cfg.device)
+    per_loss: dict[str, float] = {}
+    out = {}
+    for s in cfg.stages:
+        stage = STAGES[s]
+        if stage.loss not in per_loss:
+            params = select_trainable(student, stage)
+            t0 = time.perf_counter()
+            if params:
+                stage_loss(stage, cfg, prep.teacher, student, batch).backward()
+            per_loss[stage.loss] = time.perf_counter() - t0
+            student.zero_grad(set_to_none=True)
+        out[s] = per_loss[stage.loss] * 1.3  # + optimizer step and data
+    return out
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    f = out / "distill_config.json"
+    if not f.exists():
+        return
+    try:
+        old = read_json(f, "run settings file")
+    except MmmambaError as e:
+        if _has_work(out):
+            raise MmmambaError(
+                f"{e}; the run folder holds finished work, so restore the file or distil into a new --out"
+            ) from None
+        return  # nothing to protect: it is rewritten
+    if old != settings:
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        raise MmmambaError(
+            f"{out}: holds a run with other settings ({', '.join(diff)} differ in {f.name}); "
+            "use the same settings or a new --out"
+        )
+
+
+def _has_work(out: Path) -> bool:
+    return (out / STATE_FILE).exists() or any(out.glob("after_stage*"))
+
+
+def _finished(out: Path, stage_id: int) -> bool:
+    return (out / f"after_stage{stage_id}" / "config.json").is_file()
+
+
+def _pending_state(out: Path, cfg: DistillConfig) -> dict | None:
+    """The in-progress training state, checked against the run before anything is loaded into a model.
+
+    A state left by a stage that already finished (a kill between the stage's checkpoint and the
+    removal of the state) is stale: it is removed with a note.
+    """
+    f = out / STATE_FILE
+    state = read_state(out)
+    if state is None:
+        return None
+    stage = state["extra"].get("stage")
+    if stage not in cfg.stages:
+        raise MmmambaError(
+            f"{f}: belongs to stage {stage}, which this run (stages {cfg.stages}) does not include; "
+            "delete it to drop that stage's progress, or rerun with the same --stages"
+        )
+    if _finished(out, stage):
+        tqdm.write(f"{f}: left over from finished stage {stage} (an interrupted run); removed")
+        f.unlink()
+        return None
+    earlier = [s for s in cfg.stages if s < stage and not _finished(out, s)]
+    if earlier:
+        raise MmmambaError(
+            f"{f}: is for stage {stage} but stage {earlier[0]} has no checkpoint "
+            f"({out / f'after_stage{earlier[0]}'}); restore it or delete {f.name} to restart"
+        )
+    return state
+
+
+def distill(
+    teacher_dir,
+    student_dir,
+    data_dir,
+    out_dir,
+    cfg: DistillConfig,
+    stop_after: int | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+) -> Decoder | dict:
+    """Run ``cfg.stages`` in order; resumes from ``out_dir`` if a previous run was interrupted.
+
+    ``stop_after`` ends the run after that many optimizer steps in this call (to test resuming).
+    ``dry_run`` checks everything and returns the estimate of memory, disk and time, writing nothing.
+    """
+    check_config(cfg)
+    out = Path(out_dir)
+    _check_paths(teacher_dir, student_dir, data_dir, out)
+    settings = asdict(cfg) | {"teacher": str(teacher_dir), "student": str(student_dir)}
+    settings = {k: v for k, v in settings.items() if k != "max_bad_steps"}
+    settings["steps"] = {str(k): v for k, v in settings["steps"].items()}
+    _check_settings(out, settings)
+    if out.is_dir():
+        for s in cfg.stages:
+            recover_dir(out / f"after_stage{s}")
+        pending = _pending_state(out, cfg)
+    else:
+        pending = None
+    prep = prepare(teacher_dir, student_dir, data_dir, out, cfg, progress)
+    if dry_run:
+        per_step = time_steps(prep, cfg)
+        seconds = sum(per_step[s] * cfg.steps[s] for s in cfg.stages)
+        return prep.estimate | {"seconds": seconds, "seconds_per_step": per_step}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "distill_config.json", settings)
+    teacher, tok, train, val, device = prep.teacher, prep.tok, prep.train, prep.val, cfg.device
     logger = Logger(out)
     done_steps = 0
 
-    student_src = Path(student_dir)
+    student_src, last_good = Path(student_dir), str(student_dir)
     for stage_id in cfg.stages:
         finished = out / f"after_stage{stage_id}"
-        if (finished / "config.json").exists():
-            student_src = finished
+        if _finished(out, stage_id):
+            student_src = last_good = finished
             continue
-        student = load_checkpoint(student_src).float().to(device)
+        fresh = prep.student if student_src == Path(student_dir) else load_checkpoint(student_src)
+        student = fresh.float().to(device)
         auto_k = student.config.conversion.get("auto_keep")
         if stage_id == 3 and auto_k and "auto_errors" not in student.config.conversion:
             kept = keep_hardest_as_attention(teacher, student, val, int(auto_k))
@@ -190,14 +448,21 @@ def distill(teacher_dir, student_dir, data_dir, out_dir, cfg: DistillConfig, sto
             raise MmmambaError(f"{student_src}: no Mamba-2 layers to train; convert the teacher first")
         opt = make_adamw(params, stage.optim)
         steps = cfg.steps[stage_id]
-        resumed = load_state(out, student, opt) if (out / STATE_FILE).exists() else None
-        start = 0
-        if resumed is not None:
-            start, extra = resumed
-            if extra.get("stage") != stage_id:
-                raise MmmambaError(f"{out / STATE_FILE}: belongs to stage {extra.get('stage')}, not {stage_id}")
+        start, extra = 0, {}
+        if pending is not None and pending["extra"].get("stage") == stage_id:
+            start, extra = apply_state(pending, student, opt, out / STATE_FILE)
+            pending = None
+            if start > steps:
+                raise MmmambaError(f"{out / STATE_FILE}: at step {start}, beyond this stage's {steps} steps")
+            last_good = f"{out / STATE_FILE} (stage {stage_id}, step {start})"
+        logger.truncate(stage_id, start)
+        guard = NonFiniteGuard(
+            f"stage {stage_id}", cfg.max_bad_steps, extra.get("skipped", 0), extra.get("in_a_row", 0)
+        )
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
-        bar = tqdm(range(start, steps), desc=f"stage {stage_id}", initial=start, total=steps, unit="step")
+        bar = tqdm(
+            range(start, steps), desc=f"stage {stage_id}", initial=start, total=steps, unit="step", disable=not progress
+        )
         for step in bar:
             student.train()
             idx = batch_indices(len(train), cfg.batch_size, cfg.seed + 1000 * stage_id, step)
@@ -205,25 +470,35 @@ def distill(teacher_dir, student_dir, data_dir, out_dir, cfg: DistillConfig, sto
             lr = set_lr(opt, step, steps, stage.optim)
             with autocast:
                 loss = stage_loss(stage, cfg, teacher, student, batch)
-            loss.backward()
-            clip_and_step(opt, [p for _, p in params], stage.optim)
-            bar.set_postfix(loss=f"{loss.item():.4g}")
+            good = guard.ok(loss)
+            if good:
+                loss.backward()
+                good = math.isfinite(clip_and_step(opt, [p for _, p in params], stage.optim))
+            else:
+                opt.zero_grad(set_to_none=True)
+            guard.record(good, step + 1, last_good)
+            bar.set_postfix(loss=f"{loss.item():.4g}", skipped=guard.skipped)
             val_loss = None
             if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
                 student.eval()
                 with torch.no_grad(), autocast:
                     val_loss = sum(float(stage_loss(stage, cfg, teacher, student, b)) for b in val) / len(val)
-            logger.row(stage_id, step + 1, lr, loss.item(), val_loss)
+            logger.row(stage_id, step + 1, lr, loss.item() if good else None, val_loss)
             done_steps += 1
             if val_loss is not None or (stop_after is not None and done_steps >= stop_after):
-                save_state(out, student, opt, step + 1, {"stage": stage_id})
+                counters = {"stage": stage_id, "skipped": guard.skipped, "in_a_row": guard.in_a_row}
+                save_state(out, student, opt, step + 1, counters)
+                last_good = f"{out / STATE_FILE} (stage {stage_id}, step {step + 1})"
             if stop_after is not None and done_steps >= stop_after:
                 return student
         bar.close()
+        if guard.skipped:
+            tqdm.write(f"stage {stage_id}: {guard.skipped} step(s) skipped for a non-finite loss or gradient")
         student.eval()
-        save_checkpoint(student, finished)
-        copy_tokenizer(teacher_dir, finished)
+        save_checkpoint(student, finished, extra=lambda d: copy_tokenizer(teacher_dir, d))
         (out / STATE_FILE).unlink(missing_ok=True)
         plot_losses(out)
-        student_src = finished
+        student_src = last_good = finished
+    if not (out / "loss.png").exists():
+        plot_losses(out)
     return load_checkpoint(student_src)

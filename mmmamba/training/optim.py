@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..errors import MmmambaError
 
 
 @dataclass
@@ -49,7 +52,40 @@ def set_lr(opt: torch.optim.Optimizer, step: int, total: int, cfg: OptimConfig) 
 
 
 def clip_and_step(opt: torch.optim.Optimizer, params: list[nn.Parameter], cfg: OptimConfig) -> float:
-    norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-    opt.step()
+    """Clip and step; a non-finite gradient norm skips the step (the weights stay as they were).
+
+    Returns the gradient norm before clipping: NaN or Inf means the step was skipped.
+    """
+    norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
+    if math.isfinite(norm):
+        opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(norm)
+    return norm
+
+
+class NonFiniteGuard:
+    """Counts steps skipped for a NaN/Inf loss or gradient and stops a run that keeps diverging.
+
+    ``max_in_a_row`` consecutive bad steps raise an error naming the stage and step; the last
+    checkpoint written before them is finite and stays as it is.
+    """
+
+    def __init__(self, what: str, max_in_a_row: int = 20, skipped: int = 0, in_a_row: int = 0):
+        self.what, self.max_in_a_row = what, max_in_a_row
+        self.skipped, self.in_a_row = skipped, in_a_row
+
+    def ok(self, loss: torch.Tensor) -> bool:
+        return bool(torch.isfinite(loss.detach()).all())
+
+    def record(self, good: bool, step: int, last_good: str) -> None:
+        if good:
+            self.in_a_row = 0
+            return
+        self.skipped += 1
+        self.in_a_row += 1
+        if self.in_a_row >= self.max_in_a_row:
+            raise MmmambaError(
+                f"{self.what}, step {step}: {self.in_a_row} non-finite losses or gradients in a row, stopped "
+                f"({self.skipped} steps skipped in all); the last good checkpoint is {last_good}; "
+                "lower --lr-scale (or raise --temperature) and rerun"
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,15 +11,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..data.conversations import collate, encode_sample, read_jsonl
+from ..data.conversations import collate, encode_sample, read_split
 from ..data.images import ImageProcessor
 from ..data.scenes import CELL, IMAGE_SIZE
 from ..data.tokenizer import ByteTokenizer
 from ..distill.losses import masked_ce
 from ..errors import MmmambaError
 from ..evaluation.tasks import predict, score
+from ..io import check_free_space, check_output_dir, write_text_atomic
 from ..models import Decoder, DecoderConfig, VisionConfig, save_checkpoint
-from .optim import OptimConfig, clip_and_step, make_adamw, set_lr
+from .optim import NonFiniteGuard, OptimConfig, clip_and_step, make_adamw, set_lr
 from .state import batch_indices, load_state, save_state
 
 
@@ -64,23 +66,36 @@ def train_teacher(
     eval_every: int = 500,
     device: str | None = None,
     max_train: int | None = None,
+    allow_outside: bool = False,
 ) -> dict:
+    if preset not in PRESETS:
+        raise MmmambaError(f"--preset {preset!r}: use one of {list(PRESETS)}")
     p = PRESETS[preset]
-    steps = steps or p.steps
+    steps = p.steps if steps is None else steps
+    for name, v in (("--steps", steps), ("--eval-every", eval_every)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10_000_000:
+            raise MmmambaError(f"{name} {v}: give a whole number between 1 and 10000000")
+    out = Path(out)
+    check_output_dir(out)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     tok = ByteTokenizer(image_tokens=(IMAGE_SIZE // CELL) ** 2)
+    train = read_split(data, "train", allow_outside)[:max_train]
+    val = read_split(data, "val", allow_outside)
+    if len(train) < p.batch_size:
+        raise MmmambaError(f"{data}/train.jsonl: {len(train)} samples, fewer than one batch of {p.batch_size}")
     model = Decoder(p.model_config(tok)).to(device)
     opt = make_adamw(model.named_parameters(), p.optim)
-    train = read_jsonl(Path(data) / "train.jsonl")[:max_train]
-    val = read_jsonl(Path(data) / "val.jsonl")
+    check_free_space(out, 16 * sum(t.numel() for t in model.parameters()), "the checkpoint and training state")
     print(
         f"teacher {preset}: {sum(t.numel() for t in model.parameters()) / 1e6:.2f} M parameters, "
         f"{len(train)} training samples, {steps} steps of {p.batch_size} on {device}"
     )
     images = ImageProcessor(model.config.vision)
-    examples = [encode_sample(s, tok, images) for s in tqdm(train, desc="encode", unit="sample")]
-    out = Path(out)
+    limit = model.config.max_position
+    examples = [encode_sample(s, tok, images, limit) for s in tqdm(train, desc="encode", unit="sample")]
+    for s in val:
+        encode_sample(s, tok, images, limit)  # every validation image readable before the first step
     settings = {"preset": preset, "steps": steps, "seed": seed, "batch_size": p.batch_size, "n_train": len(train)}
     resumed = load_state(out, model, opt)
     start = 0 if resumed is None else resumed[0]
@@ -91,10 +106,11 @@ def train_teacher(
     log_path = out / "train_log.csv"
     if start == 0:
         out.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("step,lr,loss,val_accuracy\n")
+        write_text_atomic(log_path, "step,lr,loss,val_accuracy\n")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     report = {}
     bar = tqdm(range(start, steps), desc=f"train {preset}", initial=start, total=steps, unit="step")
+    guard = NonFiniteGuard(f"teacher {preset}")
     t0 = time.time()
     for step in bar:
         model.train()
@@ -104,8 +120,13 @@ def train_teacher(
         with autocast:
             logits = model(batch.input_ids, batch.pixel_values).logits
         loss = masked_ce(logits, batch.input_ids, batch.loss_mask)  # answers only
-        loss.backward()
-        clip_and_step(opt, list(model.parameters()), p.optim)
+        good = guard.ok(loss)
+        if good:
+            loss.backward()
+            good = math.isfinite(clip_and_step(opt, list(model.parameters()), p.optim))
+        else:
+            opt.zero_grad(set_to_none=True)
+        guard.record(good, step + 1, f"{out / 'train_state.pt'}")
         bar.set_postfix(loss=f"{loss.item():.4f}")
         last = step + 1 == steps
         if (step + 1) % eval_every == 0 or last:
@@ -118,7 +139,6 @@ def train_teacher(
                 csv.writer(f).writerow([step + 1, f"{lr:.3e}", f"{loss.item():.5f}", f"{report['mean_accuracy']:.4f}"])
             save_state(out, model, opt, step + 1, settings)
     model.eval()
-    save_checkpoint(model, out)
-    tok.save(out)
+    save_checkpoint(model, out, extra=tok.save)
     print(f"wrote {out} in {time.time() - t0:.0f} s")
     return report
