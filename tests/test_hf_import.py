@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 import transformers  # noqa: E402  (a test extra: the parity oracle)
@@ -117,65 +116,3 @@ def test_internlm2_packed_folder_matches_llama(tmp_path):
     ids = torch.randint(0, 97, (2, 19))
     with torch.no_grad():
         assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-4
-
-
-def test_hovle_folder_loads_every_tensor_into_place(tmp_path):
-    from mmmamba.models.hf_families import split_packed_qkv
-    from tests.hf_folders import HOVLE_SHAPE, write_hovle
-
-    tensors, tok = write_hovle(tmp_path)
-    model = mmmamba.from_pretrained(tmp_path)  # strict: no missing, no unexpected tensor
-    cfg, s = model.config, HOVLE_SHAPE
-    assert cfg.num_layers == s["holistic"] + s["llm"] and cfg.conversion["stacks"] == [s["holistic"], s["llm"]]
-    assert cfg.image_token_id == tok.convert_tokens_to_ids("<IMG_CONTEXT>")
-    assert cfg.vision.tokens_per_tile == (56 // 14) ** 2 // 4 and cfg.vision.max_tiles == 6
-    ours = model.state_dict()
-    # holistic layer 1 is our layer 1; LLM layer 0 is our layer 2
-    assert torch.equal(
-        ours["layers.2.mixer.o_proj.weight"], tensors["language_model.model.layers.0.attention.wo.weight"]
-    )
-    q, k, v = split_packed_qkv(tensors["embedding_model.layers.1.attention.wqkv.weight"], 2, 4, 8)
-    assert torch.equal(ours["layers.1.mixer.k_proj.weight"], k) and torch.equal(ours["layers.1.mixer.q_proj.weight"], q)
-    assert torch.equal(ours["vision.projector.3.weight"], tensors["embedding_model.mlp1.3.weight"])
-    assert torch.equal(
-        ours["layers.3.mlp.up_proj.weight"], tensors["language_model.model.layers.1.feed_forward.w3.weight"]
-    )
-
-
-def test_hovle_missing_or_extra_tensor_is_named(tmp_path):
-    from safetensors.torch import save_file
-
-    from tests.hf_folders import write_hovle
-
-    tensors, _ = write_hovle(tmp_path)
-    save_file({k: v for k, v in tensors.items() if "mlp1.1.bias" not in k}, str(tmp_path / "model.safetensors"))
-    with pytest.raises(mmmamba.MmmambaError, match=r"'vision\.projector\.1\.bias' is missing"):
-        mmmamba.from_pretrained(tmp_path)
-    save_file({**tensors, "embedding_model.extra.weight": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
-    with pytest.raises(mmmamba.MmmambaError, match="'embedding_model.extra.weight' has no place in a HoVLE model"):
-        mmmamba.from_pretrained(tmp_path)
-
-
-def test_hovle_image_forward_uses_the_tiles(tmp_path):
-    from PIL import Image
-
-    from mmmamba.data.images import ImageProcessor
-    from mmmamba.data.tokenizer import load_tokenizer
-    from tests.hf_folders import write_hovle
-
-    write_hovle(tmp_path)
-    model = mmmamba.from_pretrained(tmp_path)
-    tok = load_tokenizer(tmp_path)
-    images = ImageProcessor(model.config.vision)
-    rng = np.random.default_rng(0)
-    picture = Image.fromarray(rng.integers(0, 256, (60, 130, 3), dtype=np.uint8))  # wide: 2×1 tiles + thumbnail
-    pixels, counts = images.load_many([picture])
-    assert pixels.shape == (3, 3, 56, 56) and counts == [3 * 4]
-    ids = torch.tensor([tok.user_turn("<image>\nwhat is in the picture?", image_tokens=counts)])
-    assert int((ids == model.config.image_token_id).sum()) == 12
-    with torch.no_grad():
-        a = model(ids, pixels).logits
-        b = model(ids, pixels.flip(0)).logits  # same tiles, other order: only positions after the image change
-    first = int((ids[0] == model.config.image_token_id).nonzero()[0])
-    assert torch.isfinite(a).all() and torch.equal(a[:, :first], b[:, :first])
-    assert (a[:, -1] - b[:, -1]).abs().max() > 1e-4

@@ -228,6 +228,20 @@ def cmd_info(args) -> None:
         print(f"conversion: {cfg.conversion}")
 
 
+def cmd_export(args) -> None:
+    from ..data.tokenizer import copy_tokenizer
+    from ..io import check_output_dir, same_or_inside
+    from ..models import load_checkpoint
+    from ..models.official import export_official
+
+    out = check_output_dir(args.out)
+    if same_or_inside(out, args.model):
+        raise MmmambaError(f"--out {out}: inside the model folder {args.model}; write the export elsewhere")
+    export_official(load_checkpoint(args.model), out)
+    copy_tokenizer(args.model, out)
+    print(f"wrote {out}: {args.model} in the {args.format} layout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..convert import INITS
     from ..convert.layer_spec import HELP
@@ -325,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="summarise a checkpoint: size, layers, which mixers")
     p.add_argument("--model", required=True, help="checkpoint folder")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="write a model in another layout (mmmamba-official: the released mmMamba)")
+    p.add_argument("--format", required=True, choices=["mmmamba-official"], help="target layout")
+    p.add_argument("--model", required=True, help="checkpoint folder (a HoVLE-structured teacher or student)")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.set_defaults(func=cmd_export)
 
     for name, what in PLANNED.items():
         p = sub.add_parser(name, help=f"{what} — not yet available", add_help=True)

@@ -11,7 +11,7 @@ from ..layers import AttentionConfig, Mamba2Config
 MIXER_KINDS = ("attention", "mamba2")
 
 
-VISION_STYLES = ("fuyu", "internvl")
+VISION_STYLES = ("fuyu", "internvl", "hovle")
 
 
 @dataclass
@@ -20,7 +20,11 @@ class VisionConfig:
 
     ``fuyu``: each patch linearly projected to one token, plus a learned position (our tiny teacher).
     ``internvl``: conv patch embedding + position embedding, pixel shuffle by ``downsample_ratio``,
-    then an MLP projector (LayerNorm, Linear, GELU, Linear) — the HoVLE / InternVL front-end.
+    then an MLP projector (LayerNorm, Linear, GELU, Linear) — InternVL's mlp1 on raw patches.
+    ``hovle``: HoVLE's released front-end: conv patch embedding + a position table stored with a
+    class slot first (``position_grid``² + 1 rows; the slot is skipped, and the grid is resized
+    bicubically when the image's patch grid differs), pixel shuffle, then Linear(4d→D), GELU,
+    Linear(D→D) with no LayerNorm. Its ``class_embedding`` is kept (the weights have one) but unused.
     ``max_tiles`` > 1 turns on dynamic tiling: the image is cut into 1…max_tiles tiles of
     ``image_size`` chosen by aspect ratio, plus a thumbnail when there is more than one.
     """
@@ -37,6 +41,7 @@ class VisionConfig:
     mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])  # pixel/255 normalisation
     std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     resample: str = "bilinear"  # PIL filter used to resize: "bilinear" | "bicubic"
+    position_grid: int = 0  # "hovle": side of the stored position grid; 0 = image_size // patch_size
 
     def __post_init__(self):
         if self.style not in VISION_STYLES:
@@ -54,6 +59,13 @@ class VisionConfig:
             )
         if self.resample not in ("bilinear", "bicubic"):
             raise MmmambaError(f"resample {self.resample!r}: use 'bilinear' or 'bicubic'")
+        if self.position_grid < 0 or (self.position_grid and self.style != "hovle"):
+            raise MmmambaError(f"position_grid {self.position_grid}: only the 'hovle' style has one (>= 0)")
+
+    @property
+    def grid(self) -> int:
+        """Patches a side of one tile."""
+        return self.image_size // self.patch_size
 
     @property
     def num_patches(self) -> int:
@@ -89,6 +101,15 @@ class DecoderConfig:
     vision: VisionConfig | None = None
     image_token_id: int | None = None
     conversion: dict = field(default_factory=dict)  # provenance written by the converter
+    # Text embedding (HoVLE embeds text with its own table, not the LLM's): ``embed_tokens`` has
+    # ``text_vocab_size`` rows (0: vocab_size, the plain lookup). When set, ids at or past it take a
+    # row of ``special_embeddings`` (id − text_vocab_size) when there are ``special_embeddings`` rows,
+    # else row 0 of ``embed_tokens`` — as HoVLE's official code computes it.
+    text_vocab_size: int = 0
+    special_embeddings: int = 0
+    # layers after which every token's residual stream is divided by its L2 norm (no eps), e.g.
+    # HoVLE's ``normalize_encoder_output`` between its holistic and LLM stacks: [holistic − 1]
+    l2_norm_after: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         if not self.mixers:
@@ -102,6 +123,15 @@ class DecoderConfig:
             self.vision = VisionConfig(**self.vision)
         if self.vision is not None and self.image_token_id is None:
             raise MmmambaError("a config with a vision front-end needs image_token_id")
+        if self.text_vocab_size < 0 or self.special_embeddings < 0:
+            raise MmmambaError("text_vocab_size and special_embeddings must be >= 0")
+        if self.special_embeddings and not self.text_vocab_size:
+            raise MmmambaError("special_embeddings needs text_vocab_size (the id where special tokens start)")
+        if self.tie_embeddings and self.text_vocab_size not in (0, self.vocab_size):
+            raise MmmambaError("tie_embeddings needs a text table of vocab_size rows; untie or drop text_vocab_size")
+        bad = [i for i in self.l2_norm_after if not 0 <= i < self.num_layers]
+        if bad:
+            raise MmmambaError(f"l2_norm_after {bad}: layers out of range for a {self.num_layers}-layer model")
         self.mamba2_config()  # validate the options early
 
     def attention_config(self) -> AttentionConfig:

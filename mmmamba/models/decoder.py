@@ -45,7 +45,10 @@ class Decoder(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         self.config = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = nn.Embedding(cfg.text_vocab_size or cfg.vocab_size, cfg.hidden_size)
+        self.special_embeddings = (
+            nn.Embedding(cfg.special_embeddings, cfg.hidden_size) if cfg.special_embeddings else None
+        )
         self.vision = build_vision(cfg.vision, cfg.hidden_size) if cfg.vision is not None else None
         self.layers = nn.ModuleList(DecoderLayer(cfg, kind) for kind in cfg.mixers)
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
@@ -55,7 +58,10 @@ class Decoder(nn.Module):
 
     def between_layers(self, i: int, x: Tensor) -> Tensor:
         """The residual stream after layer ``i``, as the next layer sees it (a model feature hook;
-        e.g. HoVLE's L2 normalisation between its two stacks). Identity by default."""
+        e.g. HoVLE's L2 normalisation between its two stacks). Identity unless ``i`` is in
+        ``config.l2_norm_after``: then each token is divided by its L2 norm (no eps, as HoVLE does)."""
+        if i in self.config.l2_norm_after:
+            return x / x.norm(dim=-1, keepdim=True)
         return x
 
     def make_cache(self, batch: int, max_length: int, dtype=None, device=None) -> nn.ModuleList:
@@ -65,8 +71,12 @@ class Decoder(nn.Module):
         return nn.ModuleList(layer.mixer.make_cache(batch, max_length, dtype, device) for layer in self.layers)
 
     def embed(self, input_ids: Tensor, pixel_values: Tensor | None = None) -> Tensor:
-        """Token embeddings with image patch tokens spliced in at the placeholder positions."""
-        x = self.embed_tokens(input_ids)
+        """Token embeddings with image patch tokens spliced in at the placeholder positions.
+
+        Text ids are looked up as ``DecoderConfig.text_vocab_size`` says; that path has no host sync
+        (``torch.where``, no boolean indexing), so a decode step that embeds can be graph-captured.
+        """
+        x = self.embed_text(input_ids)
         if pixel_values is None or pixel_values.numel() == 0:
             return x
         if self.vision is None:
@@ -80,6 +90,19 @@ class Decoder(nn.Module):
                 f"{per} tokens; put {per} placeholders per tile (the tokenizer does this for '<image>')"
             )
         return x.masked_scatter(where[..., None], patches)
+
+    def embed_text(self, input_ids: Tensor) -> Tensor:
+        """(b, L) ids → (b, L, d). With ``text_vocab_size`` set, ids at or past it take a row of
+        ``special_embeddings`` (or row 0 of ``embed_tokens`` when there is none), as HoVLE does."""
+        first_special = self.config.text_vocab_size
+        if not first_special:
+            return self.embed_tokens(input_ids)
+        special = input_ids >= first_special
+        x = self.embed_tokens(torch.where(special, 0, input_ids))
+        if self.special_embeddings is None:
+            return x
+        y = self.special_embeddings(torch.where(special, input_ids - first_special, 0))
+        return torch.where(special[..., None], y, x)
 
     def forward(
         self,

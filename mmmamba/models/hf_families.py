@@ -1,8 +1,8 @@
 """Per-family weight names and config fields of Hugging Face teachers, as data.
 
 Every family maps onto the same ``Decoder``; a family is a table of top-level names, per-layer
-names, the stacks of layers it has (HoVLE: holistic-embedding layers, then the LLM's), and how to
-read its config. InternLM2's packed ``wqkv`` is unpacked by ``split_packed_qkv``.
+names, the stacks of layers it has (HoVLE: holistic-embedding layers, then the LLM's), and the
+tensors its forward never reads. InternLM2's packed ``wqkv`` is unpacked by ``split_packed_qkv``.
 """
 
 from __future__ import annotations
@@ -38,12 +38,25 @@ INTERNLM2_LAYER = {
 }
 
 
+# The released mmMamba students (``modeling_mmMamba*.py``): a Mamba-2 layer's mixer tensors. The
+# packed ``wvkqgdt`` and the (C, 1, k) conv weight are unpacked after renaming (``official.py``).
+MMMAMBA_MAMBA_LAYER = {
+    "attention.wvkqgdt": "mixer.wvkqgdt",
+    "attention.o_proj": "mixer.o_proj",
+    "attention.conv1d.weight": "mixer.conv_weight",
+    "attention.conv1d.bias": "mixer.conv_bias",
+    "attention.g_norm_swish_gate": "mixer.out_norm",
+    "attention.dt_bias": "mixer.dt_bias",
+    "attention.A_log_bias": "mixer.A_log",
+}
+
+
 @dataclass(frozen=True)
 class Family:
     top: dict[str, str]  # HF name prefix → ours (whole-name or dotted-prefix match)
     stacks: tuple[tuple[str, dict[str, str]], ...]  # (HF layer-list prefix, per-layer table), in stack order
     qkv_bias: bool = False
-    ignored: tuple[str, ...] = field(default=(r"\.rotary_emb\.inv_freq$",))
+    ignored: tuple[str, ...] = field(default=(r"\.rotary_emb\.inv_freq$",))  # tensors the forward never reads
 
 
 LLAMA = Family(
@@ -54,34 +67,48 @@ INTERNLM2 = Family(
     top={"model.tok_embeddings": "embed_tokens", "model.norm": "norm", "output": "lm_head"},
     stacks=(("model.layers", INTERNLM2_LAYER),),
 )
-HOVLE = Family(
-    top={
-        "language_model.model.tok_embeddings": "embed_tokens",
-        "language_model.model.norm": "norm",
-        "language_model.output": "lm_head",
-        "embedding_model.embeddings.patch_embedding": "vision.patch_embedding",
-        "embedding_model.embeddings.position_embedding": "vision.position_embedding",
-        "embedding_model.mlp1": "vision.projector",
-    },
-    stacks=(("embedding_model.layers", INTERNLM2_LAYER), ("language_model.model.layers", INTERNLM2_LAYER)),
-)
 FAMILIES = {
     "LlamaForCausalLM": LLAMA,
     "MistralForCausalLM": LLAMA,
     "Qwen2ForCausalLM": Family(LLAMA.top, LLAMA.stacks, qkv_bias=True),
     "InternLM2ForCausalLM": INTERNLM2,
-    "HoVLE": HOVLE,  # any architecture name starting with "HoVLE"
+}
+HOVLE_LLMS = ("InternLM2ForCausalLM", "LlamaForCausalLM", "Qwen2ForCausalLM")
+HOVLE_FRONT = {  # HolisticEmbedding's own tensors (hovle/modeling_holistic_embedding.py)
+    "embedding_model.llm_text_embeddings": "embed_tokens",  # embeds the text for the whole model
+    "embedding_model.special_text_embeddings": "special_embeddings",
+    "embedding_model.vision_embeddings.patch_embedding": "vision.patch_embedding",
+    "embedding_model.vision_embeddings.position_embedding": "vision.position_embedding",
+    "embedding_model.vision_embeddings.class_embedding": "vision.class_embedding",
+    "embedding_model.pixel_shuffle_proj": "vision.projector",  # .0 Linear(4C→C), .1 GELU, .2 Linear(C→C)
 }
 
 
-def family_of(arch: str) -> str | None:
-    if arch.startswith("HoVLE"):
-        return "HoVLE"
-    return arch if arch in FAMILIES else None
+def holistic_family(llm_arch: str, student: bool) -> Family:
+    """HoVLE (``InternVLChatModel``) or a released mmMamba student (``mmMambaChatModel``): the
+    holistic-embedding stack ``embedding_model.encoder.N`` (InternLM2 names), then the LLM stack
+    under ``language_model.``. The LLM's own token table is never read by the forward (text is
+    embedded by ``llm_text_embeddings``), so it is ignored."""
+    llm = FAMILIES[llm_arch]
+    ((llm_prefix, llm_layer),) = llm.stacks
+    llm_embed = next(k for k, v in llm.top.items() if v == "embed_tokens")
+    mamba = MMMAMBA_MAMBA_LAYER if student else {}
+    return Family(
+        top={**HOVLE_FRONT, **{f"language_model.{k}": v for k, v in llm.top.items() if v != "embed_tokens"}},
+        stacks=(
+            ("embedding_model.encoder", INTERNLM2_LAYER | mamba),
+            (f"language_model.{llm_prefix}", llm_layer | mamba),
+        ),
+        qkv_bias=llm.qkv_bias,
+        ignored=(r"\.rotary_emb\.inv_freq$", "^" + re.escape(f"language_model.{llm_embed}.weight") + "$"),
+    )
 
 
 def map_names(family: Family, names, layer_counts: list[int]) -> dict[str, str | None]:
-    """HF tensor name → our name (None: no place in the model). Stacks are numbered one after another."""
+    """HF tensor name → our name (None: no place in the model). Stacks are numbered one after another.
+
+    A per-layer table maps module names (the tensor's leaf name is kept) or whole tensor names.
+    """
     out: dict[str, str | None] = {}
     offsets = [sum(layer_counts[:i]) for i in range(len(layer_counts))]
     for name in names:
@@ -90,10 +117,15 @@ def map_names(family: Family, names, layer_counts: list[int]) -> dict[str, str |
             if name == prefix or name.startswith(prefix + "."):
                 out[name] = ours + name[len(prefix) :]
                 break
-        for (prefix, table), offset in zip(family.stacks, offsets):
-            m = re.fullmatch(re.escape(prefix) + r"\.(\d+)\.(.+)\.(weight|bias)", name)
-            if m and m[2] in table:
-                out[name] = f"layers.{int(m[1]) + offset}.{table[m[2]]}.{m[3]}"
+        for (prefix, table), offset, count in zip(family.stacks, offsets, layer_counts):
+            m = re.fullmatch(re.escape(prefix) + r"\.(\d+)\.(.+)", name)
+            if not m or int(m[1]) >= count:
+                continue
+            module, _, leaf = m[2].rpartition(".")
+            if m[2] in table:
+                out[name] = f"layers.{int(m[1]) + offset}.{table[m[2]]}"
+            elif module in table:
+                out[name] = f"layers.{int(m[1]) + offset}.{table[module]}.{leaf}"
     return out
 
 

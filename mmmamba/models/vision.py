@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import VisionConfig
@@ -70,5 +71,46 @@ class ShuffledPatchEmbedding(nn.Module):
         return self.projector(x.reshape(n, -1, x.shape[-1]))
 
 
+class HolisticPatchEmbedding(nn.Module):
+    """HoVLE's released front-end: conv patches + positions → pixel shuffle → Linear, GELU, Linear.
+
+    The position table is stored as HoVLE stores it: (1, grid² + 1, d) with a class slot first,
+    which the forward skips; when the image's patch grid differs from the stored grid, the table
+    is resized by bicubic interpolation (align_corners=False, in float32), as the official code does.
+    """
+
+    def __init__(self, cfg: VisionConfig, hidden_size: int):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.embed_dim or hidden_size
+        self.stored_grid = cfg.position_grid or cfg.grid
+        self.patch_embedding = nn.Conv2d(cfg.channels, d, cfg.patch_size, stride=cfg.patch_size)
+        self.class_embedding = nn.Parameter(torch.zeros(1, 1, d))  # in the released weights; unused here too
+        self.position_embedding = nn.Parameter(torch.randn(1, self.stored_grid**2 + 1, d) * 0.02)
+        self.projector = nn.Sequential(
+            nn.Linear(d * cfg.merge**2, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+        )
+
+    def positions(self, h: int, w: int) -> Tensor:
+        """(1, h·w, d) position embeddings for an h × w patch grid (class slot skipped)."""
+        table = self.position_embedding[:, 1:]
+        g = self.stored_grid
+        if (h, w) == (g, g):
+            return table  # bicubic resizing to the same size is the identity
+        grid = table.float().reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, d, g, g)
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+        return grid.flatten(2).transpose(1, 2).to(table.dtype)  # (1, h·w, d)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        """pixel_values (n, C, H, W) → (n, tokens_per_tile, hidden)."""
+        _check_pixels(self.cfg, pixel_values)
+        x = self.patch_embedding(pixel_values)  # (n, d, h, w)
+        n, d, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2) + self.positions(h, w).to(x.dtype)  # (n, h·w, d)
+        x = pixel_shuffle(x.reshape(n, h, w, d), self.cfg.merge)
+        return self.projector(x.reshape(n, -1, x.shape[-1]))
+
+
 def build_vision(cfg: VisionConfig, hidden_size: int) -> nn.Module:
-    return {"fuyu": PatchEmbedding, "internvl": ShuffledPatchEmbedding}[cfg.style](cfg, hidden_size)
+    styles = {"fuyu": PatchEmbedding, "internvl": ShuffledPatchEmbedding, "hovle": HolisticPatchEmbedding}
+    return styles[cfg.style](cfg, hidden_size)
