@@ -123,8 +123,14 @@ class DecoderConfig:
             self.vision = VisionConfig(**self.vision)
         if self.vision is not None and self.image_token_id is None:
             raise MmmambaError("a config with a vision front-end needs image_token_id")
-        if self.text_vocab_size < 0 or self.special_embeddings < 0:
-            raise MmmambaError("text_vocab_size and special_embeddings must be >= 0")
+        for key in ("text_vocab_size", "special_embeddings"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise MmmambaError(f"config {key} must be an integer >= 0, got {value!r}")
+        if not isinstance(self.l2_norm_after, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in self.l2_norm_after
+        ):
+            raise MmmambaError(f"config l2_norm_after must be a list of layer indices, got {self.l2_norm_after!r}")
         if self.special_embeddings and not self.text_vocab_size:
             raise MmmambaError("special_embeddings needs text_vocab_size (the id where special tokens start)")
         if self.tie_embeddings and self.text_vocab_size not in (0, self.vocab_size):
