@@ -3,13 +3,94 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 
 from ..errors import MmmambaError
 
 PLANNED = {
     "bench": "speed benchmarks run on a GPU: python -m mmmamba.bench.speed --help",
 }
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with no prefix matching (``--steps`` is not ``--steps-per-stage``) and one-line errors, exit 2."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def int_in(low: int, high: int):
+    """An argparse type: a whole number in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"{v} is outside {low}..{high}")
+        return v
+
+    return parse
+
+
+def float_in(low: float, high: float, low_open: bool = False):
+    """An argparse type: a finite number in [low, high] (or (low, high] with ``low_open``)."""
+
+    def parse(text: str) -> float:
+        try:
+            v = float(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(v) or v < low or v > high or (low_open and v == low):
+            side = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"{text!r} is outside {side}{low}, {high}]")
+        return v
+
+    return parse
+
+
+MAX_STEPS = 10_000_000
+COUNT = int_in(1, MAX_STEPS)
+SEED = int_in(0, 2**63 - 1)
+
+
+def resolve_device(text: str | None) -> str:
+    """--device: cpu, cuda, cuda:N or mps, present on this machine; None picks cuda when available."""
+    import torch
+
+    if text is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise MmmambaError(f"--device {text!r}: unknown device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MmmambaError(f"--device {text}: no CUDA device on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MmmambaError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise MmmambaError(f"--device {text}: MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise MmmambaError(f"--device {text}: {dev.type} is not supported; use cpu, cuda or cuda:N")
+    return str(dev)
+
+
+def check_text(text: str, flag: str) -> str:
+    """A command-line string must be valid UTF-8 (undecodable bytes arrive as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MmmambaError(f"{flag}: not valid UTF-8 text; pass the text in UTF-8") from None
+    return text
 
 
 def parse_size(text: str) -> int:
@@ -24,53 +105,116 @@ def parse_size(text: str) -> int:
     raise MmmambaError(f"size {text!r}: write it like 2GB, 500MB or 64KB")
 
 
+def shard_size(text: str) -> int:
+    n = parse_size(text)
+    if not 1024 <= n <= 1024**4:
+        raise MmmambaError(f"--max-shard-size {text}: give a size between 1KB and 1024GB")
+    return n
+
+
 def cmd_convert(args) -> None:
     import torch
 
     from ..convert import convert_to_mamba
     from ..convert.layer_spec import parse_auto, parse_keep_attention
     from ..data.tokenizer import copy_tokenizer
-    from ..models import load_checkpoint
+    from ..io import check_output_dir, same_or_inside
+    from ..models import load_checkpoint, save_checkpoint
+    from ..models.checkpoint import load_config
 
+    out = check_output_dir(args.out)
+    if same_or_inside(args.teacher, out):
+        what = "is" if Path(out).resolve() == Path(args.teacher).resolve() else "contains"
+        raise MmmambaError(f"--out {out} {what} the teacher {args.teacher}; write the student to a new folder")
+    max_shard = shard_size(args.max_shard_size)
+    cfg = load_config(args.teacher)
+    if "mamba2" in cfg.mixers:
+        raise MmmambaError(
+            f"--teacher {args.teacher} is already a converted student (it has Mamba-2 layers); pass the original"
+        )
+    keep = parse_keep_attention(args.keep_attention, cfg.num_layers)
+    auto = parse_auto(args.keep_attention, cfg.num_layers)
+    if args.dry_run:
+        _convert_estimate(args, cfg, keep, out)
+        return
     torch.manual_seed(args.seed)
     teacher = load_checkpoint(args.teacher)
-    keep = parse_keep_attention(args.keep_attention, teacher.config.num_layers)
     student = convert_to_mamba(teacher, keep, init=args.init, mamba={"conv_kernel": args.conv_kernel})
     student.config.conversion["teacher"] = str(args.teacher)
-    auto = parse_auto(args.keep_attention, teacher.config.num_layers)
     if auto is not None:
         student.config.conversion["auto_keep"] = auto
-    student.save_pretrained(args.out, parse_size(args.max_shard_size))
-    copy_tokenizer(args.teacher, args.out)
+    save_checkpoint(student, out, max_shard, extra=lambda d: copy_tokenizer(args.teacher, d))
     n_mamba = student.config.mixers.count("mamba2")
     print(f"wrote {args.out}: {n_mamba} Mamba-2 layers, attention kept at {keep or 'none'} (init {args.init})")
 
 
+def _convert_estimate(args, cfg, keep, out) -> None:
+    """--dry-run: what convert would write, the memory and time it needs; nothing is written."""
+    import dataclasses
+
+    from ..io import check_free_space, free_bytes, human_bytes
+    from ..models.checkpoint import check_fits, parameter_count
+
+    mixers = ["attention" if i in keep else "mamba2" for i in range(cfg.num_layers)]
+    student = dataclasses.replace(cfg, mixers=mixers, mamba={"conv_kernel": args.conv_kernel})
+    need = check_fits(cfg, args.teacher) + check_fits(student, "the student")
+    disk = 4 * parameter_count(student)
+    check_free_space(out, disk, "the student checkpoint")
+    seconds = 2 + parameter_count(student) / 2e8  # load + seed + write, dominated by disk speed
+    print(
+        f"dry run: {args.teacher} -> {out}: {mixers.count('mamba2')} Mamba-2 layers, attention kept at "
+        f"{keep or 'none'}; memory ~ {human_bytes(need)}, disk {human_bytes(disk)} "
+        f"({human_bytes(free_bytes(out))} free), time ~ {seconds:.0f} s; nothing written"
+    )
+
+
 def cmd_data_make(args) -> None:
     from ..data.suite import make_suite
+    from ..io import check_free_space, check_output_dir
 
     sizes = {"train": args.train, "val": args.val, "test": args.test}
-    make_suite(args.out, args.seed, sizes, tuple(int(k) for k in args.recall_images.split(",")))
+    try:
+        recall = tuple(int(k) for k in args.recall_images.split(","))
+    except ValueError:
+        recall = ()
+    if not recall or any(not 1 <= k <= 8 for k in recall):
+        raise MmmambaError(f"--recall-images {args.recall_images!r}: give image counts from 1 to 8, e.g. 2,3,4")
+    out = check_output_dir(args.out)
+    check_free_space(out, 8 * 2048 * sum(sizes.values()), "the task suite")  # ~2 KB per PNG, up to 8 families
+    make_suite(out, args.seed, sizes, recall)
     print(f"wrote {args.out}: train/val/test JSONL + images (seed {args.seed}, per family {sizes})")
 
 
 def cmd_teacher_train(args) -> None:
     from ..training.teacher import train_teacher
 
-    train_teacher(args.preset, args.data, args.out, args.seed, args.steps, args.eval_every, args.device)
+    device = resolve_device(args.device)
+    train_teacher(
+        args.preset,
+        args.data,
+        args.out,
+        args.seed,
+        args.steps,
+        args.eval_every,
+        device,
+        allow_outside=args.allow_outside_images,
+    )
 
 
 def cmd_eval(args) -> None:
-    from pathlib import Path
-
-    from ..data.conversations import read_jsonl
+    from ..data.conversations import check_images_match, read_split
     from ..data.tokenizer import load_tokenizer
-    from ..evaluation.tasks import predict, print_table, score, write_report
+    from ..evaluation.tasks import check_prompts, predict, print_table, score, write_report
+    from ..io import check_output_file
     from ..models import load_checkpoint
 
+    if args.json:
+        check_output_file(args.json, "--json")
+    samples = read_split(args.data, args.split, args.allow_outside_images, args.limit)
     model = load_checkpoint(args.model).float()
     tok = load_tokenizer(args.model)
-    samples = read_jsonl(Path(args.data) / f"{args.split}.jsonl")[: args.limit]
+    check_images_match(samples, model.config.vision, f"--model {args.model}")
+    check_prompts(model, tok, samples)
     report = score(samples, predict(model, tok, samples, args.batch_size))
     print_table(report, f"{args.model} on {args.data} [{args.split}]")
     if args.json:
@@ -78,18 +222,21 @@ def cmd_eval(args) -> None:
 
 
 def cmd_distill(args) -> None:
-    import torch
-
     from ..distill.trainer import DistillConfig, distill
+    from ..io import human_bytes
 
-    stages = [int(s) for s in args.stages.split(",")]
-    steps = [int(s) for s in args.steps_per_stage.split(",")]
+    try:
+        stages = [int(s) for s in args.stages.split(",")]
+        steps = [int(s) for s in args.steps_per_stage.split(",")]
+    except ValueError:
+        stages, steps = [], []
     if len(steps) == 1:
         steps *= len(stages)
-    if len(steps) != len(stages) or any(s not in (1, 2, 3) for s in stages) or stages != sorted(set(stages)):
+    bad = len(steps) != len(stages) or any(s not in (1, 2, 3) for s in stages) or stages != sorted(set(stages))
+    if bad or not stages or any(not 1 <= n <= MAX_STEPS for n in steps):
         raise MmmambaError(
             f"--stages {args.stages} / --steps-per-stage {args.steps_per_stage}: give stages from 1,2,3 "
-            "in order and one step count, or one per stage"
+            f"in order and one step count (1..{MAX_STEPS}), or one per stage"
         )
     cfg = DistillConfig(
         stages=stages,
@@ -102,15 +249,30 @@ def cmd_distill(args) -> None:
         train_o_proj=args.train_o_proj,
         train_mlp=args.train_mlp,
         lr_scale=args.lr_scale,
-        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        device=resolve_device(args.device),
+        allow_outside_images=args.allow_outside_images,
     )
+    if args.dry_run:
+        e = distill(args.teacher, args.student, args.data, args.out, cfg, dry_run=True)
+        print(
+            f"dry run: teacher {e['teacher_params'] / 1e6:.2f} M / student {e['student_params'] / 1e6:.2f} M "
+            f"parameters; {e['train_samples']} train / {e['val_samples']} val samples, images readable, longest "
+            f"sequence {e['longest_sequence']} tokens; memory ~ {human_bytes(e['memory_bytes'])}, disk "
+            f"{human_bytes(e['disk_bytes'])} ({human_bytes(e['free_disk_bytes'])} free), time ~ {e['seconds']:.0f} s "
+            f"on {cfg.device}; nothing written"
+        )
+        return
     distill(args.teacher, args.student, args.data, args.out, cfg)
     print(f"wrote {args.out}/after_stage{stages[-1]} (log.csv, loss.png beside it)")
 
 
 def cmd_report(args) -> None:
     from ..evaluation.report import write_report
+    from ..io import check_output_file
 
+    for flag, path in (("--out", args.out), ("--chart", args.chart), ("--quality", args.quality)):
+        if path:
+            check_output_file(path, flag)
     q = write_report(args.runs, args.teacher_eval, args.out, args.notes, args.chart, args.quality)
     print(
         f"wrote {args.out}: teacher {q['teacher']:.3f}, "
@@ -120,10 +282,18 @@ def cmd_report(args) -> None:
 
 def _load_for_chat(args):
     from ..data.images import ImageProcessor
-    from ..data.tokenizer import load_tokenizer
+    from ..data.tokenizer import IMAGE_MARK, load_tokenizer
     from ..infer import SamplingConfig
     from ..models import load_checkpoint
 
+    prompt = check_text(getattr(args, "prompt", "") or "", "--prompt")
+    if args.image is None and IMAGE_MARK in prompt:
+        raise MmmambaError(f"--prompt contains {IMAGE_MARK} but no --image is given; add --image FILE or drop the mark")
+    if args.image is not None and prompt.count(IMAGE_MARK) > 1:
+        raise MmmambaError(f"--prompt has {prompt.count(IMAGE_MARK)} {IMAGE_MARK} marks for one --image; keep one")
+    if args.image is not None and not Path(args.image).is_file():
+        what = "is a folder" if Path(args.image).is_dir() else "does not exist"
+        raise MmmambaError(f"--image {args.image}: {what}; give an image file")
     model = load_checkpoint(args.model).float().eval()
     tok = load_tokenizer(args.model)
     image = None
@@ -152,13 +322,12 @@ class _Stream:
 
 
 def cmd_generate(args) -> None:
-    import torch
 
     from ..data.images import attach_image
     from ..infer import generate
 
+    device = resolve_device(args.device)
     model, tok, image, sampling = _load_for_chat(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
     text, counts = args.prompt, None
     if image is not None:
@@ -181,9 +350,18 @@ def cmd_generate(args) -> None:
 
 def cmd_chat(args) -> None:
     from ..infer import ChatSession
+    from ..io import human_bytes, machine_memory
+    from ..models.checkpoint import cache_bytes
 
     model, tok, image, sampling = _load_for_chat(args)
-    chat = ChatSession(model, tok, sampling)
+    length = min(args.max_context or model.config.max_position, model.config.max_position)
+    need = cache_bytes(model.config, 1, length)
+    if need > machine_memory() // 2:
+        raise MmmambaError(
+            f"--model {args.model}: a {length}-token cache needs {human_bytes(need)}, more than half this machine's "
+            f"memory; pass a smaller --max-context"
+        )
+    chat = ChatSession(model, tok, sampling, length)
     print(
         "chat: type a message; /reset starts over, /quit or an empty line ends."
         + (" Image attached." if image is not None else "")
@@ -206,11 +384,11 @@ def cmd_chat(args) -> None:
 def _sampling_args(p) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder (with tokenizer.json)")
     p.add_argument("--image", default=None, help="an image file for the (first) turn")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int_in(1, 1 << 20), default=64)
+    p.add_argument("--temperature", type=float_in(0.0, 1e4), default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int_in(0, 1 << 24), default=0, help="0 = off")
+    p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=1.0, help="1 = off")
+    p.add_argument("--seed", type=SEED, default=None)
 
 
 def cmd_info(args) -> None:
@@ -242,11 +420,14 @@ def cmd_export(args) -> None:
     print(f"wrote {out}: {args.model} in the {args.format} layout")
 
 
+OUTSIDE_HELP = "read image paths that leave the data folder (.. or absolute); refused by default"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..convert import INITS
     from ..convert.layer_spec import HELP
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mmmamba",
         description="Turn a decoder-only Transformer into a Mamba-2 (linear) or Mamba-2/attention (hybrid) "
         "model by seeding Mamba-2 from attention and distilling, then run it fast.",
@@ -258,19 +439,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write the student checkpoint to")
     p.add_argument("--keep-attention", default="none", help=f"layers kept as attention: {HELP}")
     p.add_argument("--init", default="mimic", choices=INITS, help="mixer initialisation (paper ablation)")
-    p.add_argument("--conv-kernel", type=int, default=2, help="causal conv kernel size (paper: 2)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for the new parameters")
+    p.add_argument("--conv-kernel", type=int_in(1, 64), default=2, help="causal conv kernel size (paper: 2)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed for the new parameters")
     p.add_argument("--max-shard-size", default="2GB", help="split the safetensors above this size (e.g. 500MB)")
+    p.add_argument("--dry-run", action="store_true", help="check inputs and output, estimate memory, write nothing")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("data", help="the built-in multimodal task suite")
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = dsub.add_parser("make", help="generate train/val/test JSONL + PNG scenes (deterministic for a seed)")
     p.add_argument("--out", required=True, help="folder to write the suite to")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train", type=int, default=4000, help="training samples per family")
-    p.add_argument("--val", type=int, default=40, help="validation samples per family")
-    p.add_argument("--test", type=int, default=100, help="test samples per family")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--train", type=int_in(1, 1_000_000), default=4000, help="training samples per family")
+    p.add_argument("--val", type=int_in(1, 100_000), default=40, help="validation samples per family")
+    p.add_argument("--test", type=int_in(1, 100_000), default=100, help="test samples per family")
     p.add_argument("--recall-images", default="2,3,4", help="image counts of the multi-image recall family")
     p.set_defaults(func=cmd_data_make)
 
@@ -280,10 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", choices=["tiny", "small"])
     p.add_argument("--data", required=True, help="task-suite folder from `mmmamba data make`")
     p.add_argument("--out", required=True, help="checkpoint folder (training state is kept here too)")
-    p.add_argument("--steps", type=int, default=None, help="override the preset's number of steps")
-    p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=COUNT, default=None, help="override the preset's number of steps")
+    p.add_argument("--eval-every", type=COUNT, default=500)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
     p.set_defaults(func=cmd_teacher_train)
 
     p = sub.add_parser("eval", help="exact-match accuracy per task family, greedy decoding")
@@ -291,8 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="task-suite folder")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", default=None, help="write {mean_accuracy, per_family, n, …} here")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=64)
+    p.add_argument("--limit", type=int_in(1, 1 << 40), default=None, help="evaluate only the first N samples")
+    p.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("distill", help="distil a converted student from its teacher, stages 1-3 (resumable)")
@@ -302,15 +486,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: after_stageS/ checkpoints, log.csv, loss.png")
     p.add_argument("--stages", default="1,2,3", help="stages to run, in order (any subset of 1,2,3)")
     p.add_argument("--steps-per-stage", default="300,300,600", help="one count, or one per stage")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--eval-every", type=int, default=100, help="validate on the val split every N steps")
-    p.add_argument("--temperature", type=float, default=1.0, help="stage-3 KL temperature")
-    p.add_argument("--ce-weight", type=float, default=0.0, help="stage-3 weight of cross-entropy on answers")
+    p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=16)
+    p.add_argument("--eval-every", type=COUNT, default=100, help="validate on the val split every N steps")
+    p.add_argument("--temperature", type=float_in(0.0, 1e4, low_open=True), default=1.0, help="stage-3 KL temperature")
+    p.add_argument(
+        "--ce-weight", type=float_in(0.0, 1e6), default=0.0, help="stage-3 weight of cross-entropy on answers"
+    )
     p.add_argument("--train-o-proj", action="store_true", help="stage 3 also trains Wo (the paper freezes it)")
     p.add_argument("--train-mlp", action="store_true", help="stage 3 also trains the MLPs (the paper freezes them)")
-    p.add_argument("--lr-scale", type=float, default=1.0, help="multiply the paper's per-stage learning rates")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--lr-scale", type=float_in(0.0, 1e6, low_open=True), default=1.0, help="multiply the paper's learning rates"
+    )
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
+    p.add_argument("--dry-run", action="store_true", help="check everything, estimate memory/disk/time, write nothing")
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("report", help="RESULTS.md tables + PNG chart + quality.json from distillation runs")
@@ -327,13 +517,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="answer one prompt (and image), streaming the tokens")
     _sampling_args(p)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--prefill-chunk", type=int, default=None, help="prefill the prompt in chunks of N tokens")
+    p.add_argument(
+        "--prefill-chunk", type=int_in(1, 1 << 24), default=None, help="prefill the prompt in chunks of N tokens"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--cuda-graph", action="store_true", help="replay decode steps from a CUDA graph (all-Mamba-2)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive multi-turn chat; the state is kept between turns")
     _sampling_args(p)
+    p.add_argument("--max-context", type=int_in(1, 1 << 24), default=None, help="tokens the session may hold")
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("info", help="summarise a checkpoint: size, layers, which mixers")
@@ -357,12 +550,26 @@ def _not_yet(name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one sub-command; a bad input is one line on stderr and exit code 2 (argparse's too)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2), already printed
+        return e.code if isinstance(e.code, int) else 2
     try:
         args.func(args)
     except MmmambaError as e:
-        print(f"mmmamba {args.command}: error: {e}", file=sys.stderr)
+        print(f"mmmamba {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk at a write that has no check of its own
+        from ..io import is_disk_full
+
+        if not is_disk_full(e):
+            raise
+        print(f"mmmamba {args.command}: error: disk full ({e.strerror}); free space and rerun", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mmmamba {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     return 0
 
 

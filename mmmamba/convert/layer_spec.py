@@ -26,6 +26,11 @@ def parse_keep_attention(spec: str, num_layers: int) -> list[int]:
             layers = sorted({int(s) for s in spec.split(",")})
     except ValueError:
         raise MmmambaError(f"--keep-attention {spec!r} is not understood; use {HELP}") from None
+    if ":" in spec:  # every:N needs N >= 1; head:K / tail:K need 0 <= K <= layers
+        n, every = int(spec.split(":", 1)[1]), spec.startswith("every:")
+        if n < int(every) or (not every and n > num_layers):
+            bound = "1 or more" if every else f"between 0 and {num_layers}"
+            raise MmmambaError(f"--keep-attention {spec!r}: the number must be {bound}")
     if any(not 0 <= i < num_layers for i in layers):
         raise MmmambaError(f"--keep-attention {spec!r} names layers outside 0..{num_layers - 1}")
     return layers

@@ -6,10 +6,10 @@ per-family accuracy, the commands that made it); the teacher row comes from an `
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import MmmambaError
+from ..io import read_json, write_json_atomic, write_text_atomic
 
 GROUP_TITLES = {
     "headline": "Teacher, linear and hybrid",
@@ -20,13 +20,37 @@ GROUP_TITLES = {
 }
 
 
+def _accuracy(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+
+
+def check_eval(obj: dict, f) -> dict:
+    """An eval result: a mean accuracy in [0, 1] and per-family accuracies."""
+    fam = obj.get("per_family")
+    if not _accuracy(obj.get("mean_accuracy")) or not isinstance(fam, dict) or not fam:
+        raise MmmambaError(f"{f}: needs 'mean_accuracy' (0..1) and a non-empty 'per_family' object; not an eval JSON")
+    if not all(isinstance(k, str) and _accuracy(v) for k, v in fam.items()):
+        raise MmmambaError(f"{f}: 'per_family' must map family names to accuracies in 0..1")
+    return obj
+
+
 def read_results(paths) -> list[dict]:
     rows = []
     for p in map(Path, paths):
         f = p / "result.json" if p.is_dir() else p
         if not f.is_file():
             raise MmmambaError(f"{p}: no result.json; pass run folders from scripts/ablations.py or their JSON files")
-        rows.append(json.loads(f.read_text()))
+        row = check_eval(read_json(f, "run result"), f)
+        if not isinstance(row.get("name"), str) or not isinstance(row.get("group"), str):
+            raise MmmambaError(f"{f}: needs string 'name' and 'group'; pass result.json files of scripts/ablations.py")
+        commands = row.get("commands", [])
+        if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
+            raise MmmambaError(f"{f}: 'commands' must be a list of strings")
+        for key in ("keep_attention", "stages"):
+            if not isinstance(row.get(key, []), list):
+                raise MmmambaError(f"{f}: '{key}' must be a list")
+        row.setdefault("commands", [])
+        rows.append(row)
     return rows
 
 
@@ -47,7 +71,11 @@ def _table(rows: list[dict], families: list[str], teacher: dict) -> list[str]:
 
 def write_report(run_paths, teacher_eval, out, notes=None, chart=None, quality=None) -> dict:
     rows = read_results(run_paths)
-    teacher = json.loads(Path(teacher_eval).read_text())
+    teacher = check_eval(read_json(teacher_eval, "teacher eval JSON"), teacher_eval)
+    if teacher["mean_accuracy"] == 0:
+        raise MmmambaError(f"{teacher_eval}: the teacher's mean accuracy is 0; evaluate the right teacher")
+    if notes and not Path(notes).is_file():
+        raise MmmambaError(f"--notes {notes}: no such file")
     families = list(teacher["per_family"])
     by_name = {r["name"]: r for r in rows}
     teacher_row = {"name": "teacher", "keep_attention": ["all"], "stages": [], "init": "-", **teacher}
@@ -69,7 +97,10 @@ def write_report(run_paths, teacher_eval, out, notes=None, chart=None, quality=N
         if len(mine) > (1 if group != "headline" else 1):
             lines += [f"## {title}", "", *_table(mine, families, teacher), ""]
     if notes:
-        lines += [Path(notes).read_text().rstrip(), ""]
+        try:
+            lines += [Path(notes).read_bytes().decode("utf-8").rstrip(), ""]
+        except UnicodeDecodeError:
+            raise MmmambaError(f"--notes {notes}: not UTF-8 text") from None
     lines += ["## Commands", ""]
     for r in rows:
         lines += [
@@ -78,12 +109,12 @@ def write_report(run_paths, teacher_eval, out, notes=None, chart=None, quality=N
             *[f"  {c}" for c in r["commands"]],
             "  ```",
         ]
-    Path(out).write_text("\n".join(lines) + "\n")
+    write_text_atomic(out, "\n".join(lines) + "\n")
     q = {"teacher": teacher["mean_accuracy"], **{r["name"]: r["mean_accuracy"] for r in rows}}
     if "hybrid_every4" in q:
         q["hybrid"] = q["hybrid_every4"]
     if quality:
-        Path(quality).write_text(json.dumps(q, indent=2) + "\n")
+        write_json_atomic(quality, q)
     if chart:
         _chart(rows, teacher, chart)
     return q

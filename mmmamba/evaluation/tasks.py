@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,8 +10,10 @@ from tqdm import tqdm
 
 from ..data.conversations import Sample
 from ..data.images import image_processor
-from ..data.tokenizer import ChatTokenizer
+from ..data.tokenizer import IMAGE_MARK, ChatTokenizer
+from ..errors import MmmambaError
 from ..infer import generate
+from ..io import write_json_atomic
 from ..models import Decoder
 
 
@@ -38,6 +39,19 @@ def score(samples: list[Sample], predictions: dict[str, str]) -> dict:
     }
 
 
+def check_prompts(model: Decoder, tok: ChatTokenizer, samples: list[Sample], max_new_tokens: int = 16) -> None:
+    """Every first question fits the model with room for its answer; a long one is named by file and line."""
+    limit = model.config.max_position
+    per_image = model.config.vision.tokens_per_tile * model.config.vision.max_tiles if model.config.vision else 0
+    for s in samples:
+        n = len(tok.user_turn(s.turns[0][0].replace(IMAGE_MARK, ""))) + (per_image + 2) * len(s.images)
+        if n + max_new_tokens > limit:
+            raise MmmambaError(
+                f"{s.where or s.id}: the question takes about {n} tokens, with {max_new_tokens} for the answer more "
+                f"than the model's max_position {limit}; shorten or drop it"
+            )
+
+
 @torch.no_grad()
 def predict(
     model: Decoder,
@@ -48,6 +62,8 @@ def predict(
     progress: bool = True,
 ) -> dict[str, str]:
     """Greedy answers by sample id. Prompts are batched by length; a batch answers as each prompt alone."""
+    if batch_size < 1:
+        raise MmmambaError(f"batch size {batch_size}: give 1 or more")
     model.eval()
     images = image_processor(model.config.vision)
 
@@ -90,4 +106,4 @@ def print_table(report: dict, title: str = "") -> None:
 
 def write_report(report: dict, path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(path, report)
