@@ -1,134 +1,335 @@
-"""Prefill and next-token latency and memory: teacher (attention + KV cache) vs linear vs hybrid.
+"""Long-context speed at HoVLE scale: the Hugging Face teacher, our teacher, linear and hybrid students.
 
-Random weights at a chosen width; batch 1; CUDA events after warm-up. Run on a GPU:
-    python -m mmmamba.bench.speed --layers 8 --contexts 4096 16384 32768 --json OUT.json
-Reports per model and context: prefill seconds (chunked), decode ms/token (eager, and CUDA
-graph for the all-Mamba model), cache bytes, peak memory, and the floor (bytes over bandwidth).
+Random bf16 weights at HoVLE's shapes (32 layers, hidden 2048, 16/8 heads of 128, MLP 8192, vocab
+92553). Each model is built, measured at every context and freed before the next one is built, so
+peak memory is one model's. Per (model, context): prefill seconds, next-token ms (median of CUDA-event
+timed steps after warm-up), tokens/s over ``--new-tokens`` greedy tokens, peak GB, and the floor
+(bytes a step must read over the measured copy bandwidth). ``--batch-context`` adds decode
+throughput at the largest batch that fits (doubling until out of memory, capped by ``--max-batch``);
+those rows start from synthetic cache contents, since a decode step's cost does not depend on them.
+``--train`` adds distillation tokens/s for each stage. Writes ``speed.json`` (+ a plot with
+``mmmamba.bench.report``). Run on a GPU:
+
+    python -m mmmamba.bench.speed --out runs/bench --models linear hybrid teacher hf
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import time
+from functools import partial
+from pathlib import Path
 
 import torch
 
 from ..convert import convert_to_mamba
-from ..infer import prefill
+from ..infer.decode_step import DecodeStep
+from ..infer.generate import prefill
 from ..models import Decoder, DecoderConfig
 from .timing import cuda_time_ms, device_bandwidth
 
+MODELS = ("linear", "hybrid", "teacher", "hf")
 
-def build(layers: int, hidden: int, heads: int, kv_heads: int, mlp: int, max_position: int) -> Decoder:
-    cfg = DecoderConfig(
-        vocab_size=32000,
-        hidden_size=hidden,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=hidden // heads,
-        intermediate_size=mlp,
+
+def hovle_config(args, max_position: int) -> DecoderConfig:
+    return DecoderConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        num_kv_heads=args.kv_heads,
+        head_dim=args.hidden // args.heads,
+        intermediate_size=args.mlp,
         rope_theta=1e6,
         max_position=max_position,
-        mamba={"chunk_size": 128},
+        mamba={"chunk_size": 64, "ssd_backend": args.ssd_backend},
     )
-    return Decoder(cfg)
 
 
-def cache_bytes(cache) -> int:
-    return sum(b.numel() * b.element_size() for c in cache for b in c.buffers())
+def build_ours(name: str, args, max_position: int) -> Decoder:
+    """Random weights, made on the GPU in bf16 (the teacher first, converted when a student is asked for)."""
+    with torch.device("cuda"):
+        teacher = Decoder(hovle_config(args, max_position))
+    teacher = teacher.to(torch.bfloat16)
+    if name == "teacher":
+        model = teacher
+    else:
+        keep = [] if name == "linear" else list(range(0, args.layers, 4))
+        model = convert_to_mamba(teacher, keep).to("cuda", torch.bfloat16)
+        del teacher
+    model.eval().requires_grad_(False)
+    model.fuse_projections()
+    return model
 
 
-def bench_model(name, model, context, decode_steps, prefill_chunk, graph: bool) -> dict:
-    dev = "cuda"
-    ids = torch.randint(0, 32000, (1, context), device=dev)
-    mask = torch.ones(1, context + decode_steps + 64, dtype=torch.long, device=dev)
+def build_hf(args, max_position: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.kv_heads,
+        intermediate_size=args.mlp,
+        rope_theta=1e6,
+        max_position_embeddings=max_position,
+        attn_implementation="sdpa",
+    )
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    return model.eval().requires_grad_(False)
+
+
+def weight_bytes_read(model) -> int:
+    """Bytes a decode step reads: every weight but the input embedding table (one row of it)."""
+    emb = model.get_input_embeddings().weight if hasattr(model, "get_input_embeddings") else model.embed_tokens.weight
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    tied = any(p is emb for p in model.lm_head.parameters())
+    return total - (0 if tied else emb.numel() * emb.element_size())
+
+
+def kv_bytes(cache) -> int:
+    return sum(
+        b.numel() * b.element_size() for n, b in cache.named_buffers() if n.endswith((".k", ".v", ".ssm", ".conv"))
+    )
+
+
+def tokens_per_s(step, token: torch.Tensor, n: int) -> float:
+    """Greedy generation of ``n`` tokens: each step's argmax feeds the next."""
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        token = step(token).argmax(-1)
+    torch.cuda.synchronize()
+    return n * token.shape[0] / (time.perf_counter() - t0)
+
+
+def measure_ours(model: Decoder, context: int, args, decode: str) -> dict:
     torch.cuda.reset_peak_memory_stats()
-    cache = model.make_cache(1, context + decode_steps + 64)
-    embeds = model.embed(ids)
+    ids = torch.randint(0, args.vocab, (1, context), device="cuda")
+    cache = model.make_cache(1, context + args.new_tokens + args.warmup + 8)
+    mask = torch.ones(1, context, dtype=torch.long, device="cuda")
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    logits = prefill(model, embeds, mask[:, :context], cache, prefill_chunk)
-    end.record()
+    t0 = time.perf_counter()
+    logits = prefill(model, model.embed(ids), mask, cache, args.prefill_chunk)
     torch.cuda.synchronize()
-    prefill_s = start.elapsed_time(end) / 1e3
+    row = {"prefill_s": time.perf_counter() - t0, "cache_bytes": kv_bytes(cache)}
+    step = DecodeStep(model, cache, decode)
     token = logits.argmax(-1)
-    pos = [context]
-
-    def step():
-        pos[0] += 1
-        with torch.no_grad():
-            return model(token[:, None], attention_mask=mask[:, : pos[0]], cache=cache).logits
-
-    row = {"model": name, "context": context, "prefill_s": prefill_s, "cache_bytes": cache_bytes(cache)}
-    row["decode_ms"] = cuda_time_ms(step, warmup=3, iters=decode_steps)
-    if graph:
-        from ..infer.cuda_graph import GraphedDecodeStep
-
-        g = GraphedDecodeStep(model, cache, 1)
-        saved = [(c.conv.clone(), c.ssm.clone()) for c in cache]
-        eager = step()[:, -1]
-        for c, (conv, ssm) in zip(cache, saved):  # replay the same step from the same state
-            c.conv.copy_(conv)
-            c.ssm.copy_(ssm)
-        row["graph_max_abs_diff"] = float((g(token).float() - eager.float()).abs().max())
-        row["decode_graph_ms"] = cuda_time_ms(lambda: g(token), warmup=3, iters=decode_steps)
+    row["decode_ms"] = cuda_time_ms(lambda: step(token), warmup=args.warmup, iters=args.decode_steps)
+    row["tokens_per_s"] = tokens_per_s(step, token, args.new_tokens)
     row["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return row
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--layers", type=int, default=8)
+def measure_hf(model, context: int, args) -> dict:
+    torch.cuda.reset_peak_memory_stats()
+    ids = torch.randint(0, args.vocab, (1, context), device="cuda")
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model(ids, use_cache=True, logits_to_keep=1)
+    torch.cuda.synchronize()
+    row = {"prefill_s": time.perf_counter() - t0}
+    cache = out.past_key_values
+    token = out.logits[:, -1].argmax(-1)
+
+    def step(tok):
+        with torch.no_grad():
+            return model(tok[:, None], past_key_values=cache, use_cache=True).logits[:, -1]
+
+    row["decode_ms"] = cuda_time_ms(lambda: step(token), warmup=args.warmup, iters=args.decode_steps)
+    row["tokens_per_s"] = tokens_per_s(step, token, args.new_tokens)
+    row["cache_bytes"] = 2 * args.layers * context * args.kv_heads * (args.hidden // args.heads) * 2  # K and V, bf16
+    row["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return row
+
+
+def synthetic_cache(model: Decoder, batch: int, context: int):
+    """A cache as if ``context`` tokens had been prefilled (random contents; the step's cost is the same)."""
+    cache = model.make_cache(batch, context + 64)
+    for c in cache:
+        for b in c.buffers():
+            b.normal_(0, 0.02)
+        c.length = context
+    cache.key_valid[:, :context] = True
+    cache.slot.fill_(context)
+    cache.position.fill_(context)
+    return cache
+
+
+def batch_throughput_ours(model: Decoder, context: int, args, decode: str) -> dict:
+    best = None
+    batch = 1
+    while batch <= args.max_batch:
+        try:
+            cache = synthetic_cache(model, batch, context)
+            step = DecodeStep(model, cache, decode)
+            token = torch.zeros(batch, dtype=torch.long, device="cuda")
+            ms = cuda_time_ms(partial(step, token), warmup=2, iters=10)
+            best = {"batch": batch, "step_ms": ms, "tokens_per_s": batch / ms * 1e3}
+            del step, cache
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            gc.collect()
+            torch.cuda.empty_cache()
+        batch *= 2
+    return best or {}
+
+
+@torch.no_grad()
+def hf_fixed_context_step(model, token, cache, context: int) -> None:
+    model(token, past_key_values=cache, use_cache=True)
+    for layer in cache.layers:  # keep the context fixed: drop the appended token
+        layer.keys, layer.values = layer.keys[:, :, :context], layer.values[:, :, :context]
+
+
+def batch_throughput_hf(model, context: int, args) -> dict:
+    from transformers import DynamicCache
+
+    best = None
+    batch = 1
+    hd = args.hidden // args.heads
+    while batch <= args.max_batch:
+        try:
+            cache = DynamicCache(config=model.config)
+            for i in range(args.layers):
+                k = torch.randn(batch, args.kv_heads, context, hd, device="cuda", dtype=torch.bfloat16)
+                cache.update(k, torch.randn_like(k), i)
+            token = torch.zeros(batch, 1, dtype=torch.long, device="cuda")
+            ms = cuda_time_ms(partial(hf_fixed_context_step, model, token, cache, context), warmup=2, iters=5)
+            best = {"batch": batch, "step_ms": ms, "tokens_per_s": batch / ms * 1e3}
+            del cache
+        except torch.OutOfMemoryError:
+            break
+        finally:
+            gc.collect()
+            torch.cuda.empty_cache()
+        batch *= 2
+    return best or {}
+
+
+def train_step(stage, teacher, student, batch, opt) -> None:
+    from ..distill.trainer import DistillConfig, stage_loss
+
+    loss = stage_loss(stage, DistillConfig(), teacher, student, batch)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def train_throughput(args, tokens_per_batch: int, seq_len: int) -> list[dict]:
+    """Distillation tokens/s per stage at HoVLE scale: bf16 weights and activations, AdamW, the real stage losses."""
+    from ..data.conversations import Batch
+    from ..distill.stages import STAGES, select_trainable
+
+    max_position = seq_len + 8
+    with torch.device("cuda"):
+        teacher = Decoder(hovle_config(args, max_position)).to(torch.bfloat16).eval().requires_grad_(False)
+    student = convert_to_mamba(teacher, []).to("cuda", torch.bfloat16)
+    b = max(1, tokens_per_batch // seq_len)
+    ids = torch.randint(0, args.vocab, (b, seq_len), device="cuda")
+    ones = torch.ones_like(ids)
+    batch = Batch(ids, ones, ones, None)
+    rows = []
+    for stage_id in (1, 2, 3):
+        stage = STAGES[stage_id]
+        params = [p for _, p in select_trainable(student, stage)]
+        opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            ms = cuda_time_ms(partial(train_step, stage, teacher, student, batch, opt), warmup=2, iters=5)
+            rows.append(
+                {"stage": stage_id, "batch": b, "seq_len": seq_len, "step_ms": ms,
+                 "tokens_per_s": b * seq_len / ms * 1e3, "peak_gb": torch.cuda.max_memory_allocated() / 1e9}
+            )  # fmt: skip
+        except torch.OutOfMemoryError as e:
+            rows.append({"stage": stage_id, "batch": b, "seq_len": seq_len, "error": f"out of memory: {e}"[:200]})
+        del opt
+        gc.collect()
+        torch.cuda.empty_cache()
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="mmmamba bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--out", required=True, help="folder for speed.json")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--contexts", type=int, nargs="+", default=[4096, 16384, 32768, 65536, 103424, 131072])
+    p.add_argument("--layers", type=int, default=32)
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--kv-heads", type=int, default=8)
     p.add_argument("--mlp", type=int, default=8192)
-    p.add_argument("--contexts", type=int, nargs="+", default=[4096, 16384, 32768])
-    p.add_argument("--decode-steps", type=int, default=50)
-    p.add_argument("--prefill-chunk", type=int, default=8192)
-    p.add_argument("--json", default=None)
-    args = p.parse_args()
+    p.add_argument("--vocab", type=int, default=92553)
+    p.add_argument("--new-tokens", type=int, default=256, help="tokens generated for the tokens/s column")
+    p.add_argument("--decode-steps", type=int, default=30, help="timed decode steps (median)")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--prefill-chunk", type=int, default=16384)
+    p.add_argument("--decode", default="compile", choices=["eager", "graph", "compile"], help="our decode step")
+    p.add_argument("--ssd-backend", default="auto", choices=["auto", "torch", "fla"])
+    p.add_argument("--batch-context", type=int, default=0, help="also find the largest batch at this context")
+    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--train", action="store_true", help="also measure distillation tokens/s per stage")
+    p.add_argument("--train-tokens", type=int, default=16384, help="tokens per training batch")
+    p.add_argument("--train-seq", type=int, default=2048)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    max_pos = max(args.contexts) + args.decode_steps + 128
-    teacher = build(args.layers, args.hidden, args.heads, args.kv_heads, args.mlp, max_pos)
-    models = {
-        "teacher": teacher,
-        "linear": convert_to_mamba(teacher, []),
-        "hybrid_every4": convert_to_mamba(teacher, list(range(0, args.layers, 4))),
-    }
-    weight_bytes = {}
-    for name, m in models.items():
-        models[name] = m.to("cuda", torch.bfloat16).eval()
-        weight_bytes[name] = sum(t.numel() * t.element_size() for t in m.parameters())
     bw = device_bandwidth()
-    rows = []
-    for context in args.contexts:
-        for name, m in models.items():
-            row = bench_model(name, m, context, args.decode_steps, args.prefill_chunk, graph=name == "linear")
-            row["floor_ms"] = (weight_bytes[name] + row["cache_bytes"]) / bw * 1e3
-            rows.append(row)
+    result = {"device": torch.cuda.get_device_name(), "bandwidth": bw, "args": vars(args), "rows": [], "batch": []}
+    result["torch"] = torch.__version__
+    max_position = max(args.contexts) + args.new_tokens + args.decode_steps + args.warmup + 128
+    for name in args.models:
+        model = build_hf(args, max_position) if name == "hf" else build_ours(name, args, max_position)
+        weights = weight_bytes_read(model)
+        for context in args.contexts:
+            try:
+                row = (
+                    measure_hf(model, context, args)
+                    if name == "hf"
+                    else measure_ours(model, context, args, args.decode)
+                )
+            except Exception as e:  # noqa: BLE001 — one failed row must not lose the others
+                row = {"error": f"{type(e).__name__}: {e}"[:300]}
+            row.update(model=name, context=context, weight_bytes=weights)
+            if "cache_bytes" in row:
+                row["floor_ms"] = (weights + row["cache_bytes"]) / bw * 1e3
+            result["rows"].append(row)
             print(json.dumps(row), flush=True)
-    print(
-        f"\n{torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s, {args.layers} layers, "
-        f"hidden {args.hidden}, heads {args.heads}/{args.kv_heads}, bf16, batch 1"
-    )
-    print(
-        f"{'model':<14}{'context':>8}{'prefill s':>11}{'decode ms':>11}{'graph ms':>10}{'floor ms':>10}"
-        f"{'cache GB':>10}{'peak GB':>9}"
-    )
-    for r in rows:
-        g = f"{r['decode_graph_ms']:.3f}" if "decode_graph_ms" in r else "-"
-        print(
-            f"{r['model']:<14}{r['context']:>8}{r['prefill_s']:>11.3f}{r['decode_ms']:>11.3f}{g:>10}"
-            f"{r['floor_ms']:>10.3f}{r['cache_bytes'] / 1e9:>10.3f}{r['peak_gb']:>9.2f}"
-        )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"device": torch.cuda.get_device_name(), "bandwidth": bw, "args": vars(args), "rows": rows}, f, indent=2
-            )
+            gc.collect()
+            torch.cuda.empty_cache()
+        if args.batch_context:
+            c = args.batch_context
+            try:
+                if name == "hf":
+                    best = batch_throughput_hf(model, c, args)
+                else:
+                    best = batch_throughput_ours(model, c, args, args.decode)
+            except Exception as e:  # noqa: BLE001
+                best = {"error": f"{type(e).__name__}: {e}"[:300]}
+            best.update(model=name, context=c)
+            result["batch"].append(best)
+            print(json.dumps(best), flush=True)
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+    if args.train:
+        result["train"] = train_throughput(args, args.train_tokens, args.train_seq)
+    (out / "speed.json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {out / 'speed.json'}")
 
 
 if __name__ == "__main__":

@@ -12,21 +12,28 @@ import torch
 from ..data.images import attach_image
 from ..data.tokenizer import ChatTokenizer
 from ..models import Decoder
+from .decode_step import DecodeStep
 from .generate import check_length, decode_tokens, prefill
 from .sampling import SamplingConfig
 
 
 class ChatSession:
     def __init__(
-        self, model: Decoder, tok: ChatTokenizer, sampling: SamplingConfig | None = None, max_length: int | None = None
+        self,
+        model: Decoder,
+        tok: ChatTokenizer,
+        sampling: SamplingConfig | None = None,
+        max_length: int | None = None,
+        decode: str = "auto",
     ):
-        self.model, self.tok = model, tok
+        self.model, self.tok, self.decode = model, tok, decode
         self.sampling = sampling or SamplingConfig()
         self.max_length = max_length or model.config.max_position
         self.reset()
 
     def reset(self) -> None:
         self.cache = self.model.make_cache(1, self.max_length)
+        self.step: DecodeStep | None = None  # made at the first answer; its buffers last the session
         self.mask = torch.zeros(1, 0, dtype=torch.long, device=self.model.embed_tokens.weight.device)
         self.pending: list[int] = []  # the last turn's stop token, sampled but not yet fed
         self.tokens = 0
@@ -51,9 +58,12 @@ class ChatSession:
         pixels = None if image is None else image.to(device, self.model.embed_tokens.weight.dtype)
         logits = prefill(self.model, self.model.embed(ids_t, pixels), self.mask, self.cache)
         callback = None if on_token is None else (lambda t: on_token(int(t[0])))
+        if self.step is None:
+            self.step = DecodeStep(self.model, self.cache, self.decode)
         (answer,), self.mask = decode_tokens(
-            self.model, logits, self.mask, self.cache, max_new_tokens, self.sampling, self.tok.stop_ids, callback
-        )
+            self.model, logits, self.mask, self.cache, max_new_tokens, self.sampling, self.tok.stop_ids, callback,
+            self.step,
+        )  # fmt: skip
         self.tokens = self.mask.shape[1]
         self.pending = answer[-1:]
         return answer

@@ -9,10 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..errors import MmmambaError
 from ..models import Decoder
+from ..models.cache import ModelCache
+from .decode_step import DecodeStep
 from .sampling import SamplingConfig, sample_next
 
 
@@ -29,7 +31,7 @@ def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[Tensor
 
 @torch.no_grad()
 def prefill(
-    model: Decoder, embeds: Tensor, attention_mask: Tensor, cache: nn.ModuleList, chunk_size: int | None = None
+    model: Decoder, embeds: Tensor, attention_mask: Tensor, cache: ModelCache, chunk_size: int | None = None
 ) -> Tensor:
     """Run the prompt through in chunks, filling ``cache``; returns the last position's logits (b, vocab)."""
     L = embeds.shape[1]
@@ -38,12 +40,14 @@ def prefill(
     logits = None
     for s in range(0, L, step):
         e = min(L, s + step)
-        logits = model(inputs_embeds=embeds[:, s:e], attention_mask=attention_mask[:, : past + e], cache=cache).logits
+        logits = model(
+            inputs_embeds=embeds[:, s:e], attention_mask=attention_mask[:, : past + e], cache=cache, logits_to_keep=1
+        ).logits
     return logits[:, -1]
 
 
 @torch.no_grad()
-def decode_one_token(model: Decoder, token: Tensor, attention_mask: Tensor, cache: nn.ModuleList) -> Tensor:
+def decode_one_token(model: Decoder, token: Tensor, attention_mask: Tensor, cache: ModelCache) -> Tensor:
     """token (b,) → next logits (b, vocab); one recurrent step per Mamba-2 layer, one KV append per attention layer."""
     return model(token[:, None], attention_mask=attention_mask, cache=cache).logits[:, -1]
 
@@ -53,7 +57,7 @@ def decode_tokens(
     model: Decoder,
     logits: Tensor,
     attention_mask: Tensor,
-    cache: nn.ModuleList,
+    cache: ModelCache,
     max_new_tokens: int,
     sampling: SamplingConfig,
     stop_ids: tuple[int, ...] = (),
@@ -107,12 +111,13 @@ def generate(
     pad_id: int = 0,
     chunk_size: int | None = None,
     on_token: Callable[[Tensor], None] | None = None,
-    cuda_graph: bool = False,
+    decode: str = "auto",
 ) -> list[list[int]]:
     """Generate for a batch of tokenised prompts; returns each prompt's new tokens (stop token included).
 
     ``pixel_values`` holds the images of all prompts in order; ``on_token`` sees each step's tokens (b,).
-    ``cuda_graph`` replays each decode step from a CUDA graph (all-Mamba-2 models on CUDA only).
+    ``decode``: how each step runs (``DecodeStep``): auto (a CUDA graph on CUDA, eager elsewhere),
+    eager, graph, or compile (``torch.compile`` then a CUDA graph); every model kind.
     """
     device = model.embed_tokens.weight.device
     longest = max(len(p) for p in prompts)
@@ -121,14 +126,7 @@ def generate(
     cache = model.make_cache(len(prompts), longest + max_new_tokens)
     pixels = None if pixel_values is None else pixel_values.to(device)
     logits = prefill(model, model.embed(ids, pixels), mask, cache, chunk_size)
-    step = None
-    if cuda_graph:
-        from .cuda_graph import GraphedDecodeStep
-
-        if device.type != "cuda":
-            raise MmmambaError("CUDA-graph decode needs a CUDA device; drop --cuda-graph")
-        graphed = GraphedDecodeStep(model, cache, len(prompts))
-        step = lambda token, _mask: graphed(token)  # noqa: E731  (Mamba-2 decode needs no mask)
+    step = DecodeStep(model, cache, decode) if max_new_tokens > 1 else None
     sampling = sampling or SamplingConfig()
     out, _ = decode_tokens(model, logits, mask, cache, max_new_tokens, sampling, stop_ids, on_token, step)
     return out

@@ -1,6 +1,6 @@
 """Modules that hold parameters and call the math in ``mmmamba.ops``."""
 
-from .attention import Attention, AttentionConfig, KVCache
+from .attention import Attention, AttentionConfig, DecodeContext, KVCache
 from .mamba2 import Mamba2Config, Mamba2Mixer, Mamba2State
 from .mlp import SwiGLU
 from .norm import GatedHeadNorm, RMSNorm
@@ -8,6 +8,7 @@ from .norm import GatedHeadNorm, RMSNorm
 __all__ = [
     "Attention",
     "AttentionConfig",
+    "DecodeContext",
     "GatedHeadNorm",
     "KVCache",
     "Mamba2Config",

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .projections import add_qkvo_projections
+from ..ops.decode_attention import decode_attention
+from .projections import add_qkvo_projections, fuse_linears
 from .rope import apply_rope, rope_cos_sin
 
 
@@ -20,6 +21,21 @@ class AttentionConfig:
     head_dim: int
     qkv_bias: bool = False
     rope_theta: float = 10000.0
+    decode_backend: str = "auto"  # decode attention kernel: auto | torch | triton (ops.decode_attention)
+
+
+@dataclass
+class DecodeContext:
+    """What one static decode step tells every layer, all device tensors (no host sync, graph-safe).
+
+    cos, sin (b, head_dim): RoPE of the new token, gathered from a table precomputed once per theta;
+    slot () the cache slot it is written to; key_valid (b, slots) real tokens, the new one included.
+    """
+
+    cos: dict[float, Tensor]
+    sin: dict[float, Tensor]
+    slot: Tensor
+    key_valid: Tensor
 
 
 class KVCache(nn.Module):
@@ -41,6 +57,12 @@ class KVCache(nn.Module):
         self.v[:, :, self.length : end] = v
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
+
+    def write(self, k: Tensor, v: Tensor, slot: Tensor) -> None:
+        """Store one token's k, v (b, kv_heads, head_dim) at ``slot`` (a device scalar): graph-safe."""
+        index = slot.view(1)
+        self.k.index_copy_(2, index, k[:, :, None])
+        self.v.index_copy_(2, index, v[:, :, None])
 
 
 def attention_mask_for(valid: Tensor | None, q_len: int, past: int, device) -> Tensor | None:
@@ -92,6 +114,31 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=mask is None and L > 1, enable_gqa=kvh != h
         )
         return y.transpose(1, 2).reshape(b, L, h * hd)
+
+    def step(self, u: Tensor, cache: KVCache, ctx: DecodeContext) -> Tensor:
+        """One token per row: u (b, d) normed input → attention output before o_proj (b, h·head_dim).
+
+        Static shapes throughout: the key/value go to ``ctx.slot`` of the preallocated cache and the
+        kernel attends to the valid slots up to it, so the step can be captured in a CUDA graph.
+        """
+        b = u.shape[0]
+        h, kvh, hd = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
+        if hasattr(self, "qkv_weight"):  # fused by ``fuse_projections``: one read of the weights
+            q, k, v = F.linear(u, self.qkv_weight, self.qkv_bias).split([h * hd, kvh * hd, kvh * hd], dim=-1)
+        else:
+            q, k, v = self.q_proj(u), self.k_proj(u), self.v_proj(u)
+        cos = ctx.cos[self.cfg.rope_theta][:, None]  # (b, 1, hd) broadcast over heads
+        sin = ctx.sin[self.cfg.rope_theta][:, None]
+        q = apply_rope(q.view(b, h, hd), cos, sin)
+        k = apply_rope(k.view(b, kvh, hd), cos, sin)
+        cache.write(k, v.view(b, kvh, hd), ctx.slot)
+        y = decode_attention(q, cache.k, cache.v, ctx.key_valid, ctx.slot + 1, self.cfg.decode_backend)
+        return y.reshape(b, h * hd)
+
+    def fuse_projections(self) -> None:
+        """Decode reads q/k/v in one matmul; the separate weights become views of the fused one."""
+        if not hasattr(self, "qkv_weight"):
+            fuse_linears(self, "qkv", [self.q_proj, self.k_proj, self.v_proj])
 
     def forward(self, u: Tensor, positions: Tensor, valid: Tensor | None = None, cache: KVCache | None = None):
         return self.o_proj(self.mix(u, positions, valid, cache))

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..ops import causal_conv1d, causal_conv1d_step, ssd_scan, ssd_step
 from .norm import GatedHeadNorm, rms_norm
-from .projections import add_qkvo_projections
+from .projections import add_qkvo_projections, fuse_linears
 
 ACTIVATIONS = {"silu": F.silu, "identity": lambda t: t}
 
@@ -37,6 +37,7 @@ class Mamba2Config:
     norm_eps: float = 1e-5
     dt_min: float = 1e-3
     dt_max: float = 0.1
+    ssd_backend: str = "auto"  # the scan's implementation: auto | torch | fla (ops.ssd); a runtime choice
 
     def __post_init__(self):
         if self.conv_activation not in ACTIVATIONS:
@@ -88,8 +89,8 @@ class Mamba2Mixer(nn.Module):
         """Same call as ``Attention.make_cache``; the state does not depend on ``max_length``."""
         return Mamba2State(batch, self.cfg, dtype, device)
 
-    def _scan_inputs(self, xBC: Tensor, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Split the conv output into per-head x, B, C and compute Δ; leading dims (...) kept."""
+    def _scan_inputs(self, xBC: Tensor, dt_in: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Split the conv output into per-head x, B, C and compute Δ from u·Wdt; leading dims (...) kept."""
         cfg = self.cfg
         h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         xBC = ACTIVATIONS[cfg.conv_activation](xBC)
@@ -100,9 +101,9 @@ class Mamba2Mixer(nn.Module):
         C = C.unflatten(-1, (h, hd))
         if cfg.qk_norm:
             B, C = rms_norm(B, self.k_norm, cfg.norm_eps), rms_norm(C, self.q_norm, cfg.norm_eps)
-        dt = F.softplus(self.dt_proj(u) + self.dt_bias)
+        dt = F.softplus(dt_in + self.dt_bias)
         # the scan runs in at least float32 (exp of decay sums, long accumulations); output is cast back
-        scan_dtype = torch.promote_types(u.dtype, torch.float32)
+        scan_dtype = torch.promote_types(dt_in.dtype, torch.float32)
         return x.to(scan_dtype), dt.to(scan_dtype), B.to(scan_dtype), C.to(scan_dtype)
 
     def mix(
@@ -123,7 +124,7 @@ class Mamba2Mixer(nn.Module):
             xBC = xBC * keep
         if cache is not None and L == 1:  # recurrent decode
             xBC, conv_state = causal_conv1d_step(xBC[:, 0], cache.conv, self.conv_weight, self.conv_bias)
-            x, dt, B, C = self._scan_inputs(xBC, u[:, 0])
+            x, dt, B, C = self._scan_inputs(xBC, self.dt_proj(u[:, 0]))
             if keep is not None:
                 dt = dt * keep[:, 0]
             y, ssm_state = ssd_step(cache.ssm, x, dt, A, B, C, self.D)
@@ -131,16 +132,43 @@ class Mamba2Mixer(nn.Module):
         else:
             initial = (None, None) if cache is None else (cache.conv, cache.ssm)
             xBC, conv_state = causal_conv1d(xBC, self.conv_weight, self.conv_bias, initial[0])
-            x, dt, B, C = self._scan_inputs(xBC, u)
+            x, dt, B, C = self._scan_inputs(xBC, self.dt_proj(u))
             if keep is not None:
                 dt = dt * keep
-            y, ssm_state = ssd_scan(x, dt, A, B, C, self.D, initial[1], cfg.chunk_size)
+            y, ssm_state = ssd_scan(
+                x, dt, A, B, C, self.D, initial[1], cfg.chunk_size, cfg.ssd_backend, compute_dtype=u.dtype
+            )
         if cache is not None:
             cache.conv.copy_(conv_state)
             cache.ssm.copy_(ssm_state)
             cache.length += L
         gate = self.g_proj(u).unflatten(-1, (cfg.num_heads, cfg.head_dim))
         return self.out_norm(y.to(u.dtype), gate).flatten(-2)
+
+    def step(self, u: Tensor, cache: Mamba2State, ctx=None) -> Tensor:
+        """One token per row: u (b, d) → mixer output before o_proj (b, h·head_dim); updates ``cache`` in place.
+
+        Static shapes, no host sync: the same call as ``Attention.step``, capturable in a CUDA graph.
+        """
+        cfg = self.cfg
+        h, hd = cfg.num_heads, cfg.head_dim
+        if hasattr(self, "in_weight"):  # fused by ``fuse_projections``: one read of the weights
+            xBC, gate, dt_in = F.linear(u, self.in_weight, self.in_bias).split([cfg.conv_dim, h * hd, h], dim=-1)
+        else:
+            xBC = torch.cat([self.v_proj(u), self.k_proj(u), self.q_proj(u)], dim=-1)
+            gate, dt_in = self.g_proj(u), self.dt_proj(u)
+        xBC, conv_state = causal_conv1d_step(xBC, cache.conv, self.conv_weight, self.conv_bias)
+        x, dt, B, C = self._scan_inputs(xBC, dt_in)
+        A = -torch.exp(self.A_log.to(dt.dtype))
+        y, ssm_state = ssd_step(cache.ssm, x, dt, A, B, C, self.D)
+        cache.conv.copy_(conv_state)
+        cache.ssm.copy_(ssm_state)
+        return self.out_norm(y.to(u.dtype), gate.unflatten(-1, (h, hd))).flatten(-2)
+
+    def fuse_projections(self) -> None:
+        """Decode reads v/k/q/gate/Δ weights in one matmul (rows as the official ``wvkqgdt``)."""
+        if not hasattr(self, "in_weight"):
+            fuse_linears(self, "in", [self.v_proj, self.k_proj, self.q_proj, self.g_proj, self.dt_proj])
 
     def forward(self, u: Tensor, positions=None, valid: Tensor | None = None, cache: Mamba2State | None = None):
         return self.o_proj(self.mix(u, positions, valid, cache))

@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import MmmambaError
-from ..layers import Attention, Mamba2Mixer, RMSNorm, SwiGLU
+from ..layers import Attention, DecodeContext, Mamba2Mixer, RMSNorm, SwiGLU
+from .cache import ModelCache
 from .config import DecoderConfig
 from .vision import build_vision
 
@@ -32,6 +33,11 @@ class DecoderLayer(nn.Module):
         mixed = self.mixer.mix(self.input_norm(x), positions, valid, cache)
         x = x + self.mixer.o_proj(mixed)
         return x + self.mlp(self.post_norm(x)), mixed
+
+    def step(self, x: Tensor, cache, ctx: DecodeContext) -> Tensor:
+        """One token per row, x (b, d): the static-shaped decode path of ``forward``."""
+        x = x + self.mixer.o_proj(self.mixer.step(self.input_norm(x), cache, ctx))
+        return x + self.mlp(self.post_norm(x))
 
 
 @dataclass
@@ -64,11 +70,36 @@ class Decoder(nn.Module):
             return x / x.norm(dim=-1, keepdim=True)
         return x
 
-    def make_cache(self, batch: int, max_length: int, dtype=None, device=None) -> nn.ModuleList:
-        """One cache per layer: a KV cache for attention, a constant-size state for Mamba-2."""
+    def make_cache(self, batch: int, max_length: int, dtype=None, device=None) -> ModelCache:
+        """One cache per layer (a KV cache for attention, a constant-size state for Mamba-2) + decode buffers."""
         p = self.embed_tokens.weight
         dtype, device = dtype or p.dtype, device or p.device
-        return nn.ModuleList(layer.mixer.make_cache(batch, max_length, dtype, device) for layer in self.layers)
+        layers = [layer.mixer.make_cache(batch, max_length, dtype, device) for layer in self.layers]
+        attention = [layer.mixer.cfg for layer in self.layers if isinstance(layer.mixer, Attention)]
+        rope = {a.rope_theta: a.head_dim for a in attention}
+        return ModelCache(layers, batch, max_length, rope, dtype, device)
+
+    @torch.no_grad()
+    def decode_step(self, token: Tensor, cache: ModelCache, layer_step=None) -> Tensor:
+        """token (b,) → next-token logits (b, vocab), static shapes and no host sync (CUDA-graph safe).
+
+        Equals ``forward`` on the one token with the cache's mask; the host-side lengths are left to
+        ``cache.count_step()`` so that a captured replay and an eager call are driven the same way.
+        ``layer_step(layer, x, cache, ctx)`` replaces ``DecoderLayer.step`` (e.g. compiled once for all layers).
+        """
+        layer_step = layer_step or DecoderLayer.step
+        ctx = cache.context()
+        x = self.embed(token)  # (b, d)
+        for i, layer in enumerate(self.layers):
+            x = self.between_layers(i, layer_step(layer, x, cache[i], ctx))
+        cache.advance()
+        return self.lm_head(self.norm(x))
+
+    def fuse_projections(self) -> None:
+        """Inference only: one matmul per layer for q/k/v(/gate/Δ) and one for gate/up (see ``fuse_linears``)."""
+        for layer in self.layers:
+            layer.mixer.fuse_projections()
+            layer.mlp.fuse_projections()
 
     def embed(self, input_ids: Tensor, pixel_values: Tensor | None = None) -> Tensor:
         """Token embeddings with image patch tokens spliced in at the placeholder positions.
@@ -109,11 +140,15 @@ class Decoder(nn.Module):
         input_ids: Tensor | None = None,
         pixel_values: Tensor | None = None,
         attention_mask: Tensor | None = None,
-        cache: nn.ModuleList | None = None,
+        cache: ModelCache | None = None,
         return_layer_io: bool = False,
         inputs_embeds: Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> DecoderOutput:
         """input_ids (b, L); attention_mask (b, past+L) with 1 for real tokens (left padding).
+
+        ``logits_to_keep`` > 0 computes logits for the last that many positions only (prefill needs
+        one: at 100 K tokens the full logits would take more memory than the model).
 
         ``inputs_embeds`` (b, L, d), from ``embed``, replaces ids and pixels (chunked prefill of images).
         """
@@ -137,6 +172,10 @@ class Decoder(nn.Module):
             x = self.between_layers(i, x)
             if return_layer_io:
                 out.mixer_outputs.append(mixed)
+        if isinstance(cache, ModelCache):
+            cache.after_prefill(attention_mask, positions, past, L)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         out.logits = self.lm_head(self.norm(x))
         return out
 

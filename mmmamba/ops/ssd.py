@@ -1,25 +1,43 @@
-"""The SSD scan as layers call it: one signature, the implementation chosen by ``backend``."""
+"""The SSD scan as layers call it: one signature, the implementation chosen by a ``backend`` argument.
+
+``torch``: the chunked PyTorch scan (autograd, any device, exact fp32). ``fla``: flash-linear-attention's
+Triton kernels (forward and backward, CUDA). ``auto``: fla on CUDA tensors when fla is installed,
+torch otherwise. The choice is configuration (``Mamba2Config.ssd_backend``), never the environment.
+Our earlier fused forward-only Triton kernel was removed: fla was 4.6× faster in the same run
+(BENCHMARKS.md §1b) and has a backward.
+"""
 
 from __future__ import annotations
 
-import os
+from functools import cache
 
+import torch
 from torch import Tensor
 
+from ..errors import MmmambaError
 from .ssd_chunked import ssd_chunked_scan
+from .ssd_fla import fla_available, ssd_fla_scan
 
-# auto = torch. The fused Triton kernel is opt-in: measured on an H100 (BENCHMARKS.md §1b) it is
-# 5–8× slower than PyTorch with exact fp32 dots and 2.8–4.3× faster with TF32 dots, but TF32 moved
-# a bf16 student's logits by up to 0.3 (7 of 400 greedy answers changed), so it is not the default.
-BACKENDS = ("auto", "torch", "triton", "triton_tf32")
+BACKENDS = ("auto", "torch", "fla")
 
 
-def pick_backend(backend: str = "auto") -> str:
-    """``backend``, or for ``auto`` the environment variable ``MMMAMBA_SSD_BACKEND`` (default torch)."""
+@cache
+def _fla_ok() -> bool:
+    return fla_available()
+
+
+def resolve_backend(backend: str, device_type: str) -> str:
+    """The concrete backend (``torch`` or ``fla``) for tensors on ``device_type``."""
+    if backend not in BACKENDS:
+        raise MmmambaError(f"SSD backend {backend!r} is unknown; use one of {list(BACKENDS)}")
     if backend == "auto":
-        backend = os.environ.get("MMMAMBA_SSD_BACKEND", "torch")
-    if backend not in BACKENDS[1:]:
-        raise ValueError(f"SSD backend {backend!r}: use one of {list(BACKENDS[1:])}")
+        return "fla" if device_type == "cuda" and _fla_ok() else "torch"
+    if backend == "fla" and not _fla_ok():
+        raise MmmambaError("SSD backend 'fla' needs flash-linear-attention: pip install fla-core (CUDA + Triton)")
+    if backend == "fla" and device_type != "cuda":
+        raise MmmambaError(
+            f"SSD backend 'fla' runs on CUDA tensors, not {device_type}; use --ssd-backend torch or auto"
+        )
     return backend
 
 
@@ -33,16 +51,31 @@ def ssd_scan(
     initial_state: Tensor | None = None,
     chunk_size: int = 64,
     backend: str = "auto",
+    cu_seqlens: Tensor | None = None,
+    compute_dtype=None,
 ) -> tuple[Tensor, Tensor]:
     """SSD scan (shapes as ``ssd_naive_scan``); returns (y (b, L, h, p), final state (b, h, p, n)).
 
-    ``torch``: the chunked PyTorch scan (autograd, any device). ``triton`` / ``triton_tf32``: the
-    fused forward-only kernel with exact fp32 or TF32 matmuls (inference on CUDA).
+    ``cu_seqlens`` (n+1,) packs n samples into one row of x (b = 1); the state restarts at each
+    boundary and the final state has one row per sample. ``compute_dtype`` sets fla's q/k/v dtype.
     """
-    kind = pick_backend(backend)
-    if kind == "torch":
+    kind = resolve_backend(backend, x.device.type)
+    if kind == "fla":
+        return ssd_fla_scan(x, dt, A, B, C, D, initial_state, chunk_size, cu_seqlens, compute_dtype)
+    if cu_seqlens is None:
         return ssd_chunked_scan(x, dt, A, B, C, D, initial_state, chunk_size)
-    from .ssd_triton import ssd_triton_scan
+    return packed_chunked_scan(x, dt, A, B, C, D, initial_state, chunk_size, cu_seqlens)
 
-    precision = "tf32" if kind == "triton_tf32" else "ieee"
-    return ssd_triton_scan(x, dt, A, B, C, D, initial_state, chunk_size, precision=precision)
+
+def packed_chunked_scan(x, dt, A, B, C, D, initial_state, chunk_size, cu_seqlens) -> tuple[Tensor, Tensor]:
+    """The PyTorch scan over packed samples: one scan per sample (the reference for fla's varlen path)."""
+    if x.shape[0] != 1:
+        raise MmmambaError(f"packed sequences (cu_seqlens) need batch 1, got {x.shape[0]}")
+    bounds = cu_seqlens.tolist()
+    ys, states = [], []
+    for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+        init = None if initial_state is None else initial_state[i : i + 1]
+        y, st = ssd_chunked_scan(x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], D, init, chunk_size)
+        ys.append(y)
+        states.append(st)
+    return torch.cat(ys, 1), torch.cat(states, 0)
