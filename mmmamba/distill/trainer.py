@@ -272,7 +272,8 @@ def prepare(teacher_dir, student_dir, data_dir, out: Path, cfg: DistillConfig, p
     limit = teacher.config.max_position
 
     def enc(samples, what):
-        bar = tqdm(samples, desc=f"check {what}", unit="sample", disable=not progress)
+        quiet = not progress or len(samples) < 5000  # a bar only where the check takes a while
+        bar = tqdm(samples, desc=f"check {what}", unit="sample", disable=quiet, leave=False)
         return [encode_sample(s, tok, images, limit) for s in bar]
 
     train, val_examples = enc(train_samples, "train"), enc(val_samples, "val")

@@ -141,6 +141,8 @@ def manifest_sizes(path: Path) -> dict:
     if not isinstance(files, dict):
         raise MmmambaError(f"{f}: malformed manifest (no 'files' object); re-save the checkpoint")
     for name in files:
+        if (path / str(name)).is_dir():
+            raise MmmambaError(f"{path / name}: is a folder, expected a safetensors file; replace it with the file")
         if Path(str(name)).name != name or not (path / name).is_file():
             raise MmmambaError(f"{path / str(name)}: missing from the checkpoint (listed in {MANIFEST}); re-copy it")
     return files
