@@ -616,3 +616,36 @@ def test_teacher_train_steps_zero_is_not_the_default(world, tmp_path):
 
     with pytest.raises(MmmambaError, match="--steps 0"):
         train_teacher("tiny", world / "data", tmp_path / "t", steps=0)
+
+
+def test_sigkill_of_a_distill_process_resumes_bit_exactly(world, reference, tmp_path):
+    """Real SIGKILLs of `mmmamba distill`: when the stage-1 marker appears, inside stage 3, at a random moment."""
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-c", "import sys; from mmmamba.cli.main import main; sys.exit(main(sys.argv[1:]))"]
+    argv += ["distill", "--teacher", str(world / "teacher"), "--student", str(world / "student")]
+    argv += ["--data", str(world / "data"), "--out", str(out), "--stages", "1,3", "--steps-per-stage", "3"]
+    argv += ["--batch-size", "4", "--eval-every", "2", "--device", "cpu"]
+    env = {**os.environ, "PYTHONPATH": str(os.getcwd())}
+
+    def kill_when(ready, deadline=60.0):
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t0 = time.time()
+        while proc.poll() is None and not ready() and time.time() - t0 < deadline:
+            time.sleep(0.005)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    kill_when(lambda: (out / "after_stage1").exists())
+    kill_when(lambda: (out / STATE_FILE).exists())
+    start = time.time()
+    kill_when(lambda: time.time() - start > 2.5)
+    assert subprocess.run(argv, env=env, capture_output=True).returncode == 0
+    final = load_checkpoint(out / "after_stage3")
+    for k, v in final.state_dict().items():
+        assert torch.equal(v, reference[k]), k
+    assert load_tokenizer(out / "after_stage3").end_id is not None

@@ -343,12 +343,13 @@ def cmd_generate(args) -> None:
         tok.pad_id,
         args.prefill_chunk,
         lambda t: stream(int(t[0])),
-        args.cuda_graph,
+        "graph" if args.cuda_graph else "auto",
     )
     print()
 
 
 def cmd_chat(args) -> None:
+    from ..data.tokenizer import IMAGE_MARK
     from ..infer import ChatSession
     from ..io import human_bytes, machine_memory
     from ..models.checkpoint import cache_bytes
@@ -376,6 +377,9 @@ def cmd_chat(args) -> None:
         if text == "/reset":
             chat.reset()
             continue
+        if IMAGE_MARK in text and (image is None or chat.tokens):
+            print(f"(no image for {IMAGE_MARK} here: start the chat with --image FILE; the mark is dropped)")
+            text = text.replace(IMAGE_MARK, "").strip() or "?"
         print("model> ", end="", flush=True)
         chat.ask(text, image if chat.tokens == 0 else None, args.max_new_tokens, _Stream(tok))
         print()

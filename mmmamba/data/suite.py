@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..io import write_text_atomic
 from .scenes import load_uci_digits, render
 from .tasks import FAMILIES
 
@@ -61,7 +62,7 @@ def make_suite(out, seed: int = 0, sizes: dict[str, int] | None = None, recall_i
                     records.append(record)
                     made += 1
                     bar.update()
-        (out / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_text_atomic(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     manifest = {
         "seed": seed,
         "sizes": sizes,
@@ -69,5 +70,5 @@ def make_suite(out, seed: int = 0, sizes: dict[str, int] | None = None, recall_i
         "recall_images": list(recall_images),
         "digit_pools": {s: p.tolist() for s, p in pools.items()},
     }
-    (out / "suite.json").write_text(json.dumps(manifest) + "\n")
+    write_text_atomic(out / "suite.json", json.dumps(manifest) + "\n")
     return manifest
