@@ -407,8 +407,16 @@ def load_config(path) -> DecoderConfig:
         from .hf_import import hf_config
 
         return hf_config(raw, Path(path))[0]
-    cfg = DecoderConfig.from_dict(raw)
-    check_fits(cfg, Path(path) / "config.json")
+    return config_from_dict(raw, Path(path) / "config.json")
+
+
+def config_from_dict(raw: dict, where) -> DecoderConfig:
+    """DecoderConfig of a checked config.json; its own errors are prefixed with the file they came from."""
+    try:
+        cfg = DecoderConfig.from_dict(raw)
+    except MmmambaError as e:
+        raise MmmambaError(str(e) if str(where) in str(e) else f"{where}: {e}") from None
+    check_fits(cfg, where)
     return cfg
 
 
@@ -420,8 +428,7 @@ def load_checkpoint(path, dtype: torch.dtype | None = None) -> Decoder:
         from .hf_import import load_hf_decoder
 
         return load_hf_decoder(path, raw, dtype)
-    cfg = DecoderConfig.from_dict(raw)
-    check_fits(cfg, path / "config.json")
+    cfg = config_from_dict(raw, path / "config.json")
     return build_loaded(cfg, read_safetensors(path), path, dtype)
 
 
