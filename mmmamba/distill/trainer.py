@@ -47,7 +47,6 @@ from ..io import (
 )
 from ..layers import Mamba2Mixer
 from ..models import Decoder, DecoderConfig, load_checkpoint, save_checkpoint
-from ..models.checkpoint import parameter_count
 from ..training.optim import NonFiniteGuard, clip_and_step, make_adamw, set_lr
 from ..training.state import STATE_FILE, apply_state, batch_indices, read_state, save_state
 from .losses import masked_ce, masked_kl, masked_mse
@@ -283,7 +282,7 @@ def prepare(teacher_dir, student_dir, data_dir, out: Path, cfg: DistillConfig, p
         tok.pad_id,
         device,
     )
-    n_t, n_s = parameter_count(teacher.config), parameter_count(student.config)
+    n_t, n_s = (sum(p.numel() for p in m.parameters()) for m in (teacher, student))  # loaded: exact counts
     longest = max(len(e.ids) for e in train + val_examples)
     ckpt_bytes = 4 * n_s
     need_disk = ckpt_bytes * 4  # one checkpoint + the training state (weights, two Adam moments)
