@@ -110,7 +110,7 @@ def tokens_per_s(step, token: torch.Tensor, n: int) -> float:
 def measure_ours(model: Decoder, context: int, args, decode: str) -> dict:
     torch.cuda.reset_peak_memory_stats()
     ids = torch.randint(0, args.vocab, (1, context), device="cuda")
-    cache = model.make_cache(1, context + args.new_tokens + args.warmup + 8)
+    cache = model.make_cache(1, context + args.new_tokens + args.warmup + args.decode_steps + 16)
     mask = torch.ones(1, context, dtype=torch.long, device="cuda")
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -309,6 +309,7 @@ def main(argv=None) -> None:
                 row["floor_ms"] = (weights + row["cache_bytes"]) / bw * 1e3
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
+            (out / "speed.json").write_text(json.dumps(result, indent=2))  # partial results survive a kill
             gc.collect()
             torch.cuda.empty_cache()
         if args.batch_context:

@@ -295,6 +295,7 @@ def _load_for_chat(args):
         what = "is a folder" if Path(args.image).is_dir() else "does not exist"
         raise MmmambaError(f"--image {args.image}: {what}; give an image file")
     model = load_checkpoint(args.model).float().eval()
+    model.set_backends(ssd=args.ssd_backend)
     tok = load_tokenizer(args.model)
     image = None
     if args.image:
@@ -343,7 +344,7 @@ def cmd_generate(args) -> None:
         tok.pad_id,
         args.prefill_chunk,
         lambda t: stream(int(t[0])),
-        "graph" if args.cuda_graph else "auto",
+        args.decode,
     )
     print()
 
@@ -362,7 +363,7 @@ def cmd_chat(args) -> None:
             f"--model {args.model}: a {length}-token cache needs {human_bytes(need)}, more than half this machine's "
             f"memory; pass a smaller --max-context"
         )
-    chat = ChatSession(model, tok, sampling, length)
+    chat = ChatSession(model, tok, sampling, length, args.decode)
     print(
         "chat: type a message; /reset starts over, /quit or an empty line ends."
         + (" Image attached." if image is not None else "")
@@ -393,6 +394,14 @@ def _sampling_args(p) -> None:
     p.add_argument("--top-k", type=int_in(0, 1 << 24), default=0, help="0 = off")
     p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=1.0, help="1 = off")
     p.add_argument("--seed", type=SEED, default=None)
+    p.add_argument(
+        "--decode", default="auto", choices=["auto", "eager", "graph", "compile"],
+        help="decode step: auto = CUDA graph on CUDA, eager on CPU; compile = torch.compile + CUDA graph",
+    )  # fmt: skip
+    p.add_argument(
+        "--ssd-backend", default="auto", choices=["auto", "torch", "fla"],
+        help="Mamba-2 scan for the prompt: auto = fla on CUDA when installed, else PyTorch",
+    )  # fmt: skip
 
 
 def cmd_info(args) -> None:
@@ -525,7 +534,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--prefill-chunk", type=int_in(1, 1 << 24), default=None, help="prefill the prompt in chunks of N tokens"
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--cuda-graph", action="store_true", help="replay decode steps from a CUDA graph (all-Mamba-2)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive multi-turn chat; the state is kept between turns")

@@ -60,6 +60,8 @@ class DecodeStep:
         self.cache.restore(saved)
 
     def __call__(self, token: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        if self.cache.length >= self.cache.max_length:  # host-side count: no sync, and no device assert
+            raise MmmambaError(f"the cache holds {self.cache.max_length} tokens and is full; allocate a longer one")
         if self.graph is None:
             logits = self.fn(token, self.cache)
         else:

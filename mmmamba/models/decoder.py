@@ -95,6 +95,23 @@ class Decoder(nn.Module):
         cache.advance()
         return self.lm_head(self.norm(x))
 
+    def set_backends(self, ssd: str | None = None, decode_attention: str | None = None) -> None:
+        """Runtime kernel choices (not saved): the Mamba-2 scan (ops.ssd) and the decode attention kernel."""
+        from ..ops.decode_attention import BACKENDS as ATTENTION_BACKENDS
+        from ..ops.ssd import BACKENDS as SSD_BACKENDS
+
+        if ssd is not None and ssd not in SSD_BACKENDS:
+            raise MmmambaError(f"SSD backend {ssd!r} is unknown; use one of {list(SSD_BACKENDS)}")
+        if decode_attention is not None and decode_attention not in ATTENTION_BACKENDS:
+            choices = list(ATTENTION_BACKENDS)
+            raise MmmambaError(f"decode attention {decode_attention!r} is unknown; use one of {choices}")
+        for layer in self.layers:
+            cfg = layer.mixer.cfg
+            if ssd is not None and isinstance(layer.mixer, Mamba2Mixer):
+                cfg.ssd_backend = ssd
+            if decode_attention is not None and isinstance(layer.mixer, Attention):
+                cfg.decode_backend = decode_attention
+
     def fuse_projections(self) -> None:
         """Inference only: one matmul per layer for q/k/v(/gate/Δ) and one for gate/up (see ``fuse_linears``)."""
         for layer in self.layers:
