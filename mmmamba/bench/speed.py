@@ -119,10 +119,34 @@ def measure_ours(model: Decoder, context: int, args, decode: str) -> dict:
     row = {"prefill_s": time.perf_counter() - t0, "cache_bytes": kv_bytes(cache)}
     step = DecodeStep(model, cache, decode)
     token = logits.argmax(-1)
+    if args.profile:
+        profile(model, cache, step, token, args.prefill_chunk)
     row["decode_ms"] = cuda_time_ms(lambda: step(token), warmup=args.warmup, iters=args.decode_steps)
     row["tokens_per_s"] = tokens_per_s(step, token, args.new_tokens)
     row["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return row
+
+
+def profile(model: Decoder, cache, step, token, chunk: int) -> None:
+    """Print the top kernels of one prefill chunk and of 20 decode steps (where the time goes)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    ids = torch.randint(0, 1000, (1, chunk), device="cuda")
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        probe = model.make_cache(1, chunk + 8)
+        model(ids, cache=probe, logits_to_keep=1)
+        torch.cuda.synchronize()
+    print(f"-- prefill of {chunk} tokens", prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
+    saved = cache.snapshot()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            step(token)
+        torch.cuda.synchronize()
+    cache.restore(saved)
+    for c in cache:
+        c.length -= 20
+    print("-- 20 decode steps", prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
 
 
 def measure_hf(model, context: int, args) -> dict:
@@ -146,6 +170,17 @@ def measure_hf(model, context: int, args) -> dict:
     row["cache_bytes"] = 2 * args.layers * context * args.kv_heads * (args.hidden // args.heads) * 2  # K and V, bf16
     row["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return row
+
+
+def warm_up_prefill(model, name: str, args) -> None:
+    """One short untimed prefill: kernel autotuning (fla, cuBLAS) is not a prefill cost."""
+    ids = torch.randint(0, args.vocab, (1, min(args.prefill_chunk, 4096)), device="cuda")
+    with torch.no_grad():
+        if name == "hf":
+            model(ids, logits_to_keep=1)
+        else:
+            prefill(model, model.embed(ids), torch.ones_like(ids), model.make_cache(1, ids.shape[1] + 1))
+    torch.cuda.synchronize()
 
 
 def synthetic_cache(model: Decoder, batch: int, context: int):
@@ -278,6 +313,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-context", type=int, default=0, help="also find the largest batch at this context")
     p.add_argument("--max-batch", type=int, default=256)
     p.add_argument("--train", action="store_true", help="also measure distillation tokens/s per stage")
+    p.add_argument("--profile", action="store_true", help="print the top CUDA kernels of prefill and decode")
     p.add_argument("--train-tokens", type=int, default=16384, help="tokens per training batch")
     p.add_argument("--train-seq", type=int, default=2048)
     return p.parse_args(argv)
@@ -295,6 +331,7 @@ def main(argv=None) -> None:
     for name in args.models:
         model = build_hf(args, max_position) if name == "hf" else build_ours(name, args, max_position)
         weights = weight_bytes_read(model)
+        warm_up_prefill(model, name, args)
         for context in args.contexts:
             try:
                 row = (

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import causal_conv1d, causal_conv1d_step, ssd_scan, ssd_step
+from ..ops.ssd import resolve_backend
 from .norm import GatedHeadNorm, rms_norm
 from .projections import add_qkvo_projections, fuse_linears
 
@@ -85,12 +86,26 @@ class Mamba2Mixer(nn.Module):
             self.k_norm = nn.Parameter(torch.ones(hd))
         nn.init.normal_(self.conv_weight, std=cfg.conv_kernel**-0.5)
 
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Every parameter's name, by role (distillation stages select roles, never names):
+        ``inherited_qkv`` (Wq, Wk, Wv from attention), ``output`` (Wo) and ``new_ssm`` (all the rest:
+        conv, Δ, A, gate, norms). A parameter added to the mixer lands in ``new_ssm``, trained from stage 1."""
+        role = {"q_proj": "inherited_qkv", "k_proj": "inherited_qkv", "v_proj": "inherited_qkv", "o_proj": "output"}
+        groups: dict[str, list[str]] = {"new_ssm": [], "inherited_qkv": [], "output": []}
+        for name, _ in self.named_parameters():
+            groups[role.get(name.split(".")[0], "new_ssm")].append(name)
+        return groups
+
     def make_cache(self, batch: int, max_length: int, dtype, device=None) -> Mamba2State:
         """Same call as ``Attention.make_cache``; the state does not depend on ``max_length``."""
         return Mamba2State(batch, self.cfg, dtype, device)
 
-    def _scan_inputs(self, xBC: Tensor, dt_in: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Split the conv output into per-head x, B, C and compute Δ from u·Wdt; leading dims (...) kept."""
+    def _scan_inputs(self, xBC: Tensor, dt_in: Tensor, low_precision_ok: bool = False) -> tuple[Tensor, ...]:
+        """Split the conv output into per-head x, B, C and compute Δ from u·Wdt; leading dims (...) kept.
+
+        x, B, C are widened to float32 for the PyTorch scan; ``low_precision_ok`` (fla, which takes
+        bf16 q/k/v and keeps its own fp32 state) leaves them in the model's dtype. Δ is always ≥ fp32.
+        """
         cfg = self.cfg
         h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         xBC = ACTIVATIONS[cfg.conv_activation](xBC)
@@ -104,45 +119,59 @@ class Mamba2Mixer(nn.Module):
         dt = F.softplus(dt_in + self.dt_bias)
         # the scan runs in at least float32 (exp of decay sums, long accumulations); output is cast back
         scan_dtype = torch.promote_types(dt_in.dtype, torch.float32)
-        return x.to(scan_dtype), dt.to(scan_dtype), B.to(scan_dtype), C.to(scan_dtype)
+        io_dtype = xBC.dtype if low_precision_ok else scan_dtype
+        return x.to(io_dtype), dt.to(scan_dtype), B.to(io_dtype), C.to(io_dtype)
 
     def mix(
-        self, u: Tensor, positions: Tensor | None = None, valid: Tensor | None = None, cache: Mamba2State | None = None
+        self,
+        u: Tensor,
+        positions: Tensor | None = None,
+        valid: Tensor | None = None,
+        cache: Mamba2State | None = None,
+        cu_seqlens: Tensor | None = None,
     ) -> Tensor:
         """Mixer output before the output projection, (b, L, h·head_dim).
 
         Same call as ``Attention.mix``; positions are unused (no RoPE in the mixer). ``valid``
         (b, past+L) marks real tokens: padded tokens get zero conv input and Δ = 0, so they
-        leave the conv and SSM states exactly as they found them.
+        leave the conv and SSM states exactly as they found them. ``cu_seqlens`` (n+1,) packs n
+        samples into one row (b = 1, training: no cache): conv window and scan restart at each start.
         """
+        if cu_seqlens is not None and cache is not None:
+            raise ValueError("packed sequences (cu_seqlens) are for training; decode one sample per row")
         b, L, _ = u.shape
         cfg = self.cfg
         A = -torch.exp(self.A_log.to(torch.promote_types(u.dtype, torch.float32)))
-        xBC = torch.cat([self.v_proj(u), self.k_proj(u), self.q_proj(u)], dim=-1)  # (b, L, conv_dim)
+        if hasattr(self, "in_weight"):  # fused by ``fuse_projections``
+            xBC, gate, dt_in = F.linear(u, self.in_weight, self.in_bias).split(
+                [cfg.conv_dim, cfg.num_heads * cfg.head_dim, cfg.num_heads], dim=-1
+            )
+        else:
+            xBC = torch.cat([self.v_proj(u), self.k_proj(u), self.q_proj(u)], dim=-1)  # (b, L, conv_dim)
+            gate, dt_in = self.g_proj(u), self.dt_proj(u)
         keep = None if valid is None else valid[:, -L:, None].to(u.dtype)
         if keep is not None:
             xBC = xBC * keep
         if cache is not None and L == 1:  # recurrent decode
             xBC, conv_state = causal_conv1d_step(xBC[:, 0], cache.conv, self.conv_weight, self.conv_bias)
-            x, dt, B, C = self._scan_inputs(xBC, self.dt_proj(u[:, 0]))
+            x, dt, B, C = self._scan_inputs(xBC, dt_in[:, 0])
             if keep is not None:
                 dt = dt * keep[:, 0]
             y, ssm_state = ssd_step(cache.ssm, x, dt, A, B, C, self.D)
             y = y[:, None]
         else:
             initial = (None, None) if cache is None else (cache.conv, cache.ssm)
-            xBC, conv_state = causal_conv1d(xBC, self.conv_weight, self.conv_bias, initial[0])
-            x, dt, B, C = self._scan_inputs(xBC, self.dt_proj(u))
+            xBC, conv_state = causal_conv1d(xBC, self.conv_weight, self.conv_bias, initial[0], cu_seqlens)
+            backend = resolve_backend(cfg.ssd_backend, u.device.type)
+            x, dt, B, C = self._scan_inputs(xBC, dt_in, low_precision_ok=backend == "fla")
             if keep is not None:
                 dt = dt * keep
-            y, ssm_state = ssd_scan(
-                x, dt, A, B, C, self.D, initial[1], cfg.chunk_size, cfg.ssd_backend, compute_dtype=u.dtype
-            )
+            y, ssm_state = ssd_scan(x, dt, A, B, C, self.D, initial[1], cfg.chunk_size, backend, cu_seqlens, u.dtype)
         if cache is not None:
             cache.conv.copy_(conv_state)
             cache.ssm.copy_(ssm_state)
             cache.length += L
-        gate = self.g_proj(u).unflatten(-1, (cfg.num_heads, cfg.head_dim))
+        gate = gate.unflatten(-1, (cfg.num_heads, cfg.head_dim))
         return self.out_norm(y.to(u.dtype), gate).flatten(-2)
 
     def step(self, u: Tensor, cache: Mamba2State, ctx=None) -> Tensor:

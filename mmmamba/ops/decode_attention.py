@@ -50,41 +50,38 @@ if triton is not None:
         stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_validb,
         S, split_len, scale,
         H: tl.constexpr, KVH: tl.constexpr, GROUP: tl.constexpr, G_PAD: tl.constexpr,
-        D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr,
+        D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
         pid_bk = tl.program_id(0)  # one (row, KV head)
         split = tl.program_id(1)
         b = pid_bk // KVH
         kv = pid_bk % KVH
-        g = tl.arange(0, G_PAD)
+        g = tl.arange(0, G_PAD)  # the KV head's query heads, padded to a tensor-core tile
         dd = tl.arange(0, D)
         g_ok = g < GROUP
-        heads = kv * GROUP + g  # (G_PAD,) query heads of this KV head
-        q = tl.load(Q + (b * H + heads)[:, None] * D + dd[None, :], mask=g_ok[:, None], other=0.0).to(tl.float32)
-        q = q * scale
+        heads = kv * GROUP + g
+        q = tl.load(Q + (b * H + heads)[:, None] * D + dd[None, :], mask=g_ok[:, None], other=0.0)
         length = tl.load(LENGTH)
         start = split * split_len
         end = tl.minimum(start + split_len, tl.minimum(length, S))
         m_i = tl.full((G_PAD,), float("-inf"), tl.float32)
         l_i = tl.zeros((G_PAD,), tl.float32)
         acc = tl.zeros((G_PAD, D), tl.float32)
+        k_base = K + b * stride_kb + kv * stride_kh
+        v_base = V + b * stride_vb + kv * stride_vh
         for n0 in range(start, end, BLOCK_N):
             n = n0 + tl.arange(0, BLOCK_N)
             in_range = n < end
             ok = in_range & (tl.load(VALID + b * stride_validb + n, mask=in_range, other=0) != 0)
-            k = tl.load(
-                K + b * stride_kb + kv * stride_kh + n[:, None] * stride_ks + dd[None, :], mask=ok[:, None], other=0.0
-            )
-            s = tl.sum(q[:, None, :] * k.to(tl.float32)[None, :, :], axis=2)  # (G_PAD, BLOCK_N)
+            k = tl.load(k_base + n[:, None] * stride_ks + dd[None, :], mask=in_range[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (G_PAD, BLOCK_N)
             s = tl.where(ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m_i - m_safe)
-            v = tl.load(
-                V + b * stride_vb + kv * stride_vh + n[:, None] * stride_vs + dd[None, :], mask=ok[:, None], other=0.0
-            )
-            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
+            v = tl.load(v_base + n[:, None] * stride_vs + dd[None, :], mask=ok[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             l_i = l_i * alpha + tl.sum(p, axis=1)
             m_i = m_new
         row = (b * H + heads) * SPLITS + split  # (G_PAD,)
@@ -113,7 +110,7 @@ def _num_splits(batch_kv: int, S: int, block_n: int, target_programs: int) -> in
 
 def decode_attention_triton(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, key_valid: Tensor, length: Tensor, block_n: int = 64,
-    target_programs: int = 528,
+    target_programs: int = 528, num_warps: int = 4, num_stages: int = 3,
 ) -> Tensor:  # fmt: skip
     b, h, d = q.shape
     kvh, S = k_cache.shape[1], k_cache.shape[2]
@@ -132,7 +129,9 @@ def decode_attention_triton(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), valid.stride(0),
         S, split_len, 1.0 / math.sqrt(d),
-        H=h, KVH=kvh, GROUP=group, G_PAD=max(triton.next_power_of_2(group), 1), D=d, BLOCK_N=block_n, SPLITS=splits,
+        H=h, KVH=kvh, GROUP=group, G_PAD=max(triton.next_power_of_2(group), 16), D=d, BLOCK_N=block_n,
+        SPLITS=splits, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     out = torch.empty_like(q)
     _merge_kernel[(b * h,)](acc, m, l, out, D=d, SPLITS=splits)
