@@ -8,10 +8,10 @@ from mmmamba.data.conversations import collate, encode_sample, read_jsonl
 from mmmamba.data.images import ImageProcessor
 from mmmamba.data.suite import make_suite
 from mmmamba.data.tokenizer import ByteTokenizer
-from mmmamba.distill.losses import masked_kl, masked_mse
 from mmmamba.distill.stages import STAGES, select_trainable
 from mmmamba.distill.trainer import DistillConfig, distill, stage_loss
 from mmmamba.models import Decoder, DecoderConfig, VisionConfig, load_checkpoint
+from mmmamba.training.losses import masked_kl, masked_mse
 from mmmamba.training.optim import make_adamw
 
 
@@ -110,3 +110,15 @@ def test_kill_and_resume_equals_uninterrupted(setup, tmp_path):
     assert {k for k in saved.state_dict() if "A_log" in k or "dt_bias" in k}  # every parameter is saved
     log = (tmp_path / "full" / "log.csv").read_text().splitlines()
     assert len(log) == 1 + 8 and log[2].split(",")[4] != ""  # one row per step, val at step 2
+
+
+def test_mixer_groups_cover_every_parameter_and_a_new_one_trains(setup):
+    root, _, _ = setup
+    student = load_checkpoint(root / "student")
+    mixer = student.layers[0].mixer
+    mixer.extra_scale = torch.nn.Parameter(torch.ones(3))  # a parameter the stages have never heard of
+    groups = mixer.parameter_groups()
+    names = [n for g in groups.values() for n in g]
+    assert sorted(names) == sorted(n for n, _ in mixer.named_parameters())  # each exactly once
+    assert "extra_scale" in groups["new_ssm"]
+    assert "layers.0.mixer.extra_scale" in {n for n, _ in select_trainable(student, STAGES[1])}

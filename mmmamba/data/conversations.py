@@ -57,8 +57,7 @@ def _image_path(root: Path, rel: str, where: str, allow_outside: bool) -> Path:
     p = Path(rel)
     if not allow_outside and (p.is_absolute() or ".." in p.parts):
         raise MmmambaError(
-            f"{where}: image path {rel!r} leaves the data folder; use a path inside it "
-            "(or pass --allow-outside-images)"
+            f"{where}: image path {rel!r} leaves the data folder; use a path inside it (or pass --allow-outside-images)"
         )
     return root / p
 
@@ -143,10 +142,23 @@ class Batch:
     attention_mask: torch.Tensor  # (b, L), 1 on real tokens
     loss_mask: torch.Tensor  # (b, L), 1 where the token at this position is a training target
     pixel_values: torch.Tensor | None  # (n_tiles_in_batch, C, S, S), in sequence order
+    cu_seqlens: torch.Tensor | None = None  # (n+1,) sample starts of a packed row (b = 1), see ``pack``
+    totals: torch.Tensor | None = None  # (2,) tokens and targets of the whole global batch (set by the loop)
+
+    def counts(self) -> torch.Tensor:
+        """(2,) real tokens (the KL / MSE denominator) and answer targets (the CE denominator)."""
+        return torch.stack([self.attention_mask.sum(), self.loss_mask[:, 1:].sum()]).long()
 
     def to(self, device) -> Batch:
-        pixels = None if self.pixel_values is None else self.pixel_values.to(device)
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device), pixels)
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.loss_mask.to(device),
+            move(self.pixel_values),
+            move(self.cu_seqlens),
+            move(self.totals),
+        )
 
 
 def collate(examples: list[Example], pad_id: int) -> Batch:
@@ -161,3 +173,18 @@ def collate(examples: list[Example], pad_id: int) -> Batch:
         loss[i, : len(e.ids)] = torch.tensor(e.loss_mask)
     pixels = [e.pixels for e in examples if e.pixels is not None]
     return Batch(ids, att, loss, torch.cat(pixels) if pixels else None)
+
+
+def pack(examples: list[Example]) -> Batch:
+    """All examples end to end in one row (b = 1) with ``cu_seqlens`` at the sample starts: no padding.
+
+    The model restarts the scan, the conv window, attention and RoPE at every start, so each sample
+    is computed exactly as alone; the losses are token sums, so the packed batch's loss equals the
+    padded batch's (tests/test_packing.py).
+    """
+    ids = torch.tensor([t for e in examples for t in e.ids], dtype=torch.long)[None]
+    loss = torch.tensor([m for e in examples for m in e.loss_mask], dtype=torch.bool)[None]
+    lengths = torch.tensor([0] + [len(e.ids) for e in examples])
+    pixels = [e.pixels for e in examples if e.pixels is not None]
+    cu = lengths.cumsum(0).to(torch.int32)
+    return Batch(ids, torch.ones_like(ids), loss, torch.cat(pixels) if pixels else None, cu)

@@ -1,34 +1,65 @@
-"""Distillation losses, averaged over real (non-padding) tokens so their scale does not grow with length."""
+"""The stage losses and what flows into them from the teacher.
+
+A stage's ``inputs(teacher, batch)`` runs the frozen teacher once (no gradients); its
+``loss(student, batch, inputs, **args)`` returns the batch's loss, a sum over tokens divided by
+``batch.totals`` when the training loop set them (the global batch's counts), else by its own.
+"""
 
 from __future__ import annotations
 
-import torch.nn.functional as F
+import torch
 from torch import Tensor
 
-
-def masked_mse(student: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """Per-token mean squared error over the feature dim, averaged over tokens where mask is 1.
-
-    student, target (b, L, d); mask (b, L).
-    """
-    per_token = (student.float() - target.float()).pow(2).mean(-1)  # (b, L)
-    m = mask.to(per_token.dtype)
-    return (per_token * m).sum() / m.sum().clamp(min=1)
+from ..layers import Mamba2Mixer
+from ..models import Decoder, DecoderOutput
+from ..training.losses import masked_ce, masked_kl, masked_mse
 
 
-def masked_kl(teacher_logits: Tensor, student_logits: Tensor, mask: Tensor, temperature: float = 1.0) -> Tensor:
-    """KL(teacher ‖ student) of next-token distributions, averaged over tokens where mask is 1.
-
-    Scaled by T² (Hinton et al.) so gradients keep their size across temperatures.
-    """
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    per_token = (t.exp() * (t - s)).sum(-1)  # (b, L)
-    m = mask.to(per_token.dtype)
-    return (per_token * m).sum() / m.sum().clamp(min=1) * temperature**2
+def mamba_layers(model: Decoder) -> list[int]:
+    return [i for i, layer in enumerate(model.layers) if isinstance(layer.mixer, Mamba2Mixer)]
 
 
-def masked_ce(logits: Tensor, ids: Tensor, mask: Tensor) -> Tensor:
-    """Next-token cross-entropy (position t predicts ids[t+1]) over positions where mask[t+1] is 1."""
-    target = mask[:, 1:].bool()
-    return F.cross_entropy(logits[:, :-1][target].float(), ids[:, 1:][target])
+@torch.no_grad()
+def teacher_layer_io(teacher: Decoder, batch) -> DecoderOutput:
+    """Stages 1-2: the residual stream entering every layer and each attention output before Wo."""
+    return teacher(batch.input_ids, batch.pixel_values, return_layer_io=True, cu_seqlens=batch.cu_seqlens)
+
+
+@torch.no_grad()
+def teacher_logits(teacher: Decoder, batch) -> Tensor:
+    """Stage 3: the teacher's next-token logits."""
+    return teacher(batch.input_ids, batch.pixel_values, cu_seqlens=batch.cu_seqlens).logits
+
+
+def _totals(batch, i: int) -> Tensor | None:
+    return None if batch.totals is None else batch.totals[i]
+
+
+def layer_errors(student: Decoder, batch, t: DecoderOutput, layers: list[int] | None = None) -> dict[int, Tensor]:
+    """Each Mamba-2 mixer fed the teacher's (normed) input to its layer, against the teacher's attention
+    output before Wo. Layer-local: no gradient crosses layers."""
+    errors = {}
+    for i in mamba_layers(student) if layers is None else layers:
+        layer = student.layers[i]
+        y = layer.mixer.mix(layer.input_norm(t.layer_inputs[i]), None, None, None, cu_seqlens=batch.cu_seqlens)
+        errors[i] = masked_mse(y, t.mixer_outputs[i], batch.attention_mask, _totals(batch, 0))
+    return errors
+
+
+def layer_mse(student: Decoder, batch, t: DecoderOutput, layers: list[int] | None = None) -> Tensor:
+    """Stages 1-2: the per-layer MSE averaged over all Mamba-2 layers. ``layers`` computes only those
+    (layer-parallel: each process its own), still divided by the count of all of them, so the
+    processes' losses add up to the whole model's."""
+    errors = layer_errors(student, batch, t, layers)
+    return torch.stack(list(errors.values())).sum() / len(mamba_layers(student))
+
+
+def kl_to_teacher(
+    student: Decoder, batch, t_logits: Tensor, temperature: float = 1.0, ce_weight: float = 0.0
+) -> Tensor:
+    """Stage 3: KL(teacher ‖ student) over real tokens, plus ``ce_weight`` × cross-entropy on answers."""
+    s_logits = student(batch.input_ids, batch.pixel_values, cu_seqlens=batch.cu_seqlens).logits
+    loss = masked_kl(t_logits, s_logits, batch.attention_mask, temperature, _totals(batch, 0))
+    if ce_weight:
+        loss = loss + ce_weight * masked_ce(s_logits, batch.input_ids, batch.loss_mask, _totals(batch, 1))
+    return loss

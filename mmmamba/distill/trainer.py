@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import dataclasses
 import io
 import math
 import time
@@ -29,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.conversations import Batch, Example, check_images_match, collate, encode_sample, read_split
+from ..data.conversations import pack as pack_examples
 from ..data.images import image_processor
 from ..data.tokenizer import ChatTokenizer, copy_tokenizer, load_tokenizer
 from ..errors import MmmambaError
@@ -40,17 +40,31 @@ from ..io import (
     machine_memory,
     read_json,
     recover_dir,
+    remove_tree,
     same_or_inside,
     write_atomic,
     write_json_atomic,
     write_text_atomic,
 )
-from ..layers import Mamba2Mixer
 from ..models import Decoder, DecoderConfig, load_checkpoint, save_checkpoint
-from ..training.optim import NonFiniteGuard, clip_and_step, make_adamw, set_lr
-from ..training.state import STATE_FILE, apply_state, batch_indices, read_state, save_state
-from .losses import masked_ce, masked_kl, masked_mse
+from ..training.loop import StepReport, train_loop
+from ..training.optim import NonFiniteGuard, make_adamw
+from ..training.parallel import MODES, Comm, init_from_env, layer_owners, shard_fsdp
+from ..training.state import (
+    DCP_DIR,
+    STATE_FILE,
+    apply_state,
+    batch_indices,
+    full_optimizer_state,
+    load_sharded_state,
+    read_sharded_meta,
+    read_state,
+    save_sharded_state,
+    save_state,
+)
+from .losses import layer_errors, mamba_layers, teacher_layer_io
 from .stages import STAGES, StageConfig, select_trainable
+from .stages import stage_loss as _stage_loss
 
 MAX_STEPS = 10_000_000
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size")
@@ -59,8 +73,8 @@ SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_
 @dataclass
 class DistillConfig:
     stages: list[int] = field(default_factory=lambda: [1, 2, 3])
-    steps: dict[int, int] = field(default_factory=lambda: {1: 300, 2: 300, 3: 600})
-    batch_size: int = 16
+    steps: dict[int, int] = field(default_factory=lambda: {s: stage.steps for s, stage in STAGES.items()})
+    batch_size: int = 16  # the global batch: over all processes and micro-batches
     eval_every: int = 100
     val_limit: int = 128  # validation samples per check
     seed: int = 0
@@ -72,6 +86,13 @@ class DistillConfig:
     device: str = "cpu"
     max_bad_steps: int = 20  # consecutive non-finite steps that stop the run
     allow_outside_images: bool = False
+    pack: bool = False  # each micro-batch packed into one row with cu_seqlens (no padding)
+    micro_batch: int | None = None  # samples per forward on one process (gradient accumulation); None: all
+    parallel: str = "fsdp"  # several processes (torchrun): fsdp | layer (stages 1-2: each owns some layers)
+
+
+# settings that may differ between a run and its resume (the loss of every step stays the same)
+RESUMABLE_WITH_OTHER = ("max_bad_steps", "micro_batch", "parallel", "device")
 
 
 def check_config(cfg: DistillConfig) -> None:
@@ -88,6 +109,12 @@ def check_config(cfg: DistillConfig) -> None:
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= high:
             raise MmmambaError(f"{name.replace('_', '-')} {v}: give a whole number between 1 and {high}")
+    if cfg.micro_batch is not None and (
+        isinstance(cfg.micro_batch, bool) or not isinstance(cfg.micro_batch, int) or not 1 <= cfg.micro_batch <= 1 << 16
+    ):
+        raise MmmambaError(f"--micro-batch {cfg.micro_batch}: give a whole number between 1 and {1 << 16}")
+    if cfg.parallel not in MODES:
+        raise MmmambaError(f"--parallel {cfg.parallel}: use one of {', '.join(MODES)}")
     for name, low_open in (("temperature", True), ("lr_scale", True), ("ce_weight", False)):
         v = getattr(cfg, name)
         bad = not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (low_open and v == 0)
@@ -96,34 +123,15 @@ def check_config(cfg: DistillConfig) -> None:
             raise MmmambaError(f"--{name.replace('_', '-')} {v}: give {need}")
 
 
-def mamba_layers(model: Decoder) -> list[int]:
-    return [i for i, layer in enumerate(model.layers) if isinstance(layer.mixer, Mamba2Mixer)]
-
-
 def layer_mse_per_layer(teacher: Decoder, student: Decoder, batch: Batch) -> dict[int, torch.Tensor]:
-    """Each Mamba-2 mixer, fed the teacher's (normed) input to its layer, against the teacher's
-    attention output before Wo. Layer-local: no gradient crosses layers."""
-    with torch.no_grad():
-        t = teacher(batch.input_ids, batch.pixel_values, return_layer_io=True)
-    errors = {}
-    for i in mamba_layers(student):
-        layer = student.layers[i]
-        y = layer.mixer.mix(layer.input_norm(t.layer_inputs[i]))
-        errors[i] = masked_mse(y, t.mixer_outputs[i], batch.attention_mask)
-    return errors
+    """Each Mamba-2 mixer's layer-local error on ``batch`` (stages 1-2's loss, per layer)."""
+    return layer_errors(student, batch, teacher_layer_io(teacher, batch))
 
 
 def stage_loss(stage: StageConfig, cfg: DistillConfig, teacher: Decoder, student: Decoder, batch: Batch):
-    if stage.loss == "layer_mse":
-        errors = layer_mse_per_layer(teacher, student, batch)
-        return torch.stack(list(errors.values())).mean()
-    with torch.no_grad():
-        t_logits = teacher(batch.input_ids, batch.pixel_values).logits
-    s_logits = student(batch.input_ids, batch.pixel_values).logits
-    loss = masked_kl(t_logits, s_logits, batch.attention_mask, cfg.temperature)
-    if cfg.ce_weight:
-        loss = loss + cfg.ce_weight * masked_ce(s_logits, batch.input_ids, batch.loss_mask)
-    return loss
+    """The stage's loss on one batch with this run's loss options (temperature, CE weight)."""
+    stage = stage.with_options(temperature=cfg.temperature, ce_weight=cfg.ce_weight)
+    return _stage_loss(stage, teacher, student, batch)
 
 
 def keep_hardest_as_attention(teacher: Decoder, student: Decoder, val: list[Batch], k: int) -> list[int]:
@@ -191,7 +199,7 @@ def plot_losses(out: Path) -> None:
         if va:
             ax.plot(*zip(*va), "o-", label="val")
         ax.set_yscale("log")
-        ax.set_title(f"stage {s} ({STAGES[s].loss})")
+        ax.set_title(f"stage {s} ({STAGES[s].loss.__name__})")
         ax.set_xlabel("step")
         ax.legend()
     fig.tight_layout()
@@ -356,16 +364,18 @@ def _finished(out: Path, stage_id: int) -> bool:
     return (out / f"after_stage{stage_id}" / "config.json").is_file()
 
 
-def _pending_state(out: Path, cfg: DistillConfig) -> dict | None:
+def _pending_state(out: Path, cfg: DistillConfig, lead: bool = True) -> dict | None:
     """The in-progress training state, checked against the run before anything is loaded into a model.
 
     A state left by a stage that already finished (a kill between the stage's checkpoint and the
     removal of the state) is stale: it is removed with a note.
     """
-    f = out / STATE_FILE
-    state = read_state(out)
-    if state is None:
+    found = [st for st in (read_state(out), read_sharded_meta(out)) if st is not None]
+    if not found:
         return None
+    # both only after a kill between writing one format and removing the other: the later step wins
+    state = max(found, key=lambda st: (st["extra"].get("stage", 0), st["step"]))
+    f = Path(state["dcp"]) if "dcp" in state else out / STATE_FILE
     stage = state["extra"].get("stage")
     if stage not in cfg.stages:
         raise MmmambaError(
@@ -373,8 +383,9 @@ def _pending_state(out: Path, cfg: DistillConfig) -> dict | None:
             "delete it to drop that stage's progress, or rerun with the same --stages"
         )
     if _finished(out, stage):
-        tqdm.write(f"{f}: left over from finished stage {stage} (an interrupted run); removed")
-        f.unlink()
+        if lead:
+            tqdm.write(f"{f}: left over from finished stage {stage} (an interrupted run); removed")
+            _drop_state(out)
         return None
     earlier = [s for s in cfg.stages if s < stage and not _finished(out, s)]
     if earlier:
@@ -383,6 +394,54 @@ def _pending_state(out: Path, cfg: DistillConfig) -> dict | None:
             f"({out / f'after_stage{earlier[0]}'}); restore it or delete {f.name} to restart"
         )
     return state
+
+
+def _state_files(out: Path) -> list[Path]:
+    return [p for p in (out / STATE_FILE, out / DCP_DIR) if p.exists()]
+
+
+def _drop_state(out: Path) -> None:
+    (out / STATE_FILE).unlink(missing_ok=True)
+    if (out / DCP_DIR).exists():
+        remove_tree(out / DCP_DIR)
+
+
+def _rank_slice(idx: list[int], comm: Comm, cfg: DistillConfig, stage: StageConfig) -> list[int]:
+    """This process's samples of the global batch: a contiguous block (data-parallel), or all of them
+    (layer-parallel: every process sees the whole batch for its own layers)."""
+    if comm.mode == "layer":
+        return idx
+    per = len(idx) // comm.world
+    return idx[comm.rank * per : (comm.rank + 1) * per]
+
+
+def _micro_batches(examples, idx: list[int], cfg: DistillConfig, pad_id: int, device) -> list[Batch]:
+    size = cfg.micro_batch or len(idx)
+    groups = [idx[i : i + size] for i in range(0, len(idx), size)]
+    if cfg.pack:
+        return [pack_examples([examples[i] for i in g]).to(device) for g in groups]
+    return _batches(examples, groups, pad_id, device)
+
+
+def _gather_owned(student: Decoder, owners: dict[int, int], comm: Comm) -> None:
+    """Layer-parallel: every process gets each mixer's weights from the process that trained it."""
+    import torch.distributed as dist
+
+    for i, r in owners.items():
+        for p in student.layers[i].mixer.parameters():
+            dist.broadcast(p.data, src=r)
+
+
+def _full_student(student: Decoder, plain: Decoder, comm: Comm, sharded: bool) -> Decoder:
+    """The whole student, unsharded, on rank 0 (every process must call this: it gathers)."""
+    if not sharded:
+        return student
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if comm.rank == 0:
+        plain.load_state_dict(full)
+    return plain
 
 
 def distill(
@@ -399,29 +458,43 @@ def distill(
 
     ``stop_after`` ends the run after that many optimizer steps in this call (to test resuming).
     ``dry_run`` checks everything and returns the estimate of memory, disk and time, writing nothing.
+    Under ``torchrun`` every process runs this with the same arguments: the global batch is split
+    between them (``cfg.parallel`` fsdp) or, in layer-local stages, the layers are (``layer``); only
+    rank 0 writes files other than the sharded training state.
     """
     check_config(cfg)
+    comm, device = init_from_env(cfg.device)
+    comm = Comm(cfg.parallel)
+    lead = comm.rank == 0
+    if comm.on and cfg.parallel == "fsdp" and cfg.batch_size % comm.world:
+        raise MmmambaError(f"--batch-size {cfg.batch_size}: give a multiple of the {comm.world} processes")
     out = Path(out_dir)
     _check_paths(teacher_dir, student_dir, data_dir, out)
     settings = asdict(cfg) | {"teacher": str(teacher_dir), "student": str(student_dir)}
-    settings = {k: v for k, v in settings.items() if k != "max_bad_steps"}
+    settings = {k: v for k, v in settings.items() if k not in RESUMABLE_WITH_OTHER}
     settings["steps"] = {str(k): v for k, v in settings["steps"].items()}
     _check_settings(out, settings)
     if out.is_dir():
-        for s in cfg.stages:
-            recover_dir(out / f"after_stage{s}")
-        pending = _pending_state(out, cfg)
+        if lead:
+            for s in cfg.stages:
+                recover_dir(out / f"after_stage{s}")
+        comm.barrier()
+        pending = _pending_state(out, cfg, lead)
+        comm.barrier()
     else:
         pending = None
-    prep = prepare(teacher_dir, student_dir, data_dir, out, cfg, progress)
+    prep = prepare(teacher_dir, student_dir, data_dir, out, cfg, progress and lead)
     if dry_run:
         per_step = time_steps(prep, cfg)
         seconds = sum(per_step[s] * cfg.steps[s] for s in cfg.stages)
         return prep.estimate | {"seconds": seconds, "seconds_per_step": per_step}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "distill_config.json", settings)
-    teacher, tok, train, val, device = prep.teacher, prep.tok, prep.train, prep.val, cfg.device
-    logger = Logger(out)
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "distill_config.json", settings)
+    comm.barrier()
+    teacher, tok, train, val = prep.teacher.to(device), prep.tok, prep.train, prep.val
+    val = [b.to(device) for b in val]
+    logger = Logger(out) if lead else None
     done_steps = 0
 
     student_src, last_good = Path(student_dir), str(student_dir)
@@ -435,14 +508,21 @@ def distill(
         auto_k = student.config.conversion.get("auto_keep")
         if stage_id == 3 and auto_k and "auto_errors" not in student.config.conversion:
             kept = keep_hardest_as_attention(teacher, student, val, int(auto_k))
-            tqdm.write(f"auto:{auto_k}: keeping layers {kept} as attention (largest stage-2 error)")
+            if lead:
+                tqdm.write(f"auto:{auto_k}: keeping layers {kept} as attention (largest stage-2 error)")
         base = STAGES[stage_id]
-        stage = dataclasses.replace(
-            base,
-            train_o_proj=cfg.train_o_proj,
-            train_mlp=cfg.train_mlp,
-            optim=dataclasses.replace(base.optim, lr=base.optim.lr * cfg.lr_scale),
-        )
+        layer_mode = comm.on and cfg.parallel == "layer" and base.layer_local
+        owners = layer_owners(mamba_layers(student), comm.world) if layer_mode else {}
+        if layer_mode and len(owners) < comm.world:
+            raise MmmambaError(f"--parallel layer: {len(owners)} Mamba-2 layers for {comm.world} processes; use fsdp")
+        own = [i for i, r in owners.items() if r == comm.rank] if layer_mode else None
+        stage = base.with_options(
+            cfg.lr_scale, cfg.train_o_proj, cfg.train_mlp, temperature=cfg.temperature, ce_weight=cfg.ce_weight,
+            layers=own,
+        )  # fmt: skip
+        comm.mode = "layer" if layer_mode else "fsdp"
+        comm.grad_scale = float(comm.world) if comm.on and not layer_mode else 1.0
+        comm.local_params = layer_mode
         params = select_trainable(student, stage)
         if not params:
             raise MmmambaError(f"{student_src}: no Mamba-2 layers to train; convert the teacher first")
@@ -450,55 +530,106 @@ def distill(
         steps = cfg.steps[stage_id]
         start, extra = 0, {}
         if pending is not None and pending["extra"].get("stage") == stage_id:
-            start, extra = apply_state(pending, student, opt, out / STATE_FILE)
+            if "dcp" in pending:
+                start, extra = load_sharded_state(pending, student, opt)
+            else:
+                start, extra = apply_state(pending, student, opt, out / STATE_FILE)
             pending = None
             if start > steps:
-                raise MmmambaError(f"{out / STATE_FILE}: at step {start}, beyond this stage's {steps} steps")
-            last_good = f"{out / STATE_FILE} (stage {stage_id}, step {start})"
-        logger.truncate(stage_id, start)
+                raise MmmambaError(f"{_state_files(out)[0]}: at step {start}, beyond this stage's {steps} steps")
+            last_good = f"{_state_files(out)[0]} (stage {stage_id}, step {start})"
+        sharded = comm.on and not layer_mode
+        plain = student
+        if sharded:  # FSDP2: shard the trainable units, move the optimizer state onto the shards
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            osd = full_optimizer_state(student, opt) if start else None
+            plain = copy.deepcopy(student) if lead else student
+            mixers = [student.layers[i].mixer for i in mamba_layers(student)]
+            units = mixers if base.layer_local else mixers + [layer for layer in student.layers]
+            shard_fsdp(comm, units, "mix", None if base.layer_local else student)
+            params = select_trainable(student, stage)
+            opt = make_adamw(params, stage.optim)
+            if osd is not None:
+                set_optimizer_state_dict(student, opt, osd, options=StateDictOptions(full_state_dict=True))
+        if lead:
+            logger.truncate(stage_id, start)
         guard = NonFiniteGuard(
             f"stage {stage_id}", cfg.max_bad_steps, extra.get("skipped", 0), extra.get("in_a_row", 0)
         )
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
-        bar = tqdm(
-            range(start, steps), desc=f"stage {stage_id}", initial=start, total=steps, unit="step", disable=not progress
-        )
-        for step in bar:
-            student.train()
-            idx = batch_indices(len(train), cfg.batch_size, cfg.seed + 1000 * stage_id, step)
-            (batch,) = _batches(train, [idx], tok.pad_id, device)
-            lr = set_lr(opt, step, steps, stage.optim)
-            with autocast:
-                loss = stage_loss(stage, cfg, teacher, student, batch)
-            good = guard.ok(loss)
-            if good:
-                loss.backward()
-                good = math.isfinite(clip_and_step(opt, [p for _, p in params], stage.optim))
+        seed = cfg.seed + 1000 * stage_id
+
+        def micro_batches(step: int) -> list[Batch]:
+            idx = batch_indices(len(train), cfg.batch_size, seed, step)  # noqa: B023
+            return _micro_batches(train, _rank_slice(idx, comm, cfg, stage), cfg, tok.pad_id, device)  # noqa: B023
+
+        def save(step: int) -> None:
+            nonlocal last_good
+            counters = {"stage": stage_id, "skipped": guard.skipped, "in_a_row": guard.in_a_row}  # noqa: B023
+            if comm.on:
+                if layer_mode:  # noqa: B023
+                    _gather_owned(student, owners, comm)  # noqa: B023
+                save_sharded_state(out, student, opt, step, counters, comm)  # noqa: B023
+                if lead:
+                    (out / STATE_FILE).unlink(missing_ok=True)
             else:
-                opt.zero_grad(set_to_none=True)
-            guard.record(good, step + 1, last_good)
-            bar.set_postfix(loss=f"{loss.item():.4g}", skipped=guard.skipped)
+                save_state(out, student, opt, step, counters)  # noqa: B023
+                if (out / DCP_DIR).exists():
+                    remove_tree(out / DCP_DIR)
+            last_good = f"{_state_files(out)[0]} (stage {stage_id}, step {step})"  # noqa: B023
+
+        def after_step(r: StepReport) -> bool:
+            nonlocal done_steps
             val_loss = None
-            if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
-                student.eval()
-                with torch.no_grad(), autocast:
-                    val_loss = sum(float(stage_loss(stage, cfg, teacher, student, b)) for b in val) / len(val)
-            logger.row(stage_id, step + 1, lr, loss.item() if good else None, val_loss)
+            if r.step % cfg.eval_every == 0 or r.step == steps:  # noqa: B023
+                student.eval()  # noqa: B023
+                with torch.no_grad(), autocast:  # noqa: B023
+                    losses = [stage_loss(stage, cfg, teacher, student, b) for b in val]  # noqa: B023
+                    if layer_mode:  # noqa: B023 - each process holds its layers' share of the loss
+                        losses = [comm.sum(v.detach().reshape(1)) for v in losses]
+                    val_loss = sum(float(v) for v in losses) / len(val)
+            if lead:
+                logger.row(stage_id, r.step, r.lr, r.loss if r.good else None, val_loss)  # noqa: B023
             done_steps += 1
-            if val_loss is not None or (stop_after is not None and done_steps >= stop_after):
-                counters = {"stage": stage_id, "skipped": guard.skipped, "in_a_row": guard.in_a_row}
-                save_state(out, student, opt, step + 1, counters)
-                last_good = f"{out / STATE_FILE} (stage {stage_id}, step {step + 1})"
-            if stop_after is not None and done_steps >= stop_after:
-                return student
-        bar.close()
-        if guard.skipped:
+            stop = stop_after is not None and done_steps >= stop_after
+            if val_loss is not None or stop:
+                save(r.step)
+            return stop
+
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
+        train_loop(
+            params=[p for _, p in params],
+            opt=opt,
+            optim=stage.optim,
+            steps=steps,
+            start=start,
+            micro_batches=micro_batches,
+            loss=lambda batch: stage_loss(stage, cfg, teacher, student, batch),  # noqa: B023
+            guard=guard,
+            last_good=lambda: last_good,  # noqa: B023
+            after_step=after_step,
+            comm=comm,
+            device=device,
+            desc=f"stage {stage_id}",
+            progress=progress,
+            train_mode=student.train,
+        )
+        if stop_after is not None and done_steps >= stop_after:
+            comm.barrier()
+            return student
+        if guard.skipped and lead:
             tqdm.write(f"stage {stage_id}: {guard.skipped} step(s) skipped for a non-finite loss or gradient")
         student.eval()
-        save_checkpoint(student, finished, extra=lambda d: copy_tokenizer(teacher_dir, d))
-        (out / STATE_FILE).unlink(missing_ok=True)
-        plot_losses(out)
+        if layer_mode:
+            _gather_owned(student, owners, comm)
+        whole = _full_student(student, plain, comm, sharded)
+        if lead:
+            save_checkpoint(whole.eval(), finished, extra=lambda d: copy_tokenizer(teacher_dir, d))
+            _drop_state(out)
+            plot_losses(out)
+        comm.barrier()
         student_src = last_good = finished
-    if not (out / "loss.png").exists():
+    if lead and not (out / "loss.png").exists():
         plot_losses(out)
+    comm.barrier()
     return load_checkpoint(student_src)

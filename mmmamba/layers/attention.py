@@ -83,6 +83,13 @@ def attention_mask_for(valid: Tensor | None, q_len: int, past: int, device) -> T
     return mask
 
 
+def packed_mask(cu_seqlens: Tensor, length: int, device) -> Tensor:
+    """Boolean (1, 1, L, L) block-diagonal causal mask: a token sees the earlier tokens of its own sample."""
+    t = torch.arange(length, device=device)
+    sample = torch.searchsorted(cu_seqlens.to(device, torch.long)[1:], t, right=True)  # (L,)
+    return ((t[None, :] <= t[:, None]) & (sample[None, :] == sample[:, None]))[None, None]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: AttentionConfig):
         super().__init__()
@@ -93,10 +100,18 @@ class Attention(nn.Module):
     def make_cache(self, batch: int, max_length: int, dtype, device=None) -> KVCache:
         return KVCache(batch, self.cfg.num_kv_heads, max_length, self.cfg.head_dim, dtype, device)
 
-    def mix(self, u: Tensor, positions: Tensor, valid: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+    def mix(
+        self,
+        u: Tensor,
+        positions: Tensor,
+        valid: Tensor | None = None,
+        cache: KVCache | None = None,
+        cu_seqlens: Tensor | None = None,
+    ) -> Tensor:
         """Attention output before the output projection, (b, L, h·head_dim).
 
-        u (b, L, d) normed input; positions (b, L) RoPE positions; valid (b, past+L) real-token mask.
+        u (b, L, d) normed input; positions (b, L) RoPE positions; valid (b, past+L) real-token mask;
+        cu_seqlens (n+1,) sample starts of a packed row (b = 1): attention stays inside each sample.
         """
         b, L, _ = u.shape
         h, kvh, hd = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
@@ -110,6 +125,11 @@ class Attention(nn.Module):
             past = cache.length
             k, v = cache.update(k, v)
         mask = attention_mask_for(valid, L, past, u.device)
+        if cu_seqlens is not None:
+            if cache is not None:
+                raise ValueError("packed sequences (cu_seqlens) are for training; decode one sample per row")
+            packed = packed_mask(cu_seqlens, L, u.device)
+            mask = packed if mask is None else mask & packed
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and L > 1, enable_gqa=kvh != h
         )

@@ -28,9 +28,11 @@ class DecoderLayer(nn.Module):
         self.post_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x: Tensor, positions: Tensor, valid: Tensor | None, cache) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, positions: Tensor, valid: Tensor | None, cache, cu_seqlens: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Returns the new residual stream and the mixer output before its output projection."""
-        mixed = self.mixer.mix(self.input_norm(x), positions, valid, cache)
+        mixed = self.mixer.mix(self.input_norm(x), positions, valid, cache, cu_seqlens=cu_seqlens)
         x = x + self.mixer.o_proj(mixed)
         return x + self.mlp(self.post_norm(x)), mixed
 
@@ -161,6 +163,7 @@ class Decoder(nn.Module):
         return_layer_io: bool = False,
         inputs_embeds: Tensor | None = None,
         logits_to_keep: int = 0,
+        cu_seqlens: Tensor | None = None,
     ) -> DecoderOutput:
         """input_ids (b, L); attention_mask (b, past+L) with 1 for real tokens (left padding).
 
@@ -168,6 +171,9 @@ class Decoder(nn.Module):
         one: at 100 K tokens the full logits would take more memory than the model).
 
         ``inputs_embeds`` (b, L, d), from ``embed``, replaces ids and pixels (chunked prefill of images).
+
+        ``cu_seqlens`` (n+1,) packs n samples into one row (b = 1, training): positions, the mixers'
+        states and attention restart at each sample start (``data.conversations.pack``).
         """
         x = self.embed(input_ids, pixel_values) if inputs_embeds is None else inputs_embeds
         b, L = x.shape[:2]
@@ -177,7 +183,11 @@ class Decoder(nn.Module):
                 f"sequence of {past + L} tokens exceeds the model's max_position {self.config.max_position}; "
                 "shorten the prompt"
             )
-        if attention_mask is not None:
+        if cu_seqlens is not None:
+            t = torch.arange(L, device=x.device)
+            starts = cu_seqlens.to(x.device, torch.long)
+            positions = (t - starts[torch.searchsorted(starts[1:], t, right=True)]).expand(b, L)
+        elif attention_mask is not None:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
         else:
             positions = torch.arange(past, past + L, device=x.device).expand(b, L)
@@ -185,7 +195,7 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             if return_layer_io:
                 out.layer_inputs.append(x)
-            x, mixed = layer(x, positions, attention_mask, None if cache is None else cache[i])
+            x, mixed = layer(x, positions, attention_mask, None if cache is None else cache[i], cu_seqlens)
             x = self.between_layers(i, x)
             if return_layer_io:
                 out.mixer_outputs.append(mixed)

@@ -51,12 +51,19 @@ def set_lr(opt: torch.optim.Optimizer, step: int, total: int, cfg: OptimConfig) 
     return lr
 
 
-def clip_and_step(opt: torch.optim.Optimizer, params: list[nn.Parameter], cfg: OptimConfig) -> float:
-    """Clip and step; a non-finite gradient norm skips the step (the weights stay as they were).
+def clip_and_step(opt: torch.optim.Optimizer, params: list[nn.Parameter], cfg: OptimConfig, comm=None) -> float:
+    """Clip by the global gradient norm and step; a non-finite norm skips the step (weights unchanged).
 
+    FSDP-sharded gradients (DTensors) give the global norm themselves; with ``comm.local_params``
+    (layer-parallel: each process its own parameters) the squares are summed over processes.
     Returns the gradient norm before clipping: NaN or Inf means the step was skipped.
     """
-    norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads, 2.0) if grads else torch.zeros(())
+    if comm is not None and comm.local_params:
+        total = comm.sum(total.reshape(1) ** 2).sqrt()[0]
+    torch.nn.utils.clip_grads_with_norm_(params, cfg.clip, total)
+    norm = float(total.full_tensor() if hasattr(total, "full_tensor") else total)
     if math.isfinite(norm):
         opt.step()
     opt.zero_grad(set_to_none=True)

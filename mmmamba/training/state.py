@@ -82,3 +82,68 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> list[int]:
         raise MmmambaError(f"{n} training samples are fewer than one batch of {batch}; lower the batch size")
     epoch, i = divmod(step, per_epoch)
     return epoch_order(n, seed, epoch)[i * batch : (i + 1) * batch].tolist()
+
+
+# ---- sharded state (several processes): torch.distributed.checkpoint, resumable on any process count ----
+
+DCP_DIR = "train_state.dcp"
+
+
+def _plain_dicts(model: torch.nn.Module, opt: torch.optim.Optimizer, full: bool = False):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    return get_state_dict(model, opt, options=StateDictOptions(full_state_dict=full, cpu_offload=full))
+
+
+def save_sharded_state(folder, model, opt, step: int, extra: dict, comm) -> None:
+    """Every process writes its shards (DCP) into a temporary folder; rank 0 adds ``meta.json`` and
+    renames it into place, so a kill leaves the previous state or the new one, never half of one."""
+    import torch.distributed.checkpoint as dcp
+
+    from ..io import publish_dir, temp_sibling, write_json_atomic
+
+    final = Path(folder) / DCP_DIR
+    tmp = Path(comm.broadcast_object(str(temp_sibling(final)) if comm.rank == 0 else None))
+    msd, osd = _plain_dicts(model, opt)
+    dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(tmp))
+    comm.barrier()
+    if comm.rank == 0:
+        write_json_atomic(tmp / "meta.json", {"step": step, "extra": extra})
+        publish_dir(tmp, final)
+    comm.barrier()
+
+
+def read_sharded_meta(folder) -> dict | None:
+    """``{"step", "extra", "dcp": path}`` of a sharded state, or None."""
+    from ..io import read_json
+
+    f = Path(folder) / DCP_DIR
+    if not (f / "meta.json").is_file():
+        return None
+    meta = read_json(f / "meta.json", "sharded training state")
+    if not isinstance(meta.get("extra"), dict) or not isinstance(meta.get("step"), int):
+        raise MmmambaError(f"{f}: not an mmmamba training state; delete it to restart")
+    return meta | {"dcp": str(f)}
+
+
+def load_sharded_state(meta: dict, model, opt) -> tuple[int, dict]:
+    """Load a DCP state into an unsharded model and optimizer (every process, any process count)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    msd, osd = _plain_dicts(model, opt)
+    state = {"model": msd, "optimizer": osd}
+    try:
+        dcp.load(state, checkpoint_id=meta["dcp"])
+        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    except Exception as e:  # noqa: BLE001 - a foreign or mismatched state, one line
+        raise MmmambaError(
+            f"{meta['dcp']}: the training state does not fit this model or stage ({str(e).splitlines()[0][:120]}); "
+            "delete it to restart the stage"
+        ) from None
+    return int(meta["step"]), meta["extra"]
+
+
+def full_optimizer_state(model, opt) -> dict:
+    """The optimizer state keyed by parameter names (what ``set_optimizer_state_dict`` takes after sharding)."""
+    return _plain_dicts(model, opt)[1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +14,13 @@ from ..data.conversations import collate, encode_sample, read_split
 from ..data.images import ImageProcessor
 from ..data.scenes import CELL, IMAGE_SIZE
 from ..data.tokenizer import ByteTokenizer
-from ..distill.losses import masked_ce
 from ..errors import MmmambaError
 from ..evaluation.tasks import predict, score
 from ..io import check_free_space, check_output_dir, write_text_atomic
 from ..models import Decoder, DecoderConfig, VisionConfig, save_checkpoint
-from .optim import NonFiniteGuard, OptimConfig, clip_and_step, make_adamw, set_lr
+from .loop import StepReport, train_loop
+from .losses import masked_ce
+from .optim import NonFiniteGuard, OptimConfig, make_adamw
 from .state import batch_indices, load_state, save_state
 
 
@@ -107,37 +107,45 @@ def train_teacher(
     if start == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(log_path, "step,lr,loss,val_accuracy\n")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
     report = {}
-    bar = tqdm(range(start, steps), desc=f"train {preset}", initial=start, total=steps, unit="step")
     guard = NonFiniteGuard(f"teacher {preset}")
     t0 = time.time()
-    for step in bar:
-        model.train()
-        batch = collate([examples[i] for i in batch_indices(len(examples), p.batch_size, seed, step)], tok.pad_id)
-        batch = batch.to(device)
-        lr = set_lr(opt, step, steps, p.optim)
-        with autocast:
-            logits = model(batch.input_ids, batch.pixel_values).logits
-        loss = masked_ce(logits, batch.input_ids, batch.loss_mask)  # answers only
-        good = guard.ok(loss)
-        if good:
-            loss.backward()
-            good = math.isfinite(clip_and_step(opt, list(model.parameters()), p.optim))
-        else:
-            opt.zero_grad(set_to_none=True)
-        guard.record(good, step + 1, f"{out / 'train_state.pt'}")
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        last = step + 1 == steps
-        if (step + 1) % eval_every == 0 or last:
+
+    def batch_at(step: int):
+        return collate([examples[i] for i in batch_indices(len(examples), p.batch_size, seed, step)], tok.pad_id).to(
+            device
+        )
+
+    def after_step(r: StepReport) -> bool:
+        nonlocal report
+        if r.step % eval_every == 0 or r.step == steps:
             report = score(val, predict(model, tok, val, progress=False))
-            bar.write(
-                f"step {step + 1}: loss {loss.item():.4f}, val accuracy {report['mean_accuracy']:.3f} "
+            tqdm.write(
+                f"step {r.step}: loss {r.loss:.4f}, val accuracy {report['mean_accuracy']:.3f} "
                 f"{ {k: round(v, 2) for k, v in report['per_family'].items()} }"
             )
             with log_path.open("a") as f:
-                csv.writer(f).writerow([step + 1, f"{lr:.3e}", f"{loss.item():.5f}", f"{report['mean_accuracy']:.4f}"])
-            save_state(out, model, opt, step + 1, settings)
+                csv.writer(f).writerow([r.step, f"{r.lr:.3e}", f"{r.loss:.5f}", f"{report['mean_accuracy']:.4f}"])
+            save_state(out, model, opt, r.step, settings)
+        return False
+
+    train_loop(
+        params=list(model.parameters()),
+        opt=opt,
+        optim=p.optim,
+        steps=steps,
+        start=start,
+        micro_batches=lambda step: [batch_at(step)],
+        loss=lambda batch: masked_ce(
+            model(batch.input_ids, batch.pixel_values).logits, batch.input_ids, batch.loss_mask, batch.totals[1]
+        ),  # answers only
+        guard=guard,
+        last_good=lambda: f"{out / 'train_state.pt'}",
+        after_step=after_step,
+        device=device,
+        desc=f"train {preset}",
+        train_mode=model.train,
+    )
     model.eval()
     save_checkpoint(model, out, extra=tok.save)
     print(f"wrote {out} in {time.time() - t0:.0f} s")
