@@ -251,6 +251,9 @@ def cmd_distill(args) -> None:
         lr_scale=args.lr_scale,
         device=resolve_device(args.device),
         allow_outside_images=args.allow_outside_images,
+        pack=args.pack,
+        micro_batch=args.micro_batch,
+        parallel=args.parallel,
     )
     if args.dry_run:
         e = distill(args.teacher, args.student, args.data, args.out, cfg, dry_run=True)
@@ -514,6 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
     p.add_argument("--dry-run", action="store_true", help="check everything, estimate memory/disk/time, write nothing")
+    p.add_argument("--pack", action="store_true", help="pack each micro-batch into one row (cu_seqlens), no padding")
+    p.add_argument(
+        "--micro-batch", type=int_in(1, 1 << 16), default=None, help="samples per forward per process (accumulation)"
+    )
+    p.add_argument(
+        "--parallel", choices=("fsdp", "layer"), default="fsdp",
+        help="under torchrun: FSDP2 data-parallel, or layer-parallel for stages 1-2 (each rank owns some layers)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("report", help="RESULTS.md tables + PNG chart + quality.json from distillation runs")

@@ -545,9 +545,10 @@ def distill(
 
             osd = full_optimizer_state(student, opt) if start else None
             plain = copy.deepcopy(student) if lead else student
-            mixers = [student.layers[i].mixer for i in mamba_layers(student)]
-            units = mixers if base.layer_local else mixers + [layer for layer in student.layers]
-            shard_fsdp(comm, units, "mix", None if base.layer_local else student)
+            if base.layer_local:  # the losses call each mixer's ``mix`` and nothing else of the student
+                shard_fsdp(comm, [student.layers[i].mixer for i in mamba_layers(student)], "mix")
+            else:
+                shard_fsdp(comm, list(student.layers), root=student)
             params = select_trainable(student, stage)
             opt = make_adamw(params, stage.optim)
             if osd is not None:

@@ -61,7 +61,9 @@ def train_loop(
         if train_mode is not None:
             train_mode()
         pieces = micro_batches(step)
-        totals = comm.sum(torch.stack([b.counts() for b in pieces]).sum(0))  # tokens, targets of the global batch
+        totals = torch.stack([b.counts() for b in pieces]).sum(0)  # tokens, targets of this process's pieces
+        if not comm.local_params:  # data-parallel: the global batch is spread over the processes
+            totals = comm.sum(totals)
         lr = set_lr(opt, step, steps, optim)
         total_loss, good = 0.0, True
         for i, batch in enumerate(pieces):
