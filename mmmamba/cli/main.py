@@ -185,6 +185,27 @@ def cmd_data_make(args) -> None:
     print(f"wrote {args.out}: train/val/test JSONL + images (seed {args.seed}, per family {sizes})")
 
 
+def cmd_import_gguf(args) -> None:
+    import torch
+
+    from ..io import check_free_space, check_output_dir, human_bytes, same_or_inside
+    from ..models.gguf import import_gguf, open_gguf
+
+    out = check_output_dir(args.out)
+    if same_or_inside(args.file, out):
+        raise MmmambaError(f"--out {out} is or contains {args.file}; write the checkpoint to a new folder")
+    open_gguf(args.file)  # a missing or foreign file is refused before any work
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    check_free_space(out, 8 * Path(args.file).stat().st_size * dtype.itemsize, "the dequantized checkpoint")
+    model = import_gguf(args.file, out, dtype, shard_size(args.max_shard_size))
+    n = sum(p.numel() for p in model.parameters())
+    size = sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file())
+    print(
+        f"wrote {out}: {model.config.conversion['source']} {n / 1e6:.1f} M parameters, {model.config.num_layers} "
+        f"layers, dequantized to {args.dtype} ({human_bytes(size)}), tokenizer and chat template from the file"
+    )
+
+
 def cmd_teacher_train(args) -> None:
     from ..training.teacher import train_teacher
 
@@ -471,6 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int_in(1, 100_000), default=100, help="test samples per family")
     p.add_argument("--recall-images", default="2,3,4", help="image counts of the multi-image recall family")
     p.set_defaults(func=cmd_data_make)
+
+    p = sub.add_parser("import", help="bring a model in from another format (gguf: a llama.cpp file)")
+    isub = p.add_subparsers(dest="action", required=True, metavar="FORMAT")
+    p = isub.add_parser("gguf", help="dequantize a .gguf file into a checkpoint folder (weights + tokenizer)")
+    p.add_argument("file", help="the .gguf file (Llama or Qwen2; F32/F16/BF16/Q8_0/Q4_0/Q4_1/K-quants)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of the weights")
+    p.add_argument("--max-shard-size", default="2GB", help="split the safetensors above this size (e.g. 500MB)")
+    p.set_defaults(func=cmd_import_gguf)
 
     p = sub.add_parser("teacher", help="the embedded teacher VLM")
     tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")

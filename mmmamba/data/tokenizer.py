@@ -155,6 +155,11 @@ TOKENIZER_FILES = (
 
 def copy_tokenizer(src, dst) -> None:
     """Copy a checkpoint's tokenizer files next to a derived checkpoint (those the source has), atomically."""
+    if Path(src).suffix.lower() == ".gguf" and Path(src).is_file():  # built from the file's metadata
+        from ..models.gguf import gguf_hf_tokenizer, write_tokenizer
+
+        write_tokenizer(gguf_hf_tokenizer(src), dst)
+        return
     for name in TOKENIZER_FILES:
         if (Path(src) / name).is_file():
             write_atomic(Path(dst) / name, lambda p, name=name: shutil.copyfile(Path(src) / name, p))
@@ -162,6 +167,10 @@ def copy_tokenizer(src, dst) -> None:
 
 def load_tokenizer(folder) -> ChatTokenizer:
     """The tokenizer saved in a checkpoint folder: ours (byte-level) or a Hugging Face one."""
+    if Path(folder).suffix.lower() == ".gguf" and Path(folder).is_file():  # a llama.cpp file's own tokenizer
+        from .hf_tokenizer import HFTokenizer
+
+        return HFTokenizer(folder)
     f = Path(folder) / FILENAME
     if f.exists() and not f.is_file():
         raise MmmambaError(f"{f}: is not a file; copy the teacher's tokenizer files into {folder}")

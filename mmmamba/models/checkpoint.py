@@ -400,8 +400,17 @@ def read_model_config(path) -> tuple[dict, bool]:
     raise MmmambaError(f"{where}: neither an mmmamba nor a Hugging Face checkpoint")
 
 
+def is_gguf_file(path) -> bool:
+    """A llama.cpp ``.gguf`` file, accepted wherever a model folder is (read by ``gguf.py``)."""
+    return Path(path).suffix.lower() == ".gguf" and Path(path).is_file()
+
+
 def load_config(path) -> DecoderConfig:
-    """The DecoderConfig of an mmmamba checkpoint, without reading its weights (HF folders: None)."""
+    """The DecoderConfig of a checkpoint folder (ours or Hugging Face) or a .gguf file, without its weights."""
+    if is_gguf_file(path):
+        from .gguf import gguf_config, open_gguf
+
+        return gguf_config(open_gguf(path), path)[0]
     raw, ours = read_model_config(path)
     if not ours:
         from .hf_import import hf_config
@@ -422,6 +431,10 @@ def config_from_dict(raw: dict, where) -> DecoderConfig:
 
 def load_checkpoint(path, dtype: torch.dtype | None = None) -> Decoder:
     path = Path(path)
+    if is_gguf_file(path):
+        from .gguf import load_gguf_decoder
+
+        return load_gguf_decoder(path, dtype)
     raw, ours = read_model_config(path)
     manifest_sizes(path)
     if not ours:
