@@ -223,7 +223,7 @@ def check_output_file(path, flag: str = "--out") -> Path:
         raise MmmambaError(f"{flag} {path}: is a folder, expected a file path; name a file")
     if path.exists() and not os.access(path, os.W_OK):
         raise MmmambaError(f"{flag} {path}: the file is read-only; choose a writable location")
-    _check_parent_chain(path, flag)
+    _check_parent_chain(path.parent if path.is_file() else path, flag)  # an existing file is replaced
     return path
 
 

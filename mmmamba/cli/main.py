@@ -185,6 +185,64 @@ def cmd_data_make(args) -> None:
     print(f"wrote {args.out}: train/val/test JSONL + images (seed {args.seed}, per family {sizes})")
 
 
+def cmd_data_text(args) -> None:
+    from ..data.text_corpus import build_text_corpus, collect_files
+    from ..data.tokenizer import load_tokenizer
+    from ..io import check_free_space, check_output_dir
+
+    out = check_output_dir(args.out)
+    files = collect_files(args.inputs)
+    for f in files:
+        if same_or_inside_out(f, out):
+            raise MmmambaError(f"--out {out}: holds the input {f}; write the corpus to a new folder")
+    if args.val_frac + args.test_frac >= 1:
+        raise MmmambaError(f"--val-frac {args.val_frac} + --test-frac {args.test_frac}: leave some text for training")
+    check_free_space(out, 12 * sum(f.stat().st_size for f in files), "the text corpus")
+    tok = load_tokenizer(args.tokenizer)
+    info = build_text_corpus(
+        args.inputs, out, tok, args.tokenizer, args.seq_len, args.val_frac, args.test_frac, args.seed, args.min_tokens
+    )
+    sizes = ", ".join(f"{k} {v['chunks']} chunks / {v['tokens']} tokens" for k, v in info["splits"].items())
+    print(f"wrote {out}: {info['documents']} documents -> {sizes} (seq_len {args.seq_len})")
+
+
+def same_or_inside_out(path, out) -> bool:
+    from ..io import same_or_inside
+
+    return Path(out).exists() and same_or_inside(path, out)
+
+
+def cmd_data_self_distill(args) -> None:
+    import torch
+
+    from ..data.self_distill import read_prompts, self_distill
+    from ..data.tokenizer import load_tokenizer
+    from ..infer import SamplingConfig
+    from ..io import check_output_dir, same_or_inside
+    from ..models import load_checkpoint
+
+    out = check_output_dir(args.out)
+    if Path(args.teacher).exists() and same_or_inside(args.teacher, out):
+        raise MmmambaError(f"--out {out} is or contains the teacher {args.teacher}; write the data to a new folder")
+    if args.val_frac + args.test_frac >= 1:
+        raise MmmambaError(f"--val-frac {args.val_frac} + --test-frac {args.test_frac}: leave some for training")
+    prompts = read_prompts(args.prompts)
+    device = resolve_device(args.device)
+    tok = load_tokenizer(args.teacher)
+    dtype = torch.bfloat16 if device.startswith("cuda") and args.dtype == "auto" else torch.float32
+    dtype = {"auto": dtype, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    teacher = load_checkpoint(args.teacher).to(device=device, dtype=dtype).eval()
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
+    meta = self_distill(
+        teacher, tok, prompts, out, args.teacher, args.max_new_tokens, args.batch_size, sampling,
+        args.val_frac, args.test_frac, args.seed,
+    )  # fmt: skip
+    print(
+        f"wrote {out}: {meta['kept']} of {meta['prompts']} prompts answered by {args.teacher} on {device} "
+        f"({meta['dropped_unfinished']} unfinished, {meta['dropped_empty']} empty dropped); splits {meta['splits']}"
+    )
+
+
 def cmd_import_gguf(args) -> None:
     import torch
 
@@ -225,19 +283,24 @@ def cmd_teacher_train(args) -> None:
 def cmd_eval(args) -> None:
     from ..data.conversations import check_images_match, read_split
     from ..data.tokenizer import load_tokenizer
-    from ..evaluation.tasks import check_prompts, predict, print_table, score, write_report
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.freeform import print_freeform
+    from ..evaluation.tasks import print_table, write_report
     from ..io import check_output_file
     from ..models import load_checkpoint
 
     if args.json:
         check_output_file(args.json, "--json")
+    device = resolve_device(args.device)
     samples = read_split(args.data, args.split, args.allow_outside_images, args.limit)
-    model = load_checkpoint(args.model).float()
+    model = load_checkpoint(args.model).float().to(device)
     tok = load_tokenizer(args.model)
     check_images_match(samples, model.config.vision, f"--model {args.model}")
-    check_prompts(model, tok, samples)
-    report = score(samples, predict(model, tok, samples, args.batch_size))
-    print_table(report, f"{args.model} on {args.data} [{args.split}]")
+    teacher = None if args.teacher is None else load_checkpoint(args.teacher).float().to(device)
+    report = evaluate(model, tok, samples, args.max_new_tokens, args.batch_size, teacher, args.agreement_tokens)
+    title = f"{args.model} on {args.data} [{args.split}], answers up to {report['max_new_tokens']} tokens"
+    print_table(report, title)
+    print_freeform(report["free_form"])
     if args.json:
         write_report(report, args.json)
 
@@ -482,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="check inputs and output, estimate memory, write nothing")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("data", help="the built-in multimodal task suite")
+    p = sub.add_parser("data", help="data sets: the built-in task suite, a text corpus, a teacher-answered chat set")
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = dsub.add_parser("make", help="generate train/val/test JSONL + PNG scenes (deterministic for a seed)")
     p.add_argument("--out", required=True, help="folder to write the suite to")
@@ -492,6 +555,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=int_in(1, 100_000), default=100, help="test samples per family")
     p.add_argument("--recall-images", default="2,3,4", help="image counts of the multi-image recall family")
     p.set_defaults(func=cmd_data_make)
+
+    p = dsub.add_parser("text", help="plain text / Markdown / HTML files -> tokenised text corpus (train/val/test)")
+    p.add_argument("--inputs", nargs="+", required=True, help="files and folders (.txt .md .rst .html .htm)")
+    p.add_argument("--out", required=True, help="folder to write train/val/test.jsonl + corpus.json to")
+    p.add_argument("--tokenizer", required=True, help="model folder (or .gguf) whose tokenizer to use")
+    p.add_argument("--seq-len", type=int_in(8, 1 << 20), default=512, help="tokens per chunk")
+    p.add_argument("--min-tokens", type=int_in(1, 1 << 20), default=32, help="drop shorter chunks")
+    p.add_argument("--val-frac", type=float_in(0.0, 0.9), default=0.05, help="share of documents for val")
+    p.add_argument("--test-frac", type=float_in(0.0, 0.9), default=0.05, help="share of documents for test")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.set_defaults(func=cmd_data_text)
+    p = dsub.add_parser("self-distill", help="answer prompts with the teacher -> chat JSONL (train/val/test)")
+    p.add_argument("--teacher", required=True, help="teacher checkpoint folder (or .gguf)")
+    p.add_argument("--prompts", required=True, help=".txt (one prompt a line) or .jsonl ({'prompt': ...})")
+    p.add_argument("--out", required=True, help="folder to write train/val/test.jsonl + meta.json to")
+    p.add_argument("--max-new-tokens", type=int_in(1, 1 << 20), default=256, help="longer answers are dropped")
+    p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=32)
+    p.add_argument("--temperature", type=float_in(0.0, 1e4), default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int_in(0, 1 << 24), default=0, help="0 = off")
+    p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=1.0, help="1 = off")
+    p.add_argument("--val-frac", type=float_in(0.0, 0.9), default=0.05)
+    p.add_argument("--test-frac", type=float_in(0.0, 0.9), default=0.1)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto: bf16 on CUDA")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=cmd_data_self_distill)
 
     p = sub.add_parser("import", help="bring a model in from another format (gguf: a llama.cpp file)")
     isub = p.add_subparsers(dest="action", required=True, metavar="FORMAT")
@@ -515,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
     p.set_defaults(func=cmd_teacher_train)
 
-    p = sub.add_parser("eval", help="exact-match accuracy per task family, greedy decoding")
+    p = sub.add_parser("eval", help="greedy answers: exact match per family, token F1, agreement with a teacher")
     p.add_argument("--model", required=True, help="checkpoint folder")
     p.add_argument("--data", required=True, help="task-suite folder")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -523,6 +612,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=64)
     p.add_argument("--limit", type=int_in(1, 1 << 40), default=None, help="evaluate only the first N samples")
     p.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
+    p.add_argument(
+        "--max-new-tokens", type=int_in(1, 1 << 20), default=None,
+        help="answer cap (default: the longest reference answer in tokens + 4)",
+    )  # fmt: skip
+    p.add_argument("--teacher", default=None, help="also score greedy agreement with this model's answers")
+    p.add_argument("--agreement-tokens", type=int_in(1, 1 << 20), default=16, help="N of first-N-token agreement")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("distill", help="distil a converted student from its teacher, stages 1-3 (resumable)")

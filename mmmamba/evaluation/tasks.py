@@ -53,15 +53,17 @@ def check_prompts(model: Decoder, tok: ChatTokenizer, samples: list[Sample], max
 
 
 @torch.no_grad()
-def predict(
+def predict_ids(
     model: Decoder,
     tok: ChatTokenizer,
     samples: list[Sample],
     batch_size: int = 64,
     max_new_tokens: int = 16,
     progress: bool = True,
-) -> dict[str, str]:
-    """Greedy answers by sample id. Prompts are batched by length; a batch answers as each prompt alone."""
+    desc: str = "eval",
+) -> dict[str, list[int]]:
+    """Greedy answer tokens by sample id (the stop token included when it came within
+    ``max_new_tokens``). Prompts are batched by length; a batch answers as each prompt alone."""
     if batch_size < 1:
         raise MmmambaError(f"batch size {batch_size}: give 1 or more")
     model.eval()
@@ -76,7 +78,7 @@ def predict(
     encoded = {s.id: prompt(s) for s in samples}
     order = sorted(samples, key=lambda s: len(encoded[s.id][0]))
     out = {}
-    for i in tqdm(range(0, len(order), batch_size), desc="eval", unit="batch", disable=not progress):
+    for i in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
         chunk = order[i : i + batch_size]
         prompts = [encoded[s.id][0] for s in chunk]
         pixels = None if images is None else torch.cat([encoded[s.id][1] for s in chunk])
@@ -90,8 +92,25 @@ def predict(
             pad_id=tok.pad_id,
         )
         for s, ids in zip(chunk, answers):
-            out[s.id] = tok.decode([t for t in ids if t not in tok.stop_ids])
+            out[s.id] = list(ids)
     return out
+
+
+def decode_answer(tok: ChatTokenizer, ids: list[int]) -> str:
+    return tok.decode([t for t in ids if t not in tok.stop_ids])
+
+
+def predict(
+    model: Decoder,
+    tok: ChatTokenizer,
+    samples: list[Sample],
+    batch_size: int = 64,
+    max_new_tokens: int = 16,
+    progress: bool = True,
+) -> dict[str, str]:
+    """Greedy answers (text) by sample id; see ``predict_ids``."""
+    ids = predict_ids(model, tok, samples, batch_size, max_new_tokens, progress)
+    return {k: decode_answer(tok, v) for k, v in ids.items()}
 
 
 def print_table(report: dict, title: str = "") -> None:

@@ -1,0 +1,258 @@
+"""Plain text, Markdown and HTML files → a tokenised text corpus for distillation (stages 1–3 need
+only text, no answers).
+
+Output folder (``mmmamba data text``): ``train.jsonl``, ``val.jsonl``, ``test.jsonl`` and
+``corpus.json``. One chunk a line: ``{"id", "source", "text", "input_ids"}`` where ``input_ids``
+(authoritative; at most ``seq_len`` tokens) is the chunk under the named tokenizer and ``text`` its
+decoding, for reading. A document is the tokenizer's ``bos`` (if it has one), its text, then
+``end`` (eos), cut into consecutive windows of ``seq_len`` tokens; a window shorter than
+``min_tokens`` is dropped. Documents (not chunks) are assigned to splits, so held-out text never
+shares a document with training text. ``corpus.json`` records the tokenizer, ``seq_len``, the
+splits' sizes and every source file.
+
+HTML is reduced to its main content (an element with ``role="main"``, ``<main>`` or ``<article>``
+when there is one, else ``<body>``) without scripts, styles, navigation, headers and footers;
+Markdown loses its link targets, images and emphasis marks. Nothing is fetched or executed.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from html.parser import HTMLParser
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import MmmambaError
+from ..io import parse_json, write_json_atomic, write_text_atomic
+from .tokenizer import ChatTokenizer
+
+SUFFIXES = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".rst": "text"}
+SUFFIXES |= {".html": "html", ".htm": "html", ".xhtml": "html"}
+MAX_FILE_BYTES = 64 * 1024**2
+SPLITS = ("train", "val", "test")
+
+_BLOCK = {"p", "div", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "br", "tr", "dt", "dd", "table"}
+_BLOCK |= {"section", "blockquote", "article", "main", "hr", "figcaption", "dl"}
+_SKIP = {"script", "style", "nav", "header", "footer", "head", "noscript", "svg", "form", "button", "template"}
+_VOID = {"br", "hr", "img", "input", "meta", "link", "area", "base", "col", "embed", "source", "track", "wbr"}
+
+
+class _HTMLText(HTMLParser):
+    """Visible text of the main content; block elements become line breaks, ``<pre>`` keeps its spacing."""
+
+    def __init__(self, main_only: bool):
+        super().__init__(convert_charrefs=True)
+        self.main_only = main_only
+        self.main: tuple[str, int] | None = None  # (tag, nesting of that tag) while inside the main element
+        self.skip: dict[str, int] = {}
+        self.pre = 0
+        self.done = False
+        self.parts: list[str] = []
+
+    def _inside(self) -> bool:
+        return not self.done and (self.main is not None or not self.main_only) and not any(self.skip.values())
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if self.main is not None and tag == self.main[0]:
+            self.main = (tag, self.main[1] + 1)
+        elif self.main is None and self.main_only and (a.get("role") == "main" or tag in ("main", "article")):
+            self.main = (tag, 1)
+        if tag in _VOID:
+            if tag in ("br", "hr") and self._inside():
+                self.parts.append("\n")
+            return
+        classes = (a.get("class") or "").split()
+        if tag in _SKIP or a.get("role") == "navigation" or "headerlink" in classes or a.get("hidden") is not None:
+            self.skip[tag] = self.skip.get(tag, 0) + 1
+        if tag == "pre":
+            self.pre += 1
+        if tag in _BLOCK and self._inside():
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag):
+        if tag in _BLOCK and self._inside():
+            self.parts.append("\n")
+        if self.skip.get(tag):
+            self.skip[tag] -= 1
+        if tag == "pre" and self.pre:
+            self.pre -= 1
+        if self.main is not None and tag == self.main[0]:
+            depth = self.main[1] - 1
+            self.main = None if depth == 0 else (tag, depth)
+            self.done = depth == 0  # the main element is over: keep nothing after it
+
+    def handle_data(self, data):
+        if self._inside():
+            self.parts.append(data if self.pre else re.sub(r"\s+", " ", data))
+
+
+def html_to_text(html: str) -> str:
+    main = bool(re.search(r"""role=["']main["']|<main[\s>]|<article[\s>]""", html, re.I))
+    parser = _HTMLText(main)
+    parser.feed(html)
+    parser.close()
+    return _tidy("".join(parser.parts).replace("¶", ""))
+
+
+def markdown_to_text(md: str) -> str:
+    text = re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"\1", md)  # images → alt text
+    text = re.sub(r"\[([^\]]+)\]\([^)]*\)", r"\1", text)  # links → their text
+    text = re.sub(r"<[^>\n]+>", "", text)  # inline HTML tags
+    text = re.sub(r"^\s{0,3}#{1,6}\s*", "", text, flags=re.M)  # heading marks
+    text = re.sub(r"(\*\*|__|\*|`{1,3})", "", text)  # emphasis and code marks
+    return _tidy(text)
+
+
+def _tidy(text: str) -> str:
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def read_document(path: Path, where: str | None = None) -> str:
+    """A file's text (HTML and Markdown reduced to prose); a file that is not UTF-8 is an error naming it."""
+    where = where or str(path)
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise MmmambaError(f"{where}: larger than {MAX_FILE_BYTES >> 20} MB; split it or leave it out")
+    try:
+        raw = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MmmambaError(f"{where}: not UTF-8 text (byte {e.start}); re-save it as UTF-8 or leave it out") from None
+    kind = SUFFIXES[path.suffix.lower()]
+    return html_to_text(raw) if kind == "html" else markdown_to_text(raw) if kind == "markdown" else _tidy(raw)
+
+
+def collect_files(inputs: list[str]) -> list[Path]:
+    """Files named, and the text/Markdown/HTML files under folders named (sorted, each once)."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if not p.exists():
+            raise MmmambaError(f"--inputs {item}: does not exist; name text/Markdown/HTML files or folders")
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+            if not found:
+                raise MmmambaError(f"--inputs {item}: no {'/'.join(sorted(SUFFIXES))} files in this folder")
+            files += found
+        elif p.suffix.lower() not in SUFFIXES:
+            raise MmmambaError(f"--inputs {item}: unknown kind {p.suffix or '(no suffix)'}; use {sorted(SUFFIXES)}")
+        else:
+            files.append(p)
+    return list(dict.fromkeys(files))
+
+
+@dataclass
+class Chunk:
+    id: str
+    source: str
+    input_ids: list[int]
+
+
+def chunk_document(ids: list[int], seq_len: int, min_tokens: int) -> list[list[int]]:
+    windows = [ids[i : i + seq_len] for i in range(0, len(ids), seq_len)]
+    return [w for w in windows if len(w) >= min_tokens]
+
+
+def split_of(index: int, n_docs: int, val_frac: float, test_frac: float) -> str:
+    """Documents are shuffled first; the last ``test_frac`` go to test, the ``val_frac`` before them to val."""
+    n_test = round(n_docs * test_frac) if test_frac else 0
+    n_val = round(n_docs * val_frac) if val_frac else 0
+    if index >= n_docs - n_test:
+        return "test"
+    return "val" if index >= n_docs - n_test - n_val else "train"
+
+
+def build_text_corpus(
+    inputs: list[str],
+    out,
+    tok: ChatTokenizer,
+    tokenizer_name: str,
+    seq_len: int = 512,
+    val_frac: float = 0.05,
+    test_frac: float = 0.05,
+    seed: int = 0,
+    min_tokens: int = 32,
+    min_chars: int = 200,
+    progress: bool = True,
+) -> dict:
+    """Read, clean, tokenise and split ``inputs`` into ``out`` (one atomic write per file)."""
+    files = collect_files(inputs)
+    docs: list[tuple[str, str]] = []
+    skipped = 0
+    for f in tqdm(files, desc="read", unit="file", disable=not progress):
+        text = read_document(f)
+        if len(text) < min_chars:
+            skipped += 1
+            continue
+        docs.append((str(f), text))
+    n_val_test = (1 if val_frac else 0) + (1 if test_frac else 0)
+    if len(docs) < 1 + n_val_test:
+        raise MmmambaError(
+            f"--inputs: {len(docs)} document(s) of at least {min_chars} characters; need {1 + n_val_test} "
+            "(one per split); add text or set --val-frac/--test-frac 0"
+        )
+    random.Random(seed).shuffle(docs)
+    chunks: dict[str, list[Chunk]] = {s: [] for s in SPLITS}
+    head = [tok.bos_id] if tok.bos_id is not None else []
+    for i, (source, text) in enumerate(tqdm(docs, desc="tokenise", unit="doc", disable=not progress)):
+        split = split_of(i, len(docs), val_frac, test_frac)
+        for k, window in enumerate(chunk_document(head + tok.encode_text(text) + [tok.end_id], seq_len, min_tokens)):
+            chunks[split].append(Chunk(f"{split}-{i:06d}-{k:04d}", source, window))
+    for split in SPLITS:
+        if not chunks[split] and (split == "train" or (val_frac if split == "val" else test_frac)):
+            raise MmmambaError(
+                f"--inputs: the {split} split got no chunk of {min_tokens}+ tokens; add text or lower --min-tokens"
+            )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        lines = [
+            json.dumps({"id": c.id, "source": c.source, "text": tok.decode(c.input_ids), "input_ids": c.input_ids})
+            for c in chunks[split]
+        ]
+        write_text_atomic(out / f"{split}.jsonl", "".join(line + "\n" for line in lines))
+    info = {
+        "format": "mmmamba-text-corpus",
+        "tokenizer": str(tokenizer_name),
+        "vocab_size": getattr(tok, "vocab_size", None),
+        "seq_len": seq_len,
+        "min_tokens": min_tokens,
+        "seed": seed,
+        "splits": {s: {"chunks": len(c), "tokens": sum(len(x.input_ids) for x in c)} for s, c in chunks.items()},
+        "documents": len(docs),
+        "skipped_short_files": skipped,
+        "sources": sorted(s for s, _ in docs),
+    }
+    write_json_atomic(out / "corpus.json", info)
+    return info
+
+
+def read_text_split(data_dir, split: str, vocab_size: int | None = None) -> list[list[int]]:
+    """``{data_dir}/{split}.jsonl`` of a text corpus → token windows; each line checked (``file:line``)."""
+    path = Path(data_dir) / f"{split}.jsonl"
+    if not path.is_file():
+        raise MmmambaError(f"{path}: no such text-corpus split; build it with `mmmamba data text`")
+    out = []
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise MmmambaError(f"{where}: not UTF-8 text; re-save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            rec = parse_json(line, where, "line")
+            ids = rec.get("input_ids") if isinstance(rec, dict) else None
+            if not isinstance(ids, list) or not ids or not all(type(i) is int and i >= 0 for i in ids):
+                raise MmmambaError(f"{where}: 'input_ids' must be a non-empty list of token ids")
+            if vocab_size is not None and max(ids) >= vocab_size:
+                raise MmmambaError(f"{where}: token id {max(ids)} outside the model's vocabulary of {vocab_size}")
+            out.append(ids)
+    if not out:
+        raise MmmambaError(f"{path}: holds no chunks; the {split} split must not be empty")
+    return out

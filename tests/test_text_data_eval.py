@@ -1,0 +1,163 @@
+"""Offline real-data builders (text corpus, teacher-answered chat set) and free-form evaluation."""
+
+import json
+
+import pytest
+
+from mmmamba.cli.main import main
+from mmmamba.data.conversations import read_split
+from mmmamba.data.text_corpus import html_to_text, markdown_to_text, read_text_split
+from mmmamba.data.tokenizer import ByteTokenizer, load_tokenizer
+from mmmamba.evaluation.freeform import agreement, normalize, reference_scores, token_f1
+
+HTML = """<html><head><title>T</title><style>p {}</style><script>var x = 1;</script></head><body>
+<nav role="navigation"><a href="/">Home</a> | <a href="/x">Index</a></nav>
+<div class="body" role="main"><h1>Control Flow<a class="headerlink" href="#c">¶</a></h1>
+<p>The <code>if</code> statement &amp; friends.<br>Second line.</p>
+<div><p>Nested <b>paragraph</b>.</div>
+<pre>for x in y:
+    print(x)</pre>
+</div><div class="footer">Copyright</div></body></html>"""
+
+
+def test_html_keeps_main_content_only():
+    text = html_to_text(HTML)
+    assert text.startswith("Control Flow\n")
+    assert "The if statement & friends.\nSecond line." in text
+    assert "Nested paragraph." in text and "    print(x)" in text
+    for gone in ("Home", "Index", "var x", "p {}", "Copyright", "¶", "T\n"):
+        assert gone not in text
+
+
+def test_markdown_loses_markup():
+    text = markdown_to_text("# Title\n\nSee [the docs](http://x) and ![img](a.png) **now** `code`.\n\n\n\nEnd")
+    assert text == "Title\n\nSee the docs and img now code.\n\nEnd"
+
+
+def write_docs(folder, n=6):
+    folder.mkdir()
+    for i in range(n):
+        body = " ".join(f"Sentence {j} of document {i} about loops and lists." for j in range(20))
+        (folder / f"d{i}.md").write_text(f"# Doc {i}\n\n{body}\n")
+    (folder / "page.html").write_text(HTML.replace("Second line.", "Second line. " + "More words here. " * 20))
+    (folder / "skip.bin").write_bytes(b"\x00\xff")
+
+
+def test_data_text_builds_documented_splits(tmp_path, capsys):
+    write_docs(tmp_path / "docs")
+    (tmp_path / "tok").mkdir()
+    ByteTokenizer().save(tmp_path / "tok")
+    out = tmp_path / "corpus"
+    args = ["data", "text", "--inputs", str(tmp_path / "docs"), "--out", str(out), "--tokenizer", str(tmp_path / "tok")]
+    assert main([*args, "--seq-len", "128", "--val-frac", "0.2", "--test-frac", "0.2"]) == 0
+    info = json.loads((out / "corpus.json").read_text())
+    assert info["documents"] == 7 and info["seq_len"] == 128 and info["format"] == "mmmamba-text-corpus"
+    tok = ByteTokenizer()
+    sources = {}
+    for split in ("train", "val", "test"):
+        chunks = read_text_split(out, split, tok.vocab_size)
+        assert chunks and all(len(c) <= 128 for c in chunks)
+        records = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+        assert [r["input_ids"] for r in records] == chunks
+        assert all(tok.decode(r["input_ids"]) == r["text"] for r in records)
+        sources[split] = {r["source"] for r in records}
+    assert not (sources["train"] & sources["val"]) and not (sources["train"] & sources["test"])  # split by document
+    # one document rebuilt from its windows: bos + text + end
+    first = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    doc = [r for r in first if r["source"] == first[0]["source"]]
+    ids = [i for r in doc for i in r["input_ids"]]
+    assert ids[0] == tok.bos_id and ids[-1] == tok.end_id
+    # bad inputs: one line, exit 2, nothing written
+    capsys.readouterr()
+    for bad in (["--inputs", str(tmp_path / "nope")], ["--inputs", str(tmp_path / "docs" / "skip.bin")]):
+        assert main(["data", "text", *bad, "--out", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "tok")]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 ".encode("latin-1") * 100)
+    assert main(["data", "text", "--inputs", str(tmp_path / "latin1.txt"), "--out", str(tmp_path / "o"),
+                 "--tokenizer", str(tmp_path / "tok")]) == 2  # fmt: skip
+    assert "not UTF-8" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_freeform_metrics():
+    assert normalize("The  Cat, sat!") == "cat sat"
+    assert token_f1("the cat sat", "a cat sat down") == pytest.approx(2 * 1 * (2 / 3) / (1 + 2 / 3))
+    assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0
+    r = reference_scores({"a": "Paris.", "b": "no"}, {"a": "paris", "b": "yes", "c": "x"})
+    assert r["exact_match"] == 0 and r["normalized_exact_match"] == pytest.approx(1 / 3) and r["n"] == 3
+    t = {"a": [1, 2, 3, 9], "b": [4, 5, 9]}
+    s = {"a": [1, 2, 3, 9], "b": [4, 6, 5, 9]}
+    a = agreement(s, t, first_n=3)
+    assert a["full_answer_match"] == 0.5
+    assert a["first_n_token_agreement"] == pytest.approx((3 + 1) / 6)
+    assert a["first_n_prefix"] == pytest.approx((1 + 1 / 3) / 2)
+
+
+@pytest.fixture
+def gguf_teacher(tmp_path):
+    pytest.importorskip("gguf")
+    pytest.importorskip("transformers")
+    from .gguf_files import hf_llama, write_gguf
+
+    write_gguf(tmp_path / "t.gguf", hf_llama())
+    assert main(["import", "gguf", str(tmp_path / "t.gguf"), "--out", str(tmp_path / "teacher")]) == 0
+    return tmp_path / "teacher"
+
+
+def test_self_distill_writes_chat_jsonl_and_drops_unfinished(tmp_path, gguf_teacher, monkeypatch, capsys):
+    import mmmamba.data.self_distill as sd
+
+    tok = load_tokenizer(gguf_teacher)
+    stop = tok.stop_ids[0]
+    prompts = [f"question number {i}" for i in range(12)]
+    (tmp_path / "p.txt").write_text("\n".join(prompts + prompts[:2]) + "\n\n")  # duplicates and blanks ignored
+    real = sd.generate
+    batches = []
+
+    def fake(model, batch, pixels, n, sampling, stop_ids, pad_id):
+        batches.append(len(batch))
+        got = real(model, batch, pixels, 2, sampling, stop_ids, pad_id)  # the real thing runs (left padding)
+        assert all(len(g) == 2 for g in got)
+        # answers: prompt length parity decides a complete one vs one that hit the cap; one empty
+        return [[stop] if len(p) == min(map(len, batch)) and i == 0 else
+                (tok.encode_text(" an answer") + [stop] if len(p) % 2 == 0 else tok.encode_text(" cut off"))
+                for i, p in enumerate(batch)]  # fmt: skip
+
+    monkeypatch.setattr(sd, "generate", fake)
+    out = tmp_path / "chat"
+    args = ["data", "self-distill", "--teacher", str(gguf_teacher), "--prompts", str(tmp_path / "p.txt")]
+    opts = ["--batch-size", "5", "--device", "cpu", "--test-frac", "0.25", "--max-new-tokens", "16"]
+    assert main([*args, "--out", str(out), *opts]) == 0
+    assert batches == [5, 5, 2]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["prompts"] == 12 and meta["kept"] + meta["dropped_unfinished"] + meta["dropped_empty"] == 12
+    assert meta["dropped_empty"] >= 1 and meta["dropped_unfinished"] >= 1
+    kept = [s for split in ("train", "val", "test") if meta["splits"][split] for s in read_split(out, split)]
+    assert len(kept) == meta["kept"] and all(s.turns[0][1] == "an answer" for s in kept)
+    assert {s.turns[0][0] for s in kept} <= set(prompts)
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"nope": 1}\n')
+    assert main([*args[:4], "--prompts", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
+
+
+def test_eval_free_form_and_agreement(tmp_path, gguf_teacher, capsys):
+    data = tmp_path / "chat"
+    data.mkdir()
+    rows = [{"id": f"t{i}", "conversations": [{"from": "human", "value": f"say thing {i}"},
+                                              {"from": "gpt", "value": "the hat is here " * (1 + i)}]}
+            for i in range(4)]  # fmt: skip
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["convert", "--teacher", str(gguf_teacher), "--out", str(tmp_path / "student")]) == 0
+    report = tmp_path / "r.json"
+    args = ["eval", "--data", str(data), "--teacher", str(gguf_teacher), "--device", "cpu", "--json", str(report)]
+    assert main([*args, "--model", str(gguf_teacher)]) == 0
+    r = json.loads(report.read_text())
+    tok = load_tokenizer(gguf_teacher)
+    assert r["max_new_tokens"] == len(tok.answer(rows[-1]["conversations"][1]["value"])) + 4
+    assert r["free_form"]["agreement"]["full_answer_match"] == 1.0  # the teacher agrees with itself
+    assert r["free_form"]["agreement"]["first_n_token_agreement"] == 1.0
+    assert set(r["free_form"]["reference"]) == {"exact_match", "normalized_exact_match", "token_f1", "n"}
+    assert main([*args, "--model", str(tmp_path / "student"), "--max-new-tokens", "5", "--agreement-tokens", "3"]) == 0
+    r = json.loads(report.read_text())
+    assert r["max_new_tokens"] == 5 and r["free_form"]["agreement"]["first_n"] == 3
+    assert 0.0 <= r["free_form"]["agreement"]["first_n_token_agreement"] <= 1.0
+    assert "vs teacher (greedy)" in capsys.readouterr().out
