@@ -1,6 +1,6 @@
 """GPU-only fast paths against plain PyTorch references in float64 (run on the device; CI has no GPU).
 
-    python scripts/gpu_check_kernels.py [OUT.json]
+    python scripts/gpu_check_kernels.py [OUT.json [GROUP ...]]
 
 Checks, each at several shapes with odd lengths:
 1. fla's scan (``ssd_fla_scan``, fp32 and bf16 inputs): outputs, final state and the gradients of
@@ -188,7 +188,9 @@ def check_mixer_grads():
 
 if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = False
-    for fn in (check_scan, check_decode_attention, check_decode_steps, check_mixer_grads):
+    groups = {f.__name__: f for f in (check_scan, check_decode_attention, check_decode_steps, check_mixer_grads)}
+    only = [a for a in sys.argv[2:]]  # optional: the groups to run, e.g. check_decode_steps
+    for fn in (groups[name] for name in only) if only else groups.values():
         print(f"-- {fn.__name__}", flush=True)
         try:
             fn()
