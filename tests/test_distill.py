@@ -122,3 +122,24 @@ def test_mixer_groups_cover_every_parameter_and_a_new_one_trains(setup):
     assert sorted(names) == sorted(n for n, _ in mixer.named_parameters())  # each exactly once
     assert "extra_scale" in groups["new_ssm"]
     assert "layers.0.mixer.extra_scale" in {n for n, _ in select_trainable(student, STAGES[1])}
+
+
+def test_auto_keep_turns_the_worst_layers_back_into_teacher_attention(setup):
+    from mmmamba.distill.auto_keep import apply_auto_keep, layer_error_means
+
+    root, teacher, batch = setup
+    student = load_checkpoint(root / "student")
+    student.config.conversion["auto_keep"] = 1
+    errors = layer_error_means(teacher, student, [batch])
+    assert set(errors) == {0, 2}  # the Mamba-2 layers
+    worst = max(errors, key=errors.get)
+    assert apply_auto_keep(teacher, student, [batch]) == [worst]
+    assert student.config.mixers[worst] == "attention" and student.config.conversion["keep_attention"] == sorted(
+        [1, worst]
+    )
+    for (n, a), b in zip(
+        student.layers[worst].mixer.state_dict().items(), teacher.layers[worst].mixer.state_dict().values()
+    ):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), n  # a copy, not the teacher's storage
+    assert apply_auto_keep(teacher, student, [batch]) is None  # done once
+    assert not any(f"layers.{worst}." in n for n, _ in select_trainable(student, STAGES[3]))

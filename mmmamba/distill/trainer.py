@@ -62,7 +62,8 @@ from ..training.state import (
     save_sharded_state,
     save_state,
 )
-from .losses import layer_errors, mamba_layers, teacher_layer_io
+from .auto_keep import apply_auto_keep
+from .losses import mamba_layers
 from .stages import STAGES, StageConfig, select_trainable
 from .stages import stage_loss as _stage_loss
 
@@ -123,33 +124,10 @@ def check_config(cfg: DistillConfig) -> None:
             raise MmmambaError(f"--{name.replace('_', '-')} {v}: give {need}")
 
 
-def layer_mse_per_layer(teacher: Decoder, student: Decoder, batch: Batch) -> dict[int, torch.Tensor]:
-    """Each Mamba-2 mixer's layer-local error on ``batch`` (stages 1-2's loss, per layer)."""
-    return layer_errors(student, batch, teacher_layer_io(teacher, batch))
-
-
 def stage_loss(stage: StageConfig, cfg: DistillConfig, teacher: Decoder, student: Decoder, batch: Batch):
     """The stage's loss on one batch with this run's loss options (temperature, CE weight)."""
     stage = stage.with_options(temperature=cfg.temperature, ce_weight=cfg.ce_weight)
     return _stage_loss(stage, teacher, student, batch)
-
-
-def keep_hardest_as_attention(teacher: Decoder, student: Decoder, val: list[Batch], k: int) -> list[int]:
-    """auto:K — turn back into (copied) teacher attention the K layers with the largest layer-local error."""
-    totals: dict[int, float] = {}
-    with torch.no_grad():
-        for batch in val:
-            for i, e in layer_mse_per_layer(teacher, student, batch).items():
-                totals[i] = totals.get(i, 0.0) + float(e)
-    hardest = sorted(sorted(totals, key=lambda i: -totals[i])[:k])
-    for i in hardest:
-        student.layers[i].mixer = copy.deepcopy(teacher.layers[i].mixer)
-        student.config.mixers[i] = "attention"
-    student.config.conversion["keep_attention"] = sorted(
-        i for i, kind in enumerate(student.config.mixers) if kind == "attention"
-    )
-    student.config.conversion["auto_errors"] = {str(i): totals[i] / len(val) for i in sorted(totals)}
-    return hardest
 
 
 class Logger:
@@ -505,11 +483,9 @@ def distill(
             continue
         fresh = prep.student if student_src == Path(student_dir) else load_checkpoint(student_src)
         student = fresh.float().to(device)
-        auto_k = student.config.conversion.get("auto_keep")
-        if stage_id == 3 and auto_k and "auto_errors" not in student.config.conversion:
-            kept = keep_hardest_as_attention(teacher, student, val, int(auto_k))
-            if lead:
-                tqdm.write(f"auto:{auto_k}: keeping layers {kept} as attention (largest stage-2 error)")
+        kept = apply_auto_keep(teacher, student, val) if stage_id == 3 else None  # the step between stages 2 and 3
+        if kept is not None and lead:
+            tqdm.write(f"auto:{len(kept)}: keeping layers {kept} as attention (largest stage-2 error)")
         base = STAGES[stage_id]
         layer_mode = comm.on and cfg.parallel == "layer" and base.layer_local
         owners = layer_owners(mamba_layers(student), comm.world) if layer_mode else {}
