@@ -9,9 +9,7 @@ from pathlib import Path
 
 from ..errors import MmmambaError
 
-PLANNED = {
-    "bench": "speed benchmarks run on a GPU: python -m mmmamba.bench.speed --help",
-}
+PLANNED: dict[str, str] = {}
 
 
 class Parser(argparse.ArgumentParser):
@@ -688,10 +686,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("bench", help="speed benchmarks (GPU): whole models, one layer's scan; tables and plots")
+    bsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, what in (
+        ("speed", "prefill, next-token latency, tokens/s, memory: HF teacher, our teacher, linear, hybrid (GPU)"),
+        ("scan", "one layer's SSD scan and decode step: PyTorch vs fla (GPU)"),
+        ("report", "merge speed.json runs into a markdown table and a PNG plot"),
+    ):
+        bp = bsub.add_parser(action, help=what, add_help=False)  # main() hands its arguments to the benchmark
+        bp.set_defaults(func=cmd_bench, argv=[])
+
     for name, what in PLANNED.items():
         p = sub.add_parser(name, help=f"{what} — not yet available", add_help=True)
         p.set_defaults(func=lambda args, name=name: _not_yet(name))
     return parser
+
+
+def cmd_bench(args) -> None:
+    import importlib
+
+    module = importlib.import_module(f"..bench.{args.action}", __package__)
+    if args.action != "report" and "-h" not in args.argv and "--help" not in args.argv:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MmmambaError(f"`mmmamba bench {args.action}` measures a CUDA GPU and none is visible; run it on one")
+    try:
+        module.main(args.argv)
+    except SystemExit as e:  # the benchmark's own argparse: --help (0) or a usage error (2)
+        if e.code not in (0, None):
+            raise MmmambaError(f"bad arguments for `mmmamba bench {args.action}`; see --help") from None
 
 
 def _not_yet(name: str) -> None:
@@ -700,8 +724,13 @@ def _not_yet(name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command; a bad input is one line on stderr and exit code 2 (argparse's too)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("speed", "scan", "report"):
+        args = argparse.Namespace(command="bench", action=argv[1], argv=argv[2:], func=cmd_bench)
+        argv = None  # parsed by the benchmark itself
     try:
-        args = build_parser().parse_args(argv)
+        if argv is not None:
+            args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed
         return e.code if isinstance(e.code, int) else 2
     try:

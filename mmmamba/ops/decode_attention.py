@@ -48,8 +48,8 @@ if triton is not None:
     def _split_kernel(
         Q, K, V, VALID, LENGTH, ACC, M, L,
         stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs, stride_validb,
-        S, split_len, scale,
-        H: tl.constexpr, KVH: tl.constexpr, GROUP: tl.constexpr, G_PAD: tl.constexpr,
+        S, split_len,
+        SCALE: tl.constexpr, H: tl.constexpr, KVH: tl.constexpr, GROUP: tl.constexpr, G_PAD: tl.constexpr,
         D: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
         pid_bk = tl.program_id(0)  # one (row, KV head)
@@ -74,7 +74,7 @@ if triton is not None:
             in_range = n < end
             ok = in_range & (tl.load(VALID + b * stride_validb + n, mask=in_range, other=0) != 0)
             k = tl.load(k_base + n[:, None] * stride_ks + dd[None, :], mask=in_range[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (G_PAD, BLOCK_N)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * SCALE  # (G_PAD, BLOCK_N)
             s = tl.where(ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -128,8 +128,8 @@ def decode_attention_triton(
         q, k_cache, v_cache, valid, length, acc, m, l,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), valid.stride(0),
-        S, split_len, 1.0 / math.sqrt(d),
-        H=h, KVH=kvh, GROUP=group, G_PAD=max(triton.next_power_of_2(group), 16), D=d, BLOCK_N=block_n,
+        S, split_len,
+        SCALE=1.0 / math.sqrt(d), H=h, KVH=kvh, GROUP=group, G_PAD=max(triton.next_power_of_2(group), 16), D=d, BLOCK_N=block_n,
         SPLITS=splits, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip

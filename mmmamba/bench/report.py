@@ -1,0 +1,123 @@
+"""Turn ``mmmamba bench speed`` results into one table (markdown) and one plot (PNG).
+
+    mmmamba bench report --runs results/speed/*.json --out results/speed/report
+
+Rows from several runs are merged (a later run replaces an earlier one's row for the same model
+and context). The plot has next-token latency and peak memory against context, log scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..errors import MmmambaError
+from ..io import write_atomic, write_text_atomic
+
+NAMES = {"hf": "teacher, HF transformers", "teacher": "teacher, mmmamba", "linear": "mmmamba-linear"}
+NAMES["hybrid"] = "mmmamba-hybrid every:4"
+
+
+def load_runs(paths: list[str]) -> tuple[dict, dict, list[dict], list[dict]]:
+    rows: dict[tuple[str, int], dict] = {}
+    batch: dict[tuple[str, int], dict] = {}
+    train: list[dict] = []
+    meta: dict = {}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+            found = data["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise MmmambaError(f"{path}: not a `mmmamba bench speed` result ({e}); give its speed.json") from None
+        meta = {"device": data.get("device"), "bandwidth": data.get("bandwidth")}
+        for r in found:
+            if "error" not in r:
+                rows[(r["model"], r["context"])] = r
+        for b in data.get("batch", []):
+            if "error" not in b and b:
+                batch[(b["model"], b["context"])] = b
+        train = data.get("train") or train
+    if not rows:
+        raise MmmambaError("no measured rows in the given runs")
+    return meta, rows, list(batch.values()), train
+
+
+def markdown(meta: dict, rows: dict, batch: list[dict], train: list[dict]) -> str:
+    lines = [
+        f"Device: {meta['device']}, measured copy bandwidth {meta['bandwidth'] / 1e12:.2f} TB/s.",
+        "",
+        "| model | context | prefill s | next-token ms | floor ms | ms / floor | tokens/s (256 new) | cache GB "
+        "| peak GB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = {m: i for i, m in enumerate(["hf", "teacher", "hybrid", "linear"])}
+    for (model, context), r in sorted(rows.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 9))):
+        lines.append(
+            f"| {NAMES.get(model, model)} | {context} | {r['prefill_s']:.2f} | {r['decode_ms']:.2f} | "
+            f"{r['floor_ms']:.2f} | {r['decode_ms'] / r['floor_ms']:.2f} | {r['tokens_per_s']:.0f} | "
+            f"{r['cache_bytes'] / 1e9:.2f} | {r['peak_gb']:.2f} |"
+        )
+    if batch:
+        lines += ["", "| model | context | largest batch | step ms | tokens/s |", "|---|---|---|---|---|"]
+        for b in sorted(batch, key=lambda b: order.get(b["model"], 9)):
+            lines.append(
+                f"| {NAMES.get(b['model'], b['model'])} | {b['context']} | {b['batch']} | {b['step_ms']:.1f} | "
+                f"{b['tokens_per_s']:.0f} |"
+            )
+    if train:
+        lines += ["", "| stage | batch × seq | step ms | tokens/s | peak GB |", "|---|---|---|---|---|"]
+        for t in train:
+            if "error" in t:
+                lines.append(f"| {t['stage']} | {t['batch']} × {t['seq_len']} | {t['error']} | | |")
+            else:
+                lines.append(
+                    f"| {t['stage']} | {t['batch']} × {t['seq_len']} | {t['step_ms']:.0f} | "
+                    f"{t['tokens_per_s']:.0f} | {t['peak_gb']:.1f} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_ms, ax_gb) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for model in ["hf", "teacher", "hybrid", "linear"]:
+        pts = sorted((c, r) for (m, c), r in rows.items() if m == model)
+        if not pts:
+            continue
+        ctx = [c for c, _ in pts]
+        ax_ms.plot(ctx, [r["decode_ms"] for _, r in pts], "o-", label=NAMES[model])
+        ax_gb.plot(ctx, [r["peak_gb"] for _, r in pts], "o-", label=NAMES[model])
+    for ax, what in ((ax_ms, "next-token latency (ms)"), (ax_gb, "peak GPU memory (GB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("context (tokens)")
+        ax.set_ylabel(what)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_ms.legend(fontsize=8)
+    fig.suptitle("HoVLE-scale models (32 layers, hidden 2048), bf16, batch 1")
+    fig.tight_layout()
+    write_atomic(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="mmmamba bench report", description=__doc__)
+    p.add_argument("--runs", nargs="+", required=True, help="speed.json files from `mmmamba bench speed`")
+    p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.png")
+    args = p.parse_args(argv)
+    meta, rows, batch, train = load_runs(args.runs)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = markdown(meta, rows, batch, train)
+    write_text_atomic(out.with_suffix(".md"), text)
+    plot(rows, out.with_suffix(".png"))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
