@@ -104,7 +104,7 @@ def gguf_teacher(tmp_path):
 
 
 def test_self_distill_writes_chat_jsonl_and_drops_unfinished(tmp_path, gguf_teacher, monkeypatch, capsys):
-    import mmmamba.data.self_distill as sd
+    import mmmamba.infer.self_distill as sd
 
     tok = load_tokenizer(gguf_teacher)
     stop = tok.stop_ids[0]

@@ -213,9 +213,9 @@ def same_or_inside_out(path, out) -> bool:
 def cmd_data_self_distill(args) -> None:
     import torch
 
-    from ..data.self_distill import read_prompts, self_distill
     from ..data.tokenizer import load_tokenizer
     from ..infer import SamplingConfig
+    from ..infer.self_distill import read_prompts, self_distill
     from ..io import check_output_dir, same_or_inside
     from ..models import load_checkpoint
 

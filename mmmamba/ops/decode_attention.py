@@ -129,7 +129,8 @@ def decode_attention_triton(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), valid.stride(0),
         S, split_len,
-        SCALE=1.0 / math.sqrt(d), H=h, KVH=kvh, GROUP=group, G_PAD=max(triton.next_power_of_2(group), 16), D=d, BLOCK_N=block_n,
+        SCALE=1.0 / math.sqrt(d), H=h, KVH=kvh, GROUP=group, G_PAD=max(triton.next_power_of_2(group), 16), D=d,
+        BLOCK_N=block_n,
         SPLITS=splits, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip

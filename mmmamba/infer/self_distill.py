@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..data.tokenizer import ChatTokenizer
 from ..errors import MmmambaError
-from ..infer import SamplingConfig, generate
 from ..io import parse_json, write_json_atomic, write_text_atomic
 from ..models import Decoder
-from .tokenizer import ChatTokenizer
+from .generate import generate
+from .sampling import SamplingConfig
 
 MAX_PROMPTS = 10_000_000
 
