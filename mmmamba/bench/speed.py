@@ -196,24 +196,25 @@ def synthetic_cache(model: Decoder, batch: int, context: int):
     return cache
 
 
-def batch_throughput_ours(model: Decoder, context: int, args, decode: str) -> dict:
-    best = None
-    batch = 1
-    while batch <= args.max_batch:
+def largest_batch(time_step_ms, max_batch: int) -> dict:
+    """Double the batch from 1 until out of memory (or ``max_batch``); the last that ran, with its step time."""
+    best, batch = {}, 1
+    while batch <= max_batch:
         try:
-            cache = synthetic_cache(model, batch, context)
-            step = DecodeStep(model, cache, decode)
-            token = torch.zeros(batch, dtype=torch.long, device="cuda")
-            ms = cuda_time_ms(partial(step, token), warmup=2, iters=10)
+            ms = time_step_ms(batch)
             best = {"batch": batch, "step_ms": ms, "tokens_per_s": batch / ms * 1e3}
-            del step, cache
         except torch.OutOfMemoryError:
             break
         finally:
             gc.collect()
             torch.cuda.empty_cache()
         batch *= 2
-    return best or {}
+    return best
+
+
+def batch_step_ms_ours(model: Decoder, context: int, decode: str, batch: int) -> float:
+    step = DecodeStep(model, synthetic_cache(model, batch, context), decode)
+    return cuda_time_ms(partial(step, torch.zeros(batch, dtype=torch.long, device="cuda")), warmup=2, iters=10)
 
 
 @torch.no_grad()
@@ -223,29 +224,15 @@ def hf_fixed_context_step(model, token, cache, context: int) -> None:
         layer.keys, layer.values = layer.keys[:, :, :context], layer.values[:, :, :context]
 
 
-def batch_throughput_hf(model, context: int, args) -> dict:
+def batch_step_ms_hf(model, context: int, args, batch: int) -> float:
     from transformers import DynamicCache
 
-    best = None
-    batch = 1
-    hd = args.hidden // args.heads
-    while batch <= args.max_batch:
-        try:
-            cache = DynamicCache(config=model.config)
-            for i in range(args.layers):
-                k = torch.randn(batch, args.kv_heads, context, hd, device="cuda", dtype=torch.bfloat16)
-                cache.update(k, torch.randn_like(k), i)
-            token = torch.zeros(batch, 1, dtype=torch.long, device="cuda")
-            ms = cuda_time_ms(partial(hf_fixed_context_step, model, token, cache, context), warmup=2, iters=5)
-            best = {"batch": batch, "step_ms": ms, "tokens_per_s": batch / ms * 1e3}
-            del cache
-        except torch.OutOfMemoryError:
-            break
-        finally:
-            gc.collect()
-            torch.cuda.empty_cache()
-        batch *= 2
-    return best or {}
+    cache = DynamicCache(config=model.config)
+    for i in range(args.layers):  # (batch, kv heads, context, head_dim) random keys and values
+        k = torch.randn(batch, args.kv_heads, context, args.hidden // args.heads, device="cuda", dtype=torch.bfloat16)
+        cache.update(k, torch.randn_like(k), i)
+    token = torch.zeros(batch, 1, dtype=torch.long, device="cuda")
+    return cuda_time_ms(partial(hf_fixed_context_step, model, token, cache, context), warmup=2, iters=5)
 
 
 def train_step(stage, teacher, student, batch, opt) -> None:
@@ -353,9 +340,9 @@ def main(argv=None) -> None:
             c = args.batch_context
             try:
                 if name == "hf":
-                    best = batch_throughput_hf(model, c, args)
+                    best = largest_batch(partial(batch_step_ms_hf, model, c, args), args.max_batch)
                 else:
-                    best = batch_throughput_ours(model, c, args, args.decode)
+                    best = largest_batch(partial(batch_step_ms_ours, model, c, args.decode), args.max_batch)
             except Exception as e:  # noqa: BLE001
                 best = {"error": f"{type(e).__name__}: {e}"[:300]}
             best.update(model=name, context=c)
