@@ -261,3 +261,13 @@ def test_hovle_image_forward_uses_the_tiles(tmp_path):
     first = int((ids[0] == model.config.image_token_id).nonzero()[0])
     assert torch.isfinite(a).all() and torch.equal(a[:, :first], b[:, :first])
     assert (a[:, -1] - b[:, -1]).abs().max() > 1e-4
+
+
+def test_released_student_without_architectures_is_recognised_by_model_type(tmp_path):
+
+    tensors, tok, config = write_hovle(tmp_path, blocks=LINEAR, specials=2)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    raw.pop("architectures", None)
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    model = mmmamba.from_pretrained(tmp_path)
+    assert model.config.mixers == ["mamba2"] * len(LINEAR)

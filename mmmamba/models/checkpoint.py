@@ -397,6 +397,9 @@ def read_model_config(path) -> tuple[dict, bool]:
             raise MmmambaError(f"{where}: architectures must be a non-empty list of names")
         check_hf_dict(raw, where)
         return raw, False
+    if raw.get("model_type") in ("mmMamba_chat", "internvl_chat"):  # released folders may omit architectures
+        check_hf_dict(raw, where)
+        return raw, False
     raise MmmambaError(f"{where}: neither an mmmamba nor a Hugging Face checkpoint")
 
 
