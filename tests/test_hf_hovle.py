@@ -264,7 +264,6 @@ def test_hovle_image_forward_uses_the_tiles(tmp_path):
 
 
 def test_released_student_without_architectures_is_recognised_by_model_type(tmp_path):
-
     tensors, tok, config = write_hovle(tmp_path, blocks=LINEAR, specials=2)
     raw = json.loads((tmp_path / "config.json").read_text())
     raw.pop("architectures", None)
