@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import MmmambaError
-from ..io import read_json, write_json_atomic, write_text_atomic
+from ..io import read_json, write_atomic, write_json_atomic, write_text_atomic
 
 GROUP_TITLES = {
     "headline": "Teacher, linear and hybrid",
@@ -137,5 +137,5 @@ def _chart(rows, teacher, path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
