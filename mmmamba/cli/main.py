@@ -408,13 +408,19 @@ class _Stream:
 
 
 def cmd_generate(args) -> None:
+    import torch
 
     from ..data.images import attach_image
     from ..infer import generate
 
     device = resolve_device(args.device)
     model, tok, image, sampling = _load_for_chat(args)
-    model = model.to(device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype)
+    dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
+    model = model.to(device, dtype)
+    model.fuse_projections()  # inference only: one matmul per layer for q/k/v(/gate/Δ) and for gate/up
+    if image is not None:
+        image = image.to(dtype)
     text, counts = args.prompt, None
     if image is not None:
         text, counts = attach_image(text, image, model.config.vision)
@@ -669,6 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--prefill-chunk", type=int_in(1, 1 << 24), default=None, help="prefill the prompt in chunks of N tokens"
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto: bfloat16 on CUDA, else float32"
+    )
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive multi-turn chat; the state is kept between turns")
