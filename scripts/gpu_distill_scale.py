@@ -83,7 +83,9 @@ def main() -> None:
     )  # fmt: skip
     with torch.device(device):
         teacher = Decoder(cfg)
-    student_init = convert_to_mamba(teacher, []).state_dict()
+    first = convert_to_mamba(teacher, [])
+    student_cfg, student_init = first.config, first.state_dict()
+    del first
     teacher = teacher.to(torch.bfloat16).eval().requires_grad_(False)  # frozen: bf16, replicated
     cuda = str(device).startswith("cuda")
     for stage_id in [int(s) for s in args.stages.split(",")]:
@@ -93,7 +95,7 @@ def main() -> None:
                 continue
             for packed in [bool(int(x)) for x in args.pack.split(",")]:
                 with torch.device(device):
-                    student = Decoder(convert_to_mamba(Decoder(cfg), []).config)
+                    student = Decoder(student_cfg)
                 student.load_state_dict(student_init)
                 comm.mode, comm.local_params = mode, comm.on and mode == "layer"
                 comm.grad_scale = float(comm.world) if comm.on and mode == "fsdp" else 1.0
@@ -109,8 +111,10 @@ def main() -> None:
                 params = [p for _, p in select_trainable(student, stage)]
                 opt = make_adamw([(None, p) for p in params], stage.optim)
                 batches = make_batches(args, comm.world, comm.rank, packed, mode == "fsdp", device)
-                tokens = int(comm.sum(batches[0].attention_mask.sum().reshape(1).float())) if mode == "fsdp" else int(
-                    batches[0].attention_mask.sum()
+                tokens = (
+                    int(comm.sum(batches[0].attention_mask.sum().reshape(1).float()))
+                    if mode == "fsdp"
+                    else int(batches[0].attention_mask.sum())
                 )
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()

@@ -51,9 +51,11 @@ def runs(tmp_path_factory):
     )
     one("single")
     one("single_micro", micro_batch=1)
+    one("single_packed", pack=True)
     one("from_one", stop=3)  # 1 process stops in stage 2 (train_state.pt) ...
     spawn(root, [
         ("fsdp", CFG, None),
+        ("fsdp_packed", {**CFG, "pack": True, "micro_batch": 1}, None),
         ("layer", {**CFG, "parallel": "layer"}, None),
         ("from_two", CFG, 3),  # 2 processes stop in stage 2 (sharded state) ...
         ("from_one", CFG, None),  # ... and resume what 1 process left
@@ -80,7 +82,9 @@ def assert_same(a: Path, b: Path, rtol=1e-4, atol=1e-5):  # float32 sums in anot
         torch.testing.assert_close(wa[k], wb[k], rtol=rtol, atol=atol, msg=k)
 
 
-@pytest.mark.parametrize("run", ["fsdp", "layer", "single_micro", "from_one", "from_two"])
+@pytest.mark.parametrize(
+    "run", ["fsdp", "layer", "single_micro", "single_packed", "fsdp_packed", "from_one", "from_two"]
+)
 def test_runs_match_one_process_with_the_same_global_batch(runs, run):
     assert_same(runs / "single", runs / run)
     assert not (runs / run / "train_state.pt").exists() and not (runs / run / "train_state.dcp").exists()
@@ -96,6 +100,17 @@ def test_weights_moved(runs):
     student = load_checkpoint(runs / "student").state_dict()
     moved = {k for k, v in weights(runs / "fsdp").items() if not torch.equal(v, student[k])}
     assert any(".mixer.dt_bias" in k for k in moved) and not any("mlp" in k for k in moved)
+
+
+def test_packed_micro_batches_keep_every_sample_and_rows_within_the_limit():
+    from mmmamba.data.conversations import Example
+    from mmmamba.distill.trainer import _micro_batches
+
+    examples = [Example(list(range(1, n + 1)), [False] * n, None) for n in (5, 9, 3, 7, 2)]
+    cfg = DistillConfig(pack=True, micro_batch=4)
+    rows = _micro_batches(examples, [0, 1, 2, 3, 4], cfg, 0, "cpu", limit=12)
+    assert [r.input_ids.shape[1] for r in rows] == [5, 12, 7, 2]  # [0], [1, 2], [3], then the next micro-batch [4]
+    assert [r.cu_seqlens.tolist() for r in rows] == [[0, 5], [0, 9, 12], [0, 7], [0, 2]]
 
 
 def test_layer_owners_split_evenly():

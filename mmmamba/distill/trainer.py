@@ -393,12 +393,21 @@ def _rank_slice(idx: list[int], comm: Comm, cfg: DistillConfig, stage: StageConf
     return idx[comm.rank * per : (comm.rank + 1) * per]
 
 
-def _micro_batches(examples, idx: list[int], cfg: DistillConfig, pad_id: int, device) -> list[Batch]:
+def _micro_batches(examples, idx: list[int], cfg: DistillConfig, pad_id: int, device, limit: int) -> list[Batch]:
+    """This process's samples in micro-batches of ``cfg.micro_batch``; packed, a micro-batch becomes as
+    many rows (of one sample or more) as keep each row within ``limit`` tokens (the model's max_position)."""
     size = cfg.micro_batch or len(idx)
     groups = [idx[i : i + size] for i in range(0, len(idx), size)]
-    if cfg.pack:
-        return [pack_examples([examples[i] for i in g]).to(device) for g in groups]
-    return _batches(examples, groups, pad_id, device)
+    if not cfg.pack:
+        return _batches(examples, groups, pad_id, device)
+    rows: list[list[int]] = []
+    for g in groups:
+        rows.append([])
+        for i in g:
+            if rows[-1] and sum(len(examples[j].ids) for j in rows[-1]) + len(examples[i].ids) > limit:
+                rows.append([])
+            rows[-1].append(i)
+    return [pack_examples([examples[i] for i in r]).to(device) for r in rows]
 
 
 def _gather_owned(student: Decoder, owners: dict[int, int], comm: Comm) -> None:
@@ -538,7 +547,8 @@ def distill(
 
         def micro_batches(step: int) -> list[Batch]:
             idx = batch_indices(len(train), cfg.batch_size, seed, step)  # noqa: B023
-            return _micro_batches(train, _rank_slice(idx, comm, cfg, stage), cfg, tok.pad_id, device)  # noqa: B023
+            mine = _rank_slice(idx, comm, cfg, stage)  # noqa: B023
+            return _micro_batches(train, mine, cfg, tok.pad_id, device, teacher.config.max_position)
 
         def save(step: int) -> None:
             nonlocal last_good
