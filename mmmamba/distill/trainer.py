@@ -453,7 +453,8 @@ def distill(
     comm, device = init_from_env(cfg.device)
     comm = Comm(cfg.parallel)
     lead = comm.rank == 0
-    if comm.on and cfg.parallel == "fsdp" and cfg.batch_size % comm.world:
+    data_parallel = cfg.parallel == "fsdp" or any(not STAGES[s].layer_local for s in cfg.stages)
+    if comm.on and data_parallel and cfg.batch_size % comm.world:
         raise MmmambaError(f"--batch-size {cfg.batch_size}: give a multiple of the {comm.world} processes")
     out = Path(out_dir)
     _check_paths(teacher_dir, student_dir, data_dir, out)
