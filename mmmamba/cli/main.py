@@ -118,7 +118,7 @@ def cmd_convert(args) -> None:
     from ..data.tokenizer import copy_tokenizer
     from ..io import check_output_dir, same_or_inside
     from ..models import load_checkpoint, save_checkpoint
-    from ..models.checkpoint import load_config
+    from ..models.loading import load_config
 
     out = check_output_dir(args.out)
     if same_or_inside(args.teacher, out):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import MmmambaError
-from .tokenizer import ChatTokenizer
+from .chat_tokenizer import ChatTokenizer
 
 IMAGE_SPAN = ("<img>", "<IMG_CONTEXT>", "</img>")
 _PROBE_USER, _PROBE_REPLY = "Hi.", "Hello."  # stand-in earlier turns when cutting out a later one

@@ -29,7 +29,6 @@ from ..io import (
     temp_sibling,
 )
 from .config import DecoderConfig
-from .decoder import Decoder
 
 FORMAT = "mmmamba"
 WEIGHTS = "model.safetensors"
@@ -69,7 +68,7 @@ def _shards(state: dict[str, torch.Tensor], max_shard_bytes: int) -> list[dict]:
     return shards
 
 
-def _write_folder(folder: Path, model: Decoder, state: dict, max_shard_bytes: int, extra) -> None:
+def _write_folder(folder: Path, model: torch.nn.Module, state: dict, max_shard_bytes: int, extra) -> None:
     shards = _shards(state, max_shard_bytes)
     if len(shards) == 1:
         save_file(shards[0], str(folder / WEIGHTS), metadata={"format": "pt"})
@@ -99,7 +98,7 @@ def _umask() -> int:
     return mask
 
 
-def save_checkpoint(model: Decoder, path, max_shard_bytes: int = MAX_SHARD_BYTES, extra=None) -> None:
+def save_checkpoint(model: torch.nn.Module, path, max_shard_bytes: int = MAX_SHARD_BYTES, extra=None) -> None:
     """Write a complete checkpoint folder, or leave what was at ``path`` untouched.
 
     Everything (weights, config, ``extra(folder)`` files such as the tokenizer, then a manifest of
@@ -408,20 +407,6 @@ def is_gguf_file(path) -> bool:
     return Path(path).suffix.lower() == ".gguf" and Path(path).is_file()
 
 
-def load_config(path) -> DecoderConfig:
-    """The DecoderConfig of a checkpoint folder (ours or Hugging Face) or a .gguf file, without its weights."""
-    if is_gguf_file(path):
-        from .gguf import gguf_config, open_gguf
-
-        return gguf_config(open_gguf(path), path)[0]
-    raw, ours = read_model_config(path)
-    if not ours:
-        from .hf_import import hf_config
-
-        return hf_config(raw, Path(path))[0]
-    return config_from_dict(raw, Path(path) / "config.json")
-
-
 def config_from_dict(raw: dict, where) -> DecoderConfig:
     """DecoderConfig of a checked config.json; its own errors are prefixed with the file they came from."""
     try:
@@ -430,33 +415,3 @@ def config_from_dict(raw: dict, where) -> DecoderConfig:
         raise MmmambaError(str(e) if str(where) in str(e) else f"{where}: {e}") from None
     check_fits(cfg, where)
     return cfg
-
-
-def load_checkpoint(path, dtype: torch.dtype | None = None) -> Decoder:
-    path = Path(path)
-    if is_gguf_file(path):
-        from .gguf import load_gguf_decoder
-
-        return load_gguf_decoder(path, dtype)
-    raw, ours = read_model_config(path)
-    manifest_sizes(path)
-    if not ours:
-        from .hf_import import load_hf_decoder
-
-        return load_hf_decoder(path, raw, dtype)
-    cfg = config_from_dict(raw, path / "config.json")
-    return build_loaded(cfg, read_safetensors(path), path, dtype)
-
-
-def build_loaded(cfg: DecoderConfig, tensors: dict[str, torch.Tensor], source, dtype=None) -> Decoder:
-    """A model of ``cfg`` holding ``tensors`` (strictly), built without a throw-away random init."""
-    check_fits(cfg, source)
-    floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
-    dtype = dtype or (floats[0] if floats else torch.float32)
-    with torch.device("meta"):
-        model = Decoder(cfg)
-    model = model.to_empty(device="cpu").to(dtype)
-    if cfg.tie_embeddings:
-        model.lm_head.weight = model.embed_tokens.weight
-    load_state_strict(model, tensors, source)
-    return model.eval()

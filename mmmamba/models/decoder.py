@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..errors import MmmambaError
 from ..layers import Attention, DecodeContext, Mamba2Mixer, RMSNorm, SwiGLU
 from .cache import ModelCache
+from .checkpoint import MAX_SHARD_BYTES, save_checkpoint
 from .config import DecoderConfig
 from .vision import build_vision
 
@@ -207,6 +208,4 @@ class Decoder(nn.Module):
         return out
 
     def save_pretrained(self, path, max_shard_bytes: int | None = None) -> None:
-        from .checkpoint import MAX_SHARD_BYTES, save_checkpoint
-
         save_checkpoint(self, path, max_shard_bytes or MAX_SHARD_BYTES)

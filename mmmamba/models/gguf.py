@@ -26,7 +26,7 @@ import torch
 
 from ..errors import MmmambaError
 from ..io import human_bytes, machine_memory
-from .checkpoint import build_loaded
+from .build import build_loaded
 from .config import DecoderConfig
 from .decoder import Decoder
 from .hf_families import Family, map_names

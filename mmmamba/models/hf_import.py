@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from ..errors import MmmambaError
-from .checkpoint import build_loaded, read_safetensors
+from .build import build_loaded
+from .checkpoint import read_safetensors
 from .config import DecoderConfig, VisionConfig
 from .decoder import Decoder
 from .hf_families import (
