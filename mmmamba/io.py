@@ -186,6 +186,20 @@ def parse_json(text: str, where: str, what: str = "JSON"):
         raise MmmambaError(f"{where}: unreadable JSON value ({str(e).splitlines()[0]}); fix the {what}") from None
 
 
+def iter_jsonl(path: Path, what: str = "line"):
+    """(``file:line``, record) for every non-blank line of a JSONL file; a line that is not UTF-8 or
+    not JSON is an error naming it."""
+    with Path(path).open("rb") as f:
+        for n, raw in enumerate(f, 1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise MmmambaError(f"{where}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
+            if line.strip():
+                yield where, parse_json(line, where, what)
+
+
 def _first_existing(path: Path) -> Path:
     p = path
     while not p.exists() and p != p.parent:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MmmambaError
-from ..io import parse_json
+from ..io import iter_jsonl
 from .images import ImageProcessor
 from .tokenizer import IMAGE_MARK, ChatTokenizer
 
@@ -70,19 +70,10 @@ def read_jsonl(path, allow_outside: bool = False) -> list[Sample]:
     if not path.is_file():
         raise MmmambaError(f"{path}: no such data file; run `mmmamba data make --out DIR` or point --data at it")
     samples = []
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            where = f"{path}:{n}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise MmmambaError(f"{where}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            record = parse_json(line, where, "line (or remove it)")
-            sample = _check(record, where)
-            sample.images = [_image_path(path.parent, p, where, allow_outside) for p in sample.images]
-            samples.append(sample)
+    for where, record in iter_jsonl(path, "line (or remove it)"):
+        sample = _check(record, where)
+        sample.images = [_image_path(path.parent, p, where, allow_outside) for p in sample.images]
+        samples.append(sample)
     return samples
 
 

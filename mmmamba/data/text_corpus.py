@@ -27,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import MmmambaError
-from ..io import parse_json, write_json_atomic, write_text_atomic
+from ..io import iter_jsonl, write_json_atomic, write_text_atomic
 from .tokenizer import ChatTokenizer
 
 SUFFIXES = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".rst": "text"}
@@ -237,22 +237,13 @@ def read_text_split(data_dir, split: str, vocab_size: int | None = None) -> list
     if not path.is_file():
         raise MmmambaError(f"{path}: no such text-corpus split; build it with `mmmamba data text`")
     out = []
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, 1):
-            where = f"{path}:{n}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise MmmambaError(f"{where}: not UTF-8 text; re-save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            rec = parse_json(line, where, "line")
-            ids = rec.get("input_ids") if isinstance(rec, dict) else None
-            if not isinstance(ids, list) or not ids or not all(type(i) is int and i >= 0 for i in ids):
-                raise MmmambaError(f"{where}: 'input_ids' must be a non-empty list of token ids")
-            if vocab_size is not None and max(ids) >= vocab_size:
-                raise MmmambaError(f"{where}: token id {max(ids)} outside the model's vocabulary of {vocab_size}")
-            out.append(ids)
+    for where, rec in iter_jsonl(path):
+        ids = rec.get("input_ids") if isinstance(rec, dict) else None
+        if not isinstance(ids, list) or not ids or not all(type(i) is int and i >= 0 for i in ids):
+            raise MmmambaError(f"{where}: 'input_ids' must be a non-empty list of token ids")
+        if vocab_size is not None and max(ids) >= vocab_size:
+            raise MmmambaError(f"{where}: token id {max(ids)} outside the model's vocabulary of {vocab_size}")
+        out.append(ids)
     if not out:
         raise MmmambaError(f"{path}: holds no chunks; the {split} split must not be empty")
     return out
