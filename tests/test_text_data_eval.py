@@ -161,3 +161,23 @@ def test_eval_free_form_and_agreement(tmp_path, gguf_teacher, capsys):
     assert r["max_new_tokens"] == 5 and r["free_form"]["agreement"]["first_n"] == 3
     assert 0.0 <= r["free_form"]["agreement"]["first_n_token_agreement"] <= 1.0
     assert "vs teacher (greedy)" in capsys.readouterr().out
+
+
+def test_distill_reads_a_text_corpus(tmp_path, capsys):
+    """`mmmamba data text` output is distillation data: every token a target, no answers needed."""
+    write_docs(tmp_path / "docs")
+    out = tmp_path / "corpus"
+    args = ["--inputs", str(tmp_path / "docs"), "--out", str(out), "--tokenizer", "models/tiny-teacher"]
+    assert main(["data", "text", *args, "--seq-len", "64", "--val-frac", "0.2", "--test-frac", "0.2"]) == 0
+    student, run = tmp_path / "student", tmp_path / "run"
+    assert main(["convert", "--teacher", "models/tiny-teacher", "--keep-attention", "none", "--out", str(student)]) == 0
+    common = ["--teacher", "models/tiny-teacher", "--student", str(student), "--data", str(out), "--out", str(run)]
+    assert main(["distill", *common, "--stages", "1,3", "--steps-per-stage", "2", "--batch-size", "2"]) == 0
+    assert (run / "after_stage3" / "config.json").is_file()
+    rows = (run / "log.csv").read_text().splitlines()[1:]
+    assert rows and all("nan" not in r for r in rows)
+    from mmmamba.data.text_corpus import text_examples
+    from mmmamba.errors import MmmambaError
+
+    with pytest.raises(MmmambaError, match="max_position"):
+        text_examples(out, "train", 264, max_length=10)

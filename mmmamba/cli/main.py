@@ -628,7 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("distill", help="distil a converted student from its teacher, stages 1-3 (resumable)")
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder")
     p.add_argument("--student", required=True, help="student folder from `mmmamba convert`")
-    p.add_argument("--data", required=True, help="task-suite / conversation folder (train.jsonl, val.jsonl)")
+    p.add_argument(
+        "--data", required=True, help="chat / task-suite folder, or a `mmmamba data text` corpus (train/val.jsonl)"
+    )
     p.add_argument("--out", required=True, help="run folder: after_stageS/ checkpoints, log.csv, loss.png")
     p.add_argument("--stages", default="1,2,3", help="stages to run, in order (any subset of 1,2,3)")
     p.add_argument("--steps-per-stage", default="300,300,600", help="one count, or one per stage")

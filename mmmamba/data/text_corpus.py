@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from ..errors import MmmambaError
 from ..io import iter_jsonl, write_json_atomic, write_text_atomic
+from .conversations import Example
 from .tokenizer import ChatTokenizer
 
 SUFFIXES = {".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".rst": "text"}
@@ -247,3 +248,20 @@ def read_text_split(data_dir, split: str, vocab_size: int | None = None) -> list
     if not out:
         raise MmmambaError(f"{path}: holds no chunks; the {split} split must not be empty")
     return out
+
+
+def is_text_corpus(data_dir) -> bool:
+    """A folder written by ``mmmamba data text`` (it has ``corpus.json``)."""
+    return (Path(data_dir) / "corpus.json").is_file()
+
+
+def text_examples(data_dir, split: str, vocab_size: int, max_length: int, limit: int | None = None) -> list[Example]:
+    """A text-corpus split as training examples: every token a target (stages 1–3 need no answers)."""
+    windows = read_text_split(data_dir, split, vocab_size)[:limit]
+    for n, ids in enumerate(windows, 1):
+        if len(ids) > max_length:
+            raise MmmambaError(
+                f"{Path(data_dir) / split}.jsonl: chunk {n} has {len(ids)} tokens, more than the model's "
+                f"max_position {max_length}; rebuild the corpus with a smaller --seq-len"
+            )
+    return [Example(ids, [True] * len(ids), None) for ids in windows]

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from ..data.conversations import Batch, Example, check_images_match, collate, encode_sample, read_split
 from ..data.conversations import pack as pack_examples
 from ..data.images import image_processor
+from ..data.text_corpus import is_text_corpus, text_examples
 from ..data.tokenizer import ChatTokenizer, copy_tokenizer, load_tokenizer
 from ..errors import MmmambaError
 from ..io import (
@@ -235,6 +236,22 @@ def check_pair(teacher: Decoder, student_cfg: DecoderConfig, teacher_dir, studen
         raise MmmambaError(f"--student {student_dir}: has no Mamba-2 layers; convert the teacher first")
 
 
+def _chat_examples(data_dir, teacher: Decoder, teacher_dir, tok: ChatTokenizer, cfg: DistillConfig, progress: bool):
+    """Train and val examples of a chat / task-suite folder, images and lengths checked."""
+    train_samples = read_split(data_dir, "train", cfg.allow_outside_images)
+    val_samples = read_split(data_dir, "val", cfg.allow_outside_images, cfg.val_limit)
+    check_images_match(train_samples + val_samples, teacher.config.vision, f"--teacher {teacher_dir}")
+    images = image_processor(teacher.config.vision)
+    limit = teacher.config.max_position
+
+    def enc(samples, what):
+        quiet = not progress or len(samples) < 5000  # a bar only where the check takes a while
+        bar = tqdm(samples, desc=f"check {what}", unit="sample", disable=quiet, leave=False)
+        return [encode_sample(s, tok, images, limit) for s in bar]
+
+    return enc(train_samples, "train"), enc(val_samples, "val")
+
+
 def prepare(teacher_dir, student_dir, data_dir, out: Path, cfg: DistillConfig, progress: bool = True) -> Prepared:
     """Load and check everything the run will need; nothing is written."""
     device = cfg.device
@@ -244,24 +261,17 @@ def prepare(teacher_dir, student_dir, data_dir, out: Path, cfg: DistillConfig, p
     student = load_checkpoint(student_dir).float()
     check_pair(teacher, student.config, teacher_dir, student_dir)
     tok = load_tokenizer(teacher_dir)
-    train_samples = read_split(data_dir, "train", cfg.allow_outside_images)
-    val_samples = read_split(data_dir, "val", cfg.allow_outside_images, cfg.val_limit)
-    name = f"--teacher {teacher_dir}"
-    check_images_match(train_samples + val_samples, teacher.config.vision, name)
-    if len(train_samples) < cfg.batch_size:
-        raise MmmambaError(
-            f"--batch-size {cfg.batch_size}: the train split has only {len(train_samples)} samples; "
-            "lower the batch size"
-        )
-    images = image_processor(teacher.config.vision)
     limit = teacher.config.max_position
-
-    def enc(samples, what):
-        quiet = not progress or len(samples) < 5000  # a bar only where the check takes a while
-        bar = tqdm(samples, desc=f"check {what}", unit="sample", disable=quiet, leave=False)
-        return [encode_sample(s, tok, images, limit) for s in bar]
-
-    train, val_examples = enc(train_samples, "train"), enc(val_samples, "val")
+    if is_text_corpus(data_dir):  # `mmmamba data text`: token windows, every token a target
+        vocab = teacher.config.vocab_size
+        train = text_examples(data_dir, "train", vocab, limit)
+        val_examples = text_examples(data_dir, "val", vocab, limit, cfg.val_limit)
+    else:
+        train, val_examples = _chat_examples(data_dir, teacher, teacher_dir, tok, cfg, progress)
+    if len(train) < cfg.batch_size:
+        raise MmmambaError(
+            f"--batch-size {cfg.batch_size}: the train split has only {len(train)} samples; lower the batch size"
+        )
     val = _batches(
         val_examples,
         [range(i, min(i + cfg.batch_size, len(val_examples))) for i in range(0, len(val_examples), cfg.batch_size)],
