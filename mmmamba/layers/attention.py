@@ -115,9 +115,10 @@ class Attention(nn.Module):
         """
         b, L, _ = u.shape
         h, kvh, hd = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
-        q = self.q_proj(u).view(b, L, h, hd).transpose(1, 2)  # (b, h, L, hd)
-        k = self.k_proj(u).view(b, L, kvh, hd).transpose(1, 2)
-        v = self.v_proj(u).view(b, L, kvh, hd).transpose(1, 2)
+        q, k, v = self._qkv(u)
+        q = q.view(b, L, h, hd).transpose(1, 2)  # (b, h, L, hd)
+        k = k.view(b, L, kvh, hd).transpose(1, 2)
+        v = v.view(b, L, kvh, hd).transpose(1, 2)
         cos, sin = rope_cos_sin(positions, hd, self.cfg.rope_theta, q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
@@ -135,6 +136,13 @@ class Attention(nn.Module):
         )
         return y.transpose(1, 2).reshape(b, L, h * hd)
 
+    def _qkv(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """u (..., d) → q (..., h·hd), k, v (..., kvh·hd)."""
+        if hasattr(self, "qkv_weight"):  # fused by ``fuse_projections``: one read of the weights
+            h, kvh, hd = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
+            return F.linear(u, self.qkv_weight, self.qkv_bias).split([h * hd, kvh * hd, kvh * hd], dim=-1)
+        return self.q_proj(u), self.k_proj(u), self.v_proj(u)
+
     def step(self, u: Tensor, cache: KVCache, ctx: DecodeContext) -> Tensor:
         """One token per row: u (b, d) normed input → attention output before o_proj (b, h·head_dim).
 
@@ -143,10 +151,7 @@ class Attention(nn.Module):
         """
         b = u.shape[0]
         h, kvh, hd = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
-        if hasattr(self, "qkv_weight"):  # fused by ``fuse_projections``: one read of the weights
-            q, k, v = F.linear(u, self.qkv_weight, self.qkv_bias).split([h * hd, kvh * hd, kvh * hd], dim=-1)
-        else:
-            q, k, v = self.q_proj(u), self.k_proj(u), self.v_proj(u)
+        q, k, v = self._qkv(u)
         cos = ctx.cos[self.cfg.rope_theta][:, None]  # (b, 1, hd) broadcast over heads
         sin = ctx.sin[self.cfg.rope_theta][:, None]
         q = apply_rope(q.view(b, h, hd), cos, sin)

@@ -122,6 +122,26 @@ class Mamba2Mixer(nn.Module):
         io_dtype = xBC.dtype if low_precision_ok else scan_dtype
         return x.to(io_dtype), dt.to(scan_dtype), B.to(io_dtype), C.to(io_dtype)
 
+    def _in_proj(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """u (..., d) → xBC (..., conv_dim) = [x | B | C] before the conv, gate (..., h·hd), u·Wdt (..., h)."""
+        cfg = self.cfg
+        if hasattr(self, "in_weight"):  # fused by ``fuse_projections``: one read of the weights
+            sizes = [cfg.conv_dim, cfg.num_heads * cfg.head_dim, cfg.num_heads]
+            return F.linear(u, self.in_weight, self.in_bias).split(sizes, dim=-1)
+        xBC = torch.cat([self.v_proj(u), self.k_proj(u), self.q_proj(u)], dim=-1)
+        return xBC, self.g_proj(u), self.dt_proj(u)
+
+    def _recurrent(self, xBC: Tensor, dt_in: Tensor, cache: Mamba2State, keep: Tensor | None = None):
+        """One token per row, xBC (b, conv_dim) and dt_in (b, h) from ``_in_proj``: (y (b, h, hd), new conv
+        state, new SSM state); ``keep`` (b, 1) zeroes Δ of padded rows. The cache is not written here."""
+        xBC, conv_state = causal_conv1d_step(xBC, cache.conv, self.conv_weight, self.conv_bias)
+        x, dt, B, C = self._scan_inputs(xBC, dt_in)
+        if keep is not None:
+            dt = dt * keep
+        A = -torch.exp(self.A_log.to(dt.dtype))
+        y, ssm_state = ssd_step(cache.ssm, x, dt, A, B, C, self.D)
+        return y, conv_state, ssm_state
+
     def mix(
         self,
         u: Tensor,
@@ -141,28 +161,20 @@ class Mamba2Mixer(nn.Module):
             raise ValueError("packed sequences (cu_seqlens) are for training; decode one sample per row")
         b, L, _ = u.shape
         cfg = self.cfg
-        A = -torch.exp(self.A_log.to(torch.promote_types(u.dtype, torch.float32)))
-        if hasattr(self, "in_weight"):  # fused by ``fuse_projections``
-            xBC, gate, dt_in = F.linear(u, self.in_weight, self.in_bias).split(
-                [cfg.conv_dim, cfg.num_heads * cfg.head_dim, cfg.num_heads], dim=-1
-            )
-        else:
-            xBC = torch.cat([self.v_proj(u), self.k_proj(u), self.q_proj(u)], dim=-1)  # (b, L, conv_dim)
-            gate, dt_in = self.g_proj(u), self.dt_proj(u)
+        xBC, gate, dt_in = self._in_proj(u)
         keep = None if valid is None else valid[:, -L:, None].to(u.dtype)
         if keep is not None:
             xBC = xBC * keep
         if cache is not None and L == 1:  # recurrent decode
-            xBC, conv_state = causal_conv1d_step(xBC[:, 0], cache.conv, self.conv_weight, self.conv_bias)
-            x, dt, B, C = self._scan_inputs(xBC, dt_in[:, 0])
-            if keep is not None:
-                dt = dt * keep[:, 0]
-            y, ssm_state = ssd_step(cache.ssm, x, dt, A, B, C, self.D)
+            y, conv_state, ssm_state = self._recurrent(
+                xBC[:, 0], dt_in[:, 0], cache, None if keep is None else keep[:, 0]
+            )
             y = y[:, None]
         else:
             initial = (None, None) if cache is None else (cache.conv, cache.ssm)
             xBC, conv_state = causal_conv1d(xBC, self.conv_weight, self.conv_bias, initial[0], cu_seqlens)
             backend = resolve_backend(cfg.ssd_backend, u.device.type)
+            A = -torch.exp(self.A_log.to(torch.promote_types(u.dtype, torch.float32)))
             x, dt, B, C = self._scan_inputs(xBC, dt_in, low_precision_ok=backend == "fla")
             if keep is not None:
                 dt = dt * keep
@@ -179,20 +191,12 @@ class Mamba2Mixer(nn.Module):
 
         Static shapes, no host sync: the same call as ``Attention.step``, capturable in a CUDA graph.
         """
-        cfg = self.cfg
-        h, hd = cfg.num_heads, cfg.head_dim
-        if hasattr(self, "in_weight"):  # fused by ``fuse_projections``: one read of the weights
-            xBC, gate, dt_in = F.linear(u, self.in_weight, self.in_bias).split([cfg.conv_dim, h * hd, h], dim=-1)
-        else:
-            xBC = torch.cat([self.v_proj(u), self.k_proj(u), self.q_proj(u)], dim=-1)
-            gate, dt_in = self.g_proj(u), self.dt_proj(u)
-        xBC, conv_state = causal_conv1d_step(xBC, cache.conv, self.conv_weight, self.conv_bias)
-        x, dt, B, C = self._scan_inputs(xBC, dt_in)
-        A = -torch.exp(self.A_log.to(dt.dtype))
-        y, ssm_state = ssd_step(cache.ssm, x, dt, A, B, C, self.D)
+        xBC, gate, dt_in = self._in_proj(u)
+        y, conv_state, ssm_state = self._recurrent(xBC, dt_in, cache)
         cache.conv.copy_(conv_state)
         cache.ssm.copy_(ssm_state)
-        return self.out_norm(y.to(u.dtype), gate.unflatten(-1, (h, hd))).flatten(-2)
+        gate = gate.unflatten(-1, (self.cfg.num_heads, self.cfg.head_dim))
+        return self.out_norm(y.to(u.dtype), gate).flatten(-2)
 
     def fuse_projections(self) -> None:
         """Decode reads v/k/q/gate/Δ weights in one matmul (rows as the official ``wvkqgdt``)."""
