@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.decode_attention import decode_attention
+from ..ops.packing import sample_positions
 from .projections import add_qkvo_projections, fuse_linears
 from .rope import apply_rope, rope_cos_sin
 
@@ -86,7 +87,7 @@ def attention_mask_for(valid: Tensor | None, q_len: int, past: int, device) -> T
 def packed_mask(cu_seqlens: Tensor, length: int, device) -> Tensor:
     """Boolean (1, 1, L, L) block-diagonal causal mask: a token sees the earlier tokens of its own sample."""
     t = torch.arange(length, device=device)
-    sample = torch.searchsorted(cu_seqlens.to(device, torch.long)[1:], t, right=True)  # (L,)
+    sample, _ = sample_positions(cu_seqlens, length, device)  # (L,)
     return ((t[None, :] <= t[:, None]) & (sample[None, :] == sample[:, None]))[None, None]
 
 

@@ -9,6 +9,9 @@ from torch import Tensor, nn
 
 from ..errors import MmmambaError
 from ..layers import Attention, DecodeContext, Mamba2Mixer, RMSNorm, SwiGLU
+from ..ops.decode_attention import BACKENDS as ATTENTION_BACKENDS
+from ..ops.packing import sample_positions
+from ..ops.ssd import BACKENDS as SSD_BACKENDS
 from .cache import ModelCache
 from .checkpoint import MAX_SHARD_BYTES, save_checkpoint
 from .config import DecoderConfig
@@ -100,9 +103,6 @@ class Decoder(nn.Module):
 
     def set_backends(self, ssd: str | None = None, decode_attention: str | None = None) -> None:
         """Runtime kernel choices (not saved): the Mamba-2 scan (ops.ssd) and the decode attention kernel."""
-        from ..ops.decode_attention import BACKENDS as ATTENTION_BACKENDS
-        from ..ops.ssd import BACKENDS as SSD_BACKENDS
-
         if ssd is not None and ssd not in SSD_BACKENDS:
             raise MmmambaError(f"SSD backend {ssd!r} is unknown; use one of {list(SSD_BACKENDS)}")
         if decode_attention is not None and decode_attention not in ATTENTION_BACKENDS:
@@ -185,9 +185,7 @@ class Decoder(nn.Module):
                 "shorten the prompt"
             )
         if cu_seqlens is not None:
-            t = torch.arange(L, device=x.device)
-            starts = cu_seqlens.to(x.device, torch.long)
-            positions = (t - starts[torch.searchsorted(starts[1:], t, right=True)]).expand(b, L)
+            positions = sample_positions(cu_seqlens, L, x.device)[1].expand(b, L)
         elif attention_mask is not None:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
         else:

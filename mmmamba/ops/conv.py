@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .packing import sample_positions
+
 
 def causal_conv1d(
     x: Tensor,
@@ -40,10 +42,8 @@ def packed_causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None, cu_seql
     if x.shape[0] != 1:
         raise ValueError(f"packed sequences (cu_seqlens) need batch 1, got {x.shape[0]}")
     L, k = x.shape[1], weight.shape[-1]
-    t = torch.arange(L, device=x.device)
     start = cu_seqlens.to(x.device, torch.long)
-    sample = torch.searchsorted(start[1:], t, right=True)  # (L,) which sample each token is in
-    since_start = t - start[sample]  # (L,) tokens before t in its own sample
+    _, since_start = sample_positions(start, L, x.device)  # (L,) tokens before t in its own sample
     y = x * weight[:, k - 1]
     for j in range(1, k):  # tap k−1−j multiplies the token j steps back
         back = F.pad(x, (0, 0, j, 0))[:, :L] * (since_start >= j)[None, :, None].to(x.dtype)
