@@ -104,13 +104,14 @@ def gguf_teacher(tmp_path):
 
 
 def test_self_distill_writes_chat_jsonl_and_drops_unfinished(tmp_path, gguf_teacher, monkeypatch, capsys):
-    import mmmamba.infer.self_distill as sd
+    import importlib
 
+    generation = importlib.import_module("mmmamba.infer.generate")  # the module (the package exports a function)
     tok = load_tokenizer(gguf_teacher)
     stop = tok.stop_ids[0]
     prompts = [f"question number {i}" for i in range(12)]
     (tmp_path / "p.txt").write_text("\n".join(prompts + prompts[:2]) + "\n\n")  # duplicates and blanks ignored
-    real = sd.generate
+    real = generation.generate
     batches = []
 
     def fake(model, batch, pixels, n, sampling, stop_ids, pad_id):
@@ -122,7 +123,7 @@ def test_self_distill_writes_chat_jsonl_and_drops_unfinished(tmp_path, gguf_teac
                 (tok.encode_text(" an answer") + [stop] if len(p) % 2 == 0 else tok.encode_text(" cut off"))
                 for i, p in enumerate(batch)]  # fmt: skip
 
-    monkeypatch.setattr(sd, "generate", fake)
+    monkeypatch.setattr(generation, "generate", fake)
     out = tmp_path / "chat"
     args = ["data", "self-distill", "--teacher", str(gguf_teacher), "--prompts", str(tmp_path / "p.txt")]
     opts = ["--batch-size", "5", "--device", "cpu", "--test-frac", "0.25", "--max-new-tokens", "16"]

@@ -6,13 +6,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..data.conversations import Sample
 from ..data.images import image_processor
 from ..data.tokenizer import IMAGE_MARK, ChatTokenizer
 from ..errors import MmmambaError
-from ..infer import generate
+from ..infer.generate import generate_in_batches
 from ..io import write_json_atomic
 from ..models import Decoder
 
@@ -64,8 +63,6 @@ def predict_ids(
 ) -> dict[str, list[int]]:
     """Greedy answer tokens by sample id (the stop token included when it came within
     ``max_new_tokens``). Prompts are batched by length; a batch answers as each prompt alone."""
-    if batch_size < 1:
-        raise MmmambaError(f"batch size {batch_size}: give 1 or more")
     model.eval()
     images = image_processor(model.config.vision)
 
@@ -75,25 +72,19 @@ def predict_ids(
         pixels, counts = images.load_many(s.images)
         return tok.user_turn(s.turns[0][0], image_tokens=counts), pixels
 
-    encoded = {s.id: prompt(s) for s in samples}
-    order = sorted(samples, key=lambda s: len(encoded[s.id][0]))
-    out = {}
-    for i in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
-        chunk = order[i : i + batch_size]
-        prompts = [encoded[s.id][0] for s in chunk]
-        pixels = None if images is None else torch.cat([encoded[s.id][1] for s in chunk])
-        dtype = model.embed_tokens.weight.dtype
-        answers = generate(
-            model,
-            prompts,
-            None if pixels is None else pixels.to(dtype),
-            max_new_tokens,
-            stop_ids=tok.stop_ids,
-            pad_id=tok.pad_id,
-        )
-        for s, ids in zip(chunk, answers):
-            out[s.id] = list(ids)
-    return out
+    encoded = [prompt(s) for s in samples]
+    answers = generate_in_batches(
+        model,
+        [ids for ids, _ in encoded],
+        None if images is None else [pixels for _, pixels in encoded],
+        max_new_tokens,
+        batch_size,
+        stop_ids=tok.stop_ids,
+        pad_id=tok.pad_id,
+        progress=progress,
+        desc=desc,
+    )
+    return {s.id: ids for s, ids in zip(samples, answers)}
 
 
 def decode_answer(tok: ChatTokenizer, ids: list[int]) -> str:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from ..errors import MmmambaError
 from ..models import Decoder
@@ -129,4 +130,33 @@ def generate(
     step = DecodeStep(model, cache, decode) if max_new_tokens > 1 else None
     sampling = sampling or SamplingConfig()
     out, _ = decode_tokens(model, logits, mask, cache, max_new_tokens, sampling, stop_ids, on_token, step)
+    return out
+
+
+@torch.no_grad()
+def generate_in_batches(
+    model: Decoder,
+    prompts: list[list[int]],
+    pixels: list[Tensor | None] | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    sampling: SamplingConfig | None = None,
+    stop_ids: tuple[int, ...] = (),
+    pad_id: int = 0,
+    progress: bool = True,
+    desc: str = "generate",
+) -> list[list[int]]:
+    """``generate`` over many prompts, batched by prompt length (a batch answers as each prompt alone);
+    the answers come back in the prompts' order. ``pixels``: each prompt's image tiles, or None."""
+    if batch_size < 1:
+        raise MmmambaError(f"batch size {batch_size}: give 1 or more")
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    dtype = model.embed_tokens.weight.dtype
+    out: list[list[int]] = [[] for _ in prompts]
+    for s in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
+        rows = order[s : s + batch_size]
+        batch_pixels = None if pixels is None else torch.cat([pixels[i] for i in rows]).to(dtype)
+        answers = generate(model, [prompts[i] for i in rows], batch_pixels, max_new_tokens, sampling, stop_ids, pad_id)
+        for i, ids in zip(rows, answers):
+            out[i] = list(ids)
     return out

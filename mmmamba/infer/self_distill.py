@@ -15,13 +15,12 @@ import random
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..data.tokenizer import ChatTokenizer
 from ..errors import MmmambaError
 from ..io import parse_json, write_json_atomic, write_text_atomic
 from ..models import Decoder
-from .generate import generate
+from .generate import generate_in_batches
 from .sampling import SamplingConfig
 
 MAX_PROMPTS = 10_000_000
@@ -78,15 +77,14 @@ def answer_prompts(
                 f"--prompts: a prompt of {len(ids)} tokens with {max_new_tokens} new tokens exceeds the teacher's "
                 f"max_position {teacher.config.max_position}: {p[:60]!r}…; shorten it or lower --max-new-tokens"
             )
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
-    out: list[tuple[list[int], bool]] = [([], False)] * len(prompts)
-    for s in tqdm(range(0, len(order), batch_size), desc="teacher answers", unit="batch", disable=not progress):
-        rows = order[s : s + batch_size]
-        batch = [encoded[i] for i in rows]
-        answers = generate(teacher, batch, None, max_new_tokens, sampling, tok.stop_ids, tok.pad_id)
-        for i, ids in zip(rows, answers):
-            ended = bool(ids) and ids[-1] in tok.stop_ids
-            out[i] = (ids[:-1] if ended else ids, ended)
+    answers = generate_in_batches(
+        teacher, encoded, None, max_new_tokens, batch_size, sampling, tok.stop_ids, tok.pad_id, progress,
+        "teacher answers",
+    )  # fmt: skip
+    out = []
+    for ids in answers:
+        ended = bool(ids) and ids[-1] in tok.stop_ids
+        out.append((ids[:-1] if ended else ids, ended))
     return out
 
 
