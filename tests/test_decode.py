@@ -17,18 +17,18 @@ from mmmamba.errors import MmmambaError
 from mmmamba.infer import ChatSession, generate
 from mmmamba.infer.decode_step import DecodeStep, resolve_mode
 from mmmamba.infer.generate import left_pad, prefill
-from mmmamba.models import Decoder, DecoderConfig
+from mmmamba.models import Decoder
 from mmmamba.ops import ssd_chunked_scan
 from mmmamba.ops.decode_attention import decode_attention, decode_attention_reference
 from mmmamba.ops.ssd import resolve_backend, ssd_scan
 
+from .conftest import tiny_config
+
 
 def tiny(kind: str, layers: int = 4, theta: float = 1e4) -> Decoder:
     torch.manual_seed(0)
-    cfg = DecoderConfig(
-        vocab_size=61, hidden_size=48, num_layers=layers, num_heads=6, num_kv_heads=2, head_dim=8,
-        intermediate_size=40, max_position=128, rope_theta=theta,
-    )  # fmt: skip
+    cfg = tiny_config(hidden_size=48, num_layers=layers, num_heads=6, intermediate_size=40, max_position=128,
+                      rope_theta=theta, vision=None, image_token_id=None)  # fmt: skip
     teacher = Decoder(cfg)
     for p in teacher.parameters():  # larger than the default init: logits that differ per token
         p.data.normal_(0, 0.3)
