@@ -82,6 +82,15 @@ def resolve_device(text: str | None) -> str:
     return str(dev)
 
 
+def resolve_dtype(name: str, device: str):
+    """``--dtype``: float32 | bfloat16, or auto = bfloat16 on CUDA and float32 elsewhere."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
 def check_text(text: str, flag: str) -> str:
     """A command-line string must be valid UTF-8 (undecodable bytes arrive as surrogates)."""
     try:
@@ -211,8 +220,6 @@ def same_or_inside_out(path, out) -> bool:
 
 
 def cmd_data_self_distill(args) -> None:
-    import torch
-
     from ..data.tokenizer import load_tokenizer
     from ..infer import SamplingConfig
     from ..infer.self_distill import read_prompts, self_distill
@@ -227,9 +234,7 @@ def cmd_data_self_distill(args) -> None:
     prompts = read_prompts(args.prompts)
     device = resolve_device(args.device)
     tok = load_tokenizer(args.teacher)
-    dtype = torch.bfloat16 if device.startswith("cuda") and args.dtype == "auto" else torch.float32
-    dtype = {"auto": dtype, "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-    teacher = load_checkpoint(args.teacher).to(device=device, dtype=dtype).eval()
+    teacher = load_checkpoint(args.teacher).to(device=device, dtype=resolve_dtype(args.dtype, device)).eval()
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
     meta = self_distill(
         teacher, tok, prompts, out, args.teacher, args.max_new_tokens, args.batch_size, sampling,
@@ -408,15 +413,12 @@ class _Stream:
 
 
 def cmd_generate(args) -> None:
-    import torch
-
     from ..data.images import attach_image
     from ..infer import generate
 
     device = resolve_device(args.device)
     model, tok, image, sampling = _load_for_chat(args)
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(args.dtype)
-    dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
+    dtype = resolve_dtype(args.dtype, device)
     model = model.to(device, dtype)
     model.fuse_projections()  # inference only: one matmul per layer for q/k/v(/gate/Δ) and for gate/up
     if image is not None:
