@@ -1,4 +1,4 @@
-"""Math: the SSD recurrence (reference, chunked, fused Triton, single step) and the causal conv1d.
+"""Math: the SSD recurrence (reference, chunked, fla's kernels, single step), the causal conv1d and decode attention.
 
 Every fast path shares the signature of its plain reference and is tested against it.
 """
