@@ -195,12 +195,12 @@ def cmd_data_make(args) -> None:
 def cmd_data_text(args) -> None:
     from ..data.text_corpus import build_text_corpus, collect_files
     from ..data.tokenizer import load_tokenizer
-    from ..io import check_free_space, check_output_dir
+    from ..io import check_free_space, check_output_dir, same_or_inside
 
     out = check_output_dir(args.out)
     files = collect_files(args.inputs)
     for f in files:
-        if same_or_inside_out(f, out):
+        if out.exists() and same_or_inside(f, out):
             raise MmmambaError(f"--out {out}: holds the input {f}; write the corpus to a new folder")
     if args.val_frac + args.test_frac >= 1:
         raise MmmambaError(f"--val-frac {args.val_frac} + --test-frac {args.test_frac}: leave some text for training")
@@ -211,12 +211,6 @@ def cmd_data_text(args) -> None:
     )
     sizes = ", ".join(f"{k} {v['chunks']} chunks / {v['tokens']} tokens" for k, v in info["splits"].items())
     print(f"wrote {out}: {info['documents']} documents -> {sizes} (seq_len {args.seq_len})")
-
-
-def same_or_inside_out(path, out) -> bool:
-    from ..io import same_or_inside
-
-    return Path(out).exists() and same_or_inside(path, out)
 
 
 def cmd_data_self_distill(args) -> None:
