@@ -3,10 +3,12 @@
 # end to end, offline. Every number printed at the end comes from the eval JSON files named beside it.
 #
 #   DOCS=/usr/share/doc/python3.11/html bash scripts/smollm2_distill.sh            # R=runs/smollm2
-#   STEPS=300,300,600 BATCH=16 MAX_NEW=384 R=runs/smol bash scripts/smollm2_distill.sh
+#   STEPS=300,300,600 BATCH=64 LR_SCALE=3 MAX_NEW=384 R=runs/smol bash scripts/smollm2_distill.sh
 #   GGUF=path/to/model.gguf ...      # another GGUF; STUDENTS="linear:none hybrid4:every:4 auto8:auto:8"
+#   SSD=torch|fla|auto (the training scan), MICRO=32 (samples per forward), PROMPTS=2000 (self-distill prompts)
 #
-# The students distil side by side on one GPU (a 135 M model leaves most of an H100 idle), then each
+# The students distil side by side on one GPU (a 135 M model leaves most of an H100 idle) on the teacher's
+# answers pooled with the real text (`--data chat text`: every text token is a target too), then each
 # is evaluated on the held-out chat prompts (agreement with the teacher's greedy answers, token F1)
 # and on held-out real text (perplexity, KL to the teacher, cloze multiple choice). Writes
 # $R/summary.md (the table) and $R/answers.md (every model's answers to the same five prompts).
@@ -19,7 +21,12 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 R=${R:-runs/smollm2}
 STEPS=${STEPS:-300,300,600}
-BATCH=${BATCH:-16}
+BATCH=${BATCH:-64}
+LR_SCALE=${LR_SCALE:-3}
+MICRO=${MICRO:-32}
+SSD=${SSD:-auto}
+EVAL_EVERY=${EVAL_EVERY:-100}
+PROMPTS=${PROMPTS:-2000}
 MAX_NEW=${MAX_NEW:-384}
 DOCS=${DOCS:-/usr/share/doc/python3.11/html}
 mm() { echo "+ mmmamba $*" >&2; "$PY" -m mmmamba "$@"; }
@@ -36,9 +43,9 @@ print(pathlib.Path(s.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if s els
 # 2. real text (held-out test split = real text never trained on) and prompts built from it
 [ -f "$R/text/corpus.json" ] || mm data text --inputs "$DOCS" --out "$R/text" --tokenizer "$R/teacher" --seq-len 512
 if [ ! -f "$R/prompts.txt" ]; then
-  "$PY" - "$R" <<'PYEOF'
+  "$PY" - "$R" "$PROMPTS" <<'PYEOF'
 import json, random, sys
-r = sys.argv[1]
+r, n_prompts = sys.argv[1], int(sys.argv[2])
 heads, passages = set(), []
 for line in open(f"{r}/text/train.jsonl", encoding="utf-8"):
     text = json.loads(line)["text"]
@@ -50,25 +57,26 @@ for line in open(f"{r}/text/train.jsonl", encoding="utf-8"):
             passages.append(p)
 rng = random.Random(0)
 prompts = [f"Explain {h} in Python, briefly." for h in sorted(heads) if len(h) > 3]
-prompts += [f"Summarize this in two sentences:\n{p}" for p in rng.sample(passages, min(600, len(passages)))]
+prompts += [f"Summarize this in two sentences:\n{p}" for p in rng.sample(passages, min(n_prompts // 3, len(passages)))]
 rng.shuffle(prompts)
 with open(f"{r}/prompts.txt", "w", encoding="utf-8") as f:
-    f.writelines(p.replace("\n", "\\n") + "\n" for p in prompts[:2000])
-print(f"{r}/prompts.txt: {min(2000, len(prompts))} prompts", file=sys.stderr)
+    f.writelines(p.replace("\n", "\\n") + "\n" for p in prompts[:n_prompts])
+print(f"{r}/prompts.txt: {min(n_prompts, len(prompts))} prompts", file=sys.stderr)
 PYEOF
 fi
 
 # 3. chat set answered by the teacher (greedy, bf16 on the GPU); answers cut by MAX_NEW are dropped
 [ -f "$R/chat/meta.json" ] || mm data self-distill --teacher "$R/teacher" --prompts "$R/prompts.txt" --out "$R/chat" \
-  --max-new-tokens "$MAX_NEW" --batch-size 64 --test-frac 0.05 --val-frac 0.03
+  --max-new-tokens "$MAX_NEW" --batch-size 128 --test-frac 0.05 --val-frac 0.03
 
 # 4. convert and distill every student, side by side (each a process; logs in $R/<name>/distill.log)
 for spec in $STUDENTS; do
   name=${spec%%:*}; keep=${spec#*:}
   [ -f "$R/$name/student/config.json" ] || mm convert --teacher "$R/teacher" --keep-attention "$keep" --out "$R/$name/student"
   ( start=$(date +%s)
-    mm distill --teacher "$R/teacher" --student "$R/$name/student" --data "$R/chat" --out "$R/$name/run" \
-      --stages 1,2,3 --steps-per-stage "$STEPS" --batch-size "$BATCH" --pack
+    mm distill --teacher "$R/teacher" --student "$R/$name/student" --data "$R/chat" "$R/text" --out "$R/$name/run" \
+      --stages 1,2,3 --steps-per-stage "$STEPS" --batch-size "$BATCH" --pack --micro-batch "$MICRO" \
+      --lr-scale "$LR_SCALE" --ssd-backend "$SSD" --eval-every "$EVAL_EVERY"
     echo "$name distill wall time: $(( $(date +%s) - start )) s" ) > "$R/$name/distill.log" 2>&1 &
 done
 wait
@@ -87,15 +95,9 @@ for m in $models; do
 done
 wait
 
-# 6. the same five prompts to every model, and the summary table
-: > "$R/answers.md"
-while IFS= read -r prompt; do
-  echo "### $prompt" >> "$R/answers.md"
-  for m in $models; do
-    echo "- **${m%%:*}**: $(mm generate --model "${m#*:}" --prompt "$prompt" --max-new-tokens 96 2>/dev/null | tr '\n' ' ')" \
-      >> "$R/answers.md"
-  done
-done <<'EOF2'
+# 6. the same five prompts to every model (greedy, one batch per model), and the summary table
+pairs=""; for m in $models; do pairs="$pairs ${m%%:*}=${m#*:}"; done
+"$PY" scripts/answer_prompts.py "$R/answers.md" $pairs > /dev/null <<'EOF2'
 What is a Python list?
 Give me three tips for writing readable code.
 Explain what a dictionary comprehension does.
@@ -114,10 +116,16 @@ for name in models:
     rows.append(f"| {name} | {a['full_answer_match']:.3f} | {a['first_n_token_agreement']:.3f} | "
                 f"{chat['reference']['token_f1']:.3f} | {t['perplexity']:.2f} | {t['kl_teacher_model']:.3f} | "
                 f"{text['choices']['cloze']['model']['acc']:.3f} |")
+rows += ["", "| student | stage | steps | tokens | seconds (steps 2+) | tokens/s per process | wall |", "|---|---|---|---|---|---|---|"]
 for name in models[1:]:
-    log = list(csv.DictReader(open(f"{r}/{name}/run/log.csv")))
-    rows.append(f"\n{name}: {len(log)} logged rows in {r}/{name}/run/log.csv; "
-                + open(f"{r}/{name}/distill.log").read().strip().splitlines()[-1])
+    log = [row for row in csv.DictReader(open(f"{r}/{name}/run/log.csv")) if row.get("tokens")]
+    wall = open(f"{r}/{name}/distill.log").read().strip().splitlines()[-1]
+    for stage in sorted({row["stage"] for row in log}):
+        steps = [row for row in log if row["stage"] == stage and row["train_loss"]]
+        timed = [row for row in steps if row["step"] != "1"]
+        tok, sec = sum(int(row["tokens"]) for row in timed), sum(float(row["seconds"]) for row in timed)
+        rate = f"{tok / sec:.0f}" if sec else "-"
+        rows.append(f"| {name} | {stage} | {len(steps)} | {sum(int(row['tokens']) for row in steps)} | {sec:.1f} | {rate} | {wall} |")
 open(f"{r}/summary.md", "w").write("\n".join(rows) + "\n")
 print("\n".join(rows))
 PYEOF

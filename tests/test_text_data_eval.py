@@ -201,3 +201,50 @@ def test_eval_on_a_text_corpus_reports_perplexity_kl_and_choices(tmp_path, gguf_
     assert text["teacher_perplexity"] == pytest.approx(text["perplexity"])
     assert got["choices"]["mc"]["model"]["n"] == 1 and "perplexity" in capsys.readouterr().out
     assert main([*args, "--choices", str(tmp_path / "missing.jsonl")]) == 2  # named, before any work
+
+
+def test_near_duplicate_documents_are_dropped_before_the_split(tmp_path):
+    """The same page as HTML and as its Markdown source is one document: kept once (the HTML), so held-out
+    text never reappears in training; distinct documents sharing boilerplate phrases are all kept."""
+    from mmmamba.data.text_corpus import build_text_corpus
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    topics = ["rivers", "engines", "gardens", "violins", "glaciers", "printing"]
+    for i, topic in enumerate(topics):
+        words = " ".join(f"{topic} fact {k}: the {topic} {k * 7 + i} differ in colour size and age." for k in range(30))
+        (docs / f"{topic}.md").write_text(f"# {topic}\n\nCopyright notice shared by all pages.\n\n{words}\n")
+    source = (docs / "rivers.md").read_text()
+    html = "<html><body><main><h1>rivers</h1><p>" + source.split("\n\n", 1)[1].replace("\n\n", "</p><p>") + "</main>"
+    (docs / "rivers.html").write_text(html)  # the same page rendered
+    (docs / "copy").mkdir()
+    (docs / "copy" / "engines.txt").write_text(source.replace("rivers", "rivers!").replace("fact 3", "fact  3"))
+    info = build_text_corpus([str(docs)], tmp_path / "c", ByteTokenizer(), "byte", 256, 0.2, 0.2)
+    dropped = {tuple(p.rsplit("/", 1)[-1] for p in pair) for pair in info["dropped_near_duplicates"]}
+    assert dropped == {("rivers.md", "rivers.html"), ("engines.txt", "rivers.html")}
+    assert info["documents"] == 6
+    kept = [s.rsplit("/", 1)[-1] for s in info["sources"]]
+    assert "rivers.html" in kept and "rivers.md" not in kept and "engines.md" in kept
+    everything = build_text_corpus([str(docs)], tmp_path / "all", ByteTokenizer(), "byte", 256, 0.2, 0.2, near_duplicate=2)
+    assert everything["documents"] == 8 and everything["dropped_near_duplicates"] == []
+
+
+def test_distill_pools_several_data_folders(tmp_path, capsys):
+    """`distill --data A B` trains on the union of the folders' train samples (and validates on both)."""
+    corpora = []
+    for name, n in (("a", 6), ("b", 9)):
+        write_docs(tmp_path / f"docs_{name}", n=n)
+        out = tmp_path / f"corpus_{name}"
+        args = ["--inputs", str(tmp_path / f"docs_{name}"), "--out", str(out), "--tokenizer", "models/tiny-teacher"]
+        assert main(["data", "text", *args, "--seq-len", "64", "--val-frac", "0.2", "--test-frac", "0.2"]) == 0
+        corpora.append(out)
+    counts = [len(read_text_split(c, s)) for c in corpora for s in ("train", "val")]
+    student = tmp_path / "student"
+    assert main(["convert", "--teacher", "models/tiny-teacher", "--keep-attention", "none", "--out", str(student)]) == 0
+    capsys.readouterr()
+    common = ["distill", "--teacher", "models/tiny-teacher", "--student", str(student), "--out", str(tmp_path / "r")]
+    assert main([*common, "--data", *map(str, corpora), "--batch-size", "2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{counts[0] + counts[2]} train / {counts[1] + counts[3]} val samples" in out
+    assert main([*common, "--data", str(corpora[0]), str(tmp_path / "missing"), "--batch-size", "2"]) == 2
+    assert "missing" in capsys.readouterr().err and not (tmp_path / "r").exists()

@@ -207,10 +207,13 @@ def cmd_data_text(args) -> None:
     check_free_space(out, 12 * sum(f.stat().st_size for f in files), "the text corpus")
     tok = load_tokenizer(args.tokenizer)
     info = build_text_corpus(
-        args.inputs, out, tok, args.tokenizer, args.seq_len, args.val_frac, args.test_frac, args.seed, args.min_tokens
-    )
+        args.inputs, out, tok, args.tokenizer, args.seq_len, args.val_frac, args.test_frac, args.seed, args.min_tokens,
+        near_duplicate=args.near_duplicate,
+    )  # fmt: skip
     sizes = ", ".join(f"{k} {v['chunks']} chunks / {v['tokens']} tokens" for k, v in info["splits"].items())
-    print(f"wrote {out}: {info['documents']} documents -> {sizes} (seq_len {args.seq_len})")
+    dup = len(info["dropped_near_duplicates"])
+    docs = f"{info['documents']} documents ({dup} near-duplicates dropped)"
+    print(f"wrote {out}: {docs} -> {sizes} (seq_len {args.seq_len})")
 
 
 def cmd_data_self_distill(args) -> None:
@@ -612,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", required=True, help="model folder (or .gguf) whose tokenizer to use")
     p.add_argument("--seq-len", type=int_in(8, 1 << 20), default=512, help="tokens per chunk")
     p.add_argument("--min-tokens", type=int_in(1, 1 << 20), default=32, help="drop shorter chunks")
+    p.add_argument(
+        "--near-duplicate", type=float_in(0.0, 2.0, low_open=True), default=0.3,
+        help="drop a document when this share of its 8-word shingles is in one kept document (above 1: keep all)",
+    )  # fmt: skip
     p.add_argument("--val-frac", type=float_in(0.0, 0.9), default=0.05, help="share of documents for val")
     p.add_argument("--test-frac", type=float_in(0.0, 0.9), default=0.05, help="share of documents for test")
     p.add_argument("--seed", type=SEED, default=0)
@@ -688,8 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder")
     p.add_argument("--student", required=True, help="student folder from `mmmamba convert`")
     p.add_argument(
-        "--data", required=True, help="chat / task-suite folder, or a `mmmamba data text` corpus (train/val.jsonl)"
-    )
+        "--data", required=True, nargs="+",
+        help="chat / task-suite folder, or a `mmmamba data text` corpus (train/val.jsonl); several are pooled",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="run folder: after_stageS/ checkpoints, log.csv, loss.png")
     p.add_argument("--stages", default="1,2,3", help="stages to run, in order (any subset of 1,2,3)")
     p.add_argument("--steps-per-stage", default="300,300,600", help="one count, or one per stage")

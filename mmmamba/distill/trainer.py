@@ -209,9 +209,15 @@ class Prepared:
     estimate: dict
 
 
+def data_dirs(data_dir) -> list:
+    """``--data``: one folder, or several whose train samples are pooled (e.g. a chat set and a text corpus)."""
+    return list(data_dir) if isinstance(data_dir, (list, tuple)) else [data_dir]
+
+
 def _check_paths(teacher_dir, student_dir, data_dir, out: Path) -> None:
     check_output_dir(out)
-    for flag, p in (("--teacher", teacher_dir), ("--student", student_dir), ("--data", data_dir)):
+    named = [("--teacher", teacher_dir), ("--student", student_dir)] + [("--data", d) for d in data_dirs(data_dir)]
+    for flag, p in named:
         if same_or_inside(out, p) and Path(out).resolve() == Path(p).resolve():
             raise MmmambaError(f"--out {out} is the {flag[2:]} folder; distil into a new folder")
         if Path(p).exists() and same_or_inside(p, out) and Path(p).resolve().parent == out.resolve():
@@ -268,12 +274,15 @@ def prepare(teacher_dir, student_dir, data_dir, out: Path, cfg: DistillConfig, p
     check_pair(teacher, student.config, teacher_dir, student_dir)
     tok = load_tokenizer(teacher_dir)
     limit = teacher.config.max_position
-    if is_text_corpus(data_dir):  # `mmmamba data text`: token windows, every token a target
-        vocab = teacher.config.vocab_size
-        train = text_examples(data_dir, "train", vocab, limit)
-        val_examples = text_examples(data_dir, "val", vocab, limit, cfg.val_limit)
-    else:
-        train, val_examples = _chat_examples(data_dir, teacher, teacher_dir, tok, cfg, progress)
+    train, val_examples = [], []
+    for folder in data_dirs(data_dir):  # pooled: a step samples uniformly over all train samples
+        if is_text_corpus(folder):  # `mmmamba data text`: token windows, every token a target
+            vocab = teacher.config.vocab_size
+            train += text_examples(folder, "train", vocab, limit)
+            val_examples += text_examples(folder, "val", vocab, limit, cfg.val_limit)
+        else:
+            t, v = _chat_examples(folder, teacher, teacher_dir, tok, cfg, progress)
+            train, val_examples = train + t, val_examples + v
     if len(train) < cfg.batch_size:
         raise MmmambaError(
             f"--batch-size {cfg.batch_size}: the train split has only {len(train)} samples; lower the batch size"
