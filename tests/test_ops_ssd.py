@@ -89,3 +89,34 @@ def test_zero_step_size_leaves_state_untouched():
     x, dt, A, B, C, _, s0 = random_ssd_inputs(1, 9, 2, 3, 4)
     _, f = ssd_chunked_scan(x, torch.zeros_like(dt), A, B, C, None, s0, chunk_size=4)
     torch.testing.assert_close(f, s0, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("lengths", [[1], [63, 1, 130, 17], [5, 64, 64, 2]])
+@pytest.mark.parametrize("with_state_and_D", [False, True])
+def test_packed_scan_equals_each_sample_alone_with_gradients(lengths, with_state_and_D):
+    """Packed samples (cu_seqlens) through the torch backend = the naive scan of each sample on its own,
+    outputs, final states and the gradients of every input, in float64."""
+    from mmmamba.ops.ssd import ssd_scan
+
+    n, L = len(lengths), sum(lengths)
+    x, dt, A, B, C, D, _ = random_ssd_inputs(1, L, 3, 4, 5, seed=L, requires_grad=True)
+    s0 = torch.randn(n, 3, 4, 5, dtype=F64, requires_grad=True) if with_state_and_D else None
+    D = D if with_state_and_D else None
+    cu = torch.tensor([0, *lengths]).cumsum(0)
+    y, state = ssd_scan(x, dt, A, B, C, D, s0, chunk_size=16, backend="torch", cu_seqlens=cu)
+    ys, states = [], []
+    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        init = None if s0 is None else s0[i : i + 1]
+        yi, si = ssd_naive_scan(x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], D, init)
+        ys.append(yi)
+        states.append(si)
+    y_ref, state_ref = torch.cat(ys, 1), torch.cat(states, 0)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state, state_ref, rtol=1e-10, atol=1e-10)
+    g = torch.Generator().manual_seed(1)
+    wy, ws = torch.randn(y.shape, generator=g, dtype=F64), torch.randn(state.shape, generator=g, dtype=F64)
+    inputs = [t for t in (x, dt, A, B, C, D, s0) if t is not None]
+    got = torch.autograd.grad((y * wy).sum() + (state * ws).sum(), inputs)
+    want = torch.autograd.grad((y_ref * wy).sum() + (state_ref * ws).sum(), inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)

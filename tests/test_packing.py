@@ -53,12 +53,15 @@ def test_packed_forward_equals_each_sample_alone():
     teacher, student = models()
     ex = examples()
     packed = pack(ex)
+    ones = torch.ones_like(packed.input_ids)
     for model in (teacher, student):
-        out = model(packed.input_ids, cu_seqlens=packed.cu_seqlens).logits
-        starts = packed.cu_seqlens.tolist()
-        for e, s in zip(ex, starts):
-            alone = model(torch.tensor([e.ids])).logits
-            torch.testing.assert_close(out[:, s : s + len(e.ids)], alone, rtol=1e-10, atol=1e-10)
+        # one sample a row inside the ops, or (with an attention mask) the block-diagonal L × L mask
+        for mask in (None, ones):
+            out = model(packed.input_ids, attention_mask=mask, cu_seqlens=packed.cu_seqlens).logits
+            starts = packed.cu_seqlens.tolist()
+            for e, s in zip(ex, starts):
+                alone = model(torch.tensor([e.ids])).logits
+                torch.testing.assert_close(out[:, s : s + len(e.ids)], alone, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("stage_id", [1, 2, 3])

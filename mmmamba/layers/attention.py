@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.decode_attention import decode_attention
-from ..ops.packing import sample_positions
+from ..ops.packing import Unpacker, sample_positions
 from .projections import add_qkvo_projections, fuse_linears
 from .rope import apply_rope, rope_cos_sin
 
@@ -126,12 +126,16 @@ class Attention(nn.Module):
         if cache is not None:
             past = cache.length
             k, v = cache.update(k, v)
+        if cu_seqlens is not None and cache is not None:
+            raise ValueError("packed sequences (cu_seqlens) are for training; decode one sample per row")
+        if cu_seqlens is not None and valid is None:  # one sample a row: causal SDPA over Σ width², not L²
+            rows = Unpacker(cu_seqlens, L, u.device)
+            q, k, v = (rows.unpack(t.transpose(1, 2)).transpose(1, 2) for t in (q, k, v))  # (n, ·, width, hd)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=rows.width > 1, enable_gqa=kvh != h)
+            return rows.repack(y.transpose(1, 2)).reshape(b, L, h * hd)
         mask = attention_mask_for(valid, L, past, u.device)
-        if cu_seqlens is not None:
-            if cache is not None:
-                raise ValueError("packed sequences (cu_seqlens) are for training; decode one sample per row")
-            packed = packed_mask(cu_seqlens, L, u.device)
-            mask = packed if mask is None else mask & packed
+        if cu_seqlens is not None:  # padding inside a packed row: the block-diagonal mask, L × L
+            mask = mask & packed_mask(cu_seqlens, L, u.device)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None and L > 1, enable_gqa=kvh != h
         )

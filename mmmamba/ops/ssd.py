@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import MmmambaError
+from .packing import Unpacker
 from .ssd_chunked import ssd_chunked_scan
 from .ssd_fla import fla_available, ssd_fla_scan
 
@@ -68,14 +69,15 @@ def ssd_scan(
 
 
 def packed_chunked_scan(x, dt, A, B, C, D, initial_state, chunk_size, cu_seqlens) -> tuple[Tensor, Tensor]:
-    """The PyTorch scan over packed samples: one scan per sample (the reference for fla's varlen path)."""
+    """The PyTorch scan over packed samples: the row is unpacked into a zero-padded batch of one sample a
+    row and scanned at once. Padding has Δ = 0 (no decay, no input), so each row's final state is its
+    sample's. (A scan per sample was 25× slower in training: a Python loop of tiny kernels per layer.)"""
     if x.shape[0] != 1:
         raise MmmambaError(f"packed sequences (cu_seqlens) need batch 1, got {x.shape[0]}")
-    bounds = cu_seqlens.tolist()
-    ys, states = [], []
-    for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
-        init = None if initial_state is None else initial_state[i : i + 1]
-        y, st = ssd_chunked_scan(x[:, s:e], dt[:, s:e], A, B[:, s:e], C[:, s:e], D, init, chunk_size)
-        ys.append(y)
-        states.append(st)
-    return torch.cat(ys, 1), torch.cat(states, 0)
+    rows = Unpacker(cu_seqlens, x.shape[1], x.device)
+    x_, dt_, B_, C_ = (rows.unpack(t) for t in (x, dt, B, C))
+    y, state = ssd_chunked_scan(x_, dt_, A, B_, C_, None, initial_state, chunk_size)
+    y = rows.repack(y)
+    if D is not None:
+        y = y + D[:, None] * x
+    return y, state
