@@ -225,7 +225,8 @@ def test_near_duplicate_documents_are_dropped_before_the_split(tmp_path):
     assert info["documents"] == 6
     kept = [s.rsplit("/", 1)[-1] for s in info["sources"]]
     assert "rivers.html" in kept and "rivers.md" not in kept and "engines.md" in kept
-    everything = build_text_corpus([str(docs)], tmp_path / "all", ByteTokenizer(), "byte", 256, 0.2, 0.2, near_duplicate=2)
+    keep_all = dict(near_duplicate=2)  # above 1: every document kept
+    everything = build_text_corpus([str(docs)], tmp_path / "all", ByteTokenizer(), "byte", 256, 0.2, 0.2, **keep_all)
     assert everything["documents"] == 8 and everything["dropped_near_duplicates"] == []
 
 
