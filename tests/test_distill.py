@@ -160,3 +160,27 @@ def test_auto_keep_turns_the_worst_layers_back_into_teacher_attention(setup):
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), n  # a copy, not the teacher's storage
     assert apply_auto_keep(teacher, student, [batch]) is None  # done once
     assert not any(f"layers.{worst}." in n for n, _ in select_trainable(student, STAGES[3]))
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+def test_sliced_kl_equals_the_whole_batch_kl_with_gradients(monkeypatch, chunk):
+    """masked_kl's slices (recomputed in backward) give the whole-batch KL and its gradient: equal to the
+    float64 formula to float32 precision (the loss computes in float32), and per token bit-equal across slicings."""
+    import torch.nn.functional as F
+
+    from mmmamba.training import losses
+
+    g = torch.Generator().manual_seed(3)
+    t = torch.randn(3, 11, 29, generator=g, dtype=torch.float64)
+    s = torch.randn(3, 11, 29, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.rand(3, 11, generator=g) > 0.3
+    monkeypatch.setattr(losses, "KL_CHUNK_TOKENS", chunk)
+    got = masked_kl(t, s, mask, 1.5)
+    (got_grad,) = torch.autograd.grad(got, s)
+    lt, ls = F.log_softmax(t / 1.5, -1), F.log_softmax(s / 1.5, -1)
+    want = ((lt.exp() * (lt - ls)).sum(-1) * mask).sum() / mask.sum() * 1.5**2
+    (want_grad,) = torch.autograd.grad(want, s)
+    torch.testing.assert_close(got, want.float(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-8)
+    monkeypatch.setattr(losses, "KL_CHUNK_TOKENS", 1 << 20)
+    assert torch.equal(masked_kl(t, s, mask, 1.5), got)

@@ -8,8 +8,10 @@ global batch, whatever its split into ranks, micro-batches or packed rows.
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 
 def _mean(per_token: Tensor, mask: Tensor, total: Tensor | None) -> Tensor:
@@ -26,16 +28,34 @@ def masked_mse(student: Tensor, target: Tensor, mask: Tensor, total: Tensor | No
     return _mean((student.float() - target.float()).pow(2).mean(-1), mask, total)  # per token (b, L)
 
 
+KL_CHUNK_TOKENS = 2048  # tokens whose float32 log-probabilities exist at once in masked_kl
+
+
+def _kl_rows(teacher_logits: Tensor, student_logits: Tensor, temperature: float) -> Tensor:
+    """(N, V) logits → (N,) KL(teacher ‖ student), in float32."""
+    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    return (t.exp() * (t - s)).sum(-1)
+
+
 def masked_kl(
     teacher_logits: Tensor, student_logits: Tensor, mask: Tensor, temperature: float = 1.0, total: Tensor | None = None
 ) -> Tensor:
     """KL(teacher ‖ student) of next-token distributions, averaged over tokens where mask is 1.
 
-    Scaled by T² (Hinton et al.) so gradients keep their size across temperatures.
+    Scaled by T² (Hinton et al.) so gradients keep their size across temperatures. Computed in slices of
+    ``KL_CHUNK_TOKENS`` tokens, each recomputed in the backward pass (activation checkpointing): the
+    float32 softmaxes of a whole batch (five vocabulary-wide tensors a token) never exist at once.
     """
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    return _mean((t.exp() * (t - s)).sum(-1), mask, total) * temperature**2  # per token (b, L)
+    b, L, V = student_logits.shape
+    t_rows, s_rows = teacher_logits.reshape(b * L, V), student_logits.reshape(b * L, V)
+    grad = torch.is_grad_enabled() and student_logits.requires_grad
+    per = []
+    for i in range(0, b * L, KL_CHUNK_TOKENS):
+        t, s = t_rows[i : i + KL_CHUNK_TOKENS], s_rows[i : i + KL_CHUNK_TOKENS]
+        rows = checkpoint(_kl_rows, t, s, temperature, use_reentrant=False) if grad else _kl_rows(t, s, temperature)
+        per.append(rows)
+    return _mean(torch.cat(per).view(b, L), mask, total) * temperature**2  # per token (b, L)
 
 
 def masked_ce(logits: Tensor, ids: Tensor, mask: Tensor, total: Tensor | None = None) -> Tensor:
