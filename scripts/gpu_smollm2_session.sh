@@ -22,7 +22,7 @@ prep)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .xfer/*.whl
   mkdir -p "$W/run" && tar -C "$W/run" -xJf .xfer/smol_text.tar.xz
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-  for v in train64_packed infer64; do
+  for v in train64_packed infer64 infer64_fp32; do
     (timeout 420 python3 scripts/gpu_warm_fla.py $v > "$OUT/warm_$v.txt" 2>&1) &
   done
   timeout 150 python3 scripts/gpu_distill_scale.py "${SMOL[@]}" --ssd-backend torch 2>&1 | tee "$OUT/scale_smol_torch.jsonl"

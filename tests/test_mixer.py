@@ -92,3 +92,13 @@ def test_padding_never_enters_the_state():
     torch.testing.assert_close(y_pad[:, 5:], y, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(c2.ssm, c1.ssm, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(c2.conv, c1.conv, rtol=0, atol=0)
+
+
+def test_fla_takes_the_autocast_dtype_in_training():
+    """Under bf16 autocast (training) fla's q/k/v are bf16 even when activations are fp32; else theirs."""
+    from mmmamba.layers.mamba2 import scan_dtype
+
+    u = torch.randn(2, 3)
+    assert scan_dtype(u) == torch.float32 and scan_dtype(u.double()) == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert scan_dtype(u) == torch.bfloat16
