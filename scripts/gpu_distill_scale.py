@@ -46,6 +46,7 @@ def parse_args():
     p.add_argument("--modes", default="fsdp,layer", help="layer applies to stages 1-2 with more than one process")
     p.add_argument("--pack", default="0,1", help="0: padded rows, 1: packed rows (cu_seqlens)")
     p.add_argument("--ssd-backend", default="auto")
+    p.add_argument("--checkpoint", action="store_true", help="activation checkpointing (stage 3: each layer)")
     return p.parse_args()
 
 
@@ -97,6 +98,7 @@ def main() -> None:
                 with torch.device(device):
                     student = Decoder(student_cfg)
                 student.load_state_dict(student_init)
+                student.checkpoint_layers = args.checkpoint
                 comm.mode, comm.local_params = mode, comm.on and mode == "layer"
                 comm.grad_scale = float(comm.world) if comm.on and mode == "fsdp" else 1.0
                 comm.units = []
@@ -127,7 +129,8 @@ def main() -> None:
                     return False
 
                 row = {"world": comm.world, "stage": stage_id, "mode": mode, "packed": packed, "layers": args.layers,
-                       "hidden": args.hidden, "global_batch": args.global_batch, "tokens_per_step": tokens}  # fmt: skip
+                       "hidden": args.hidden, "global_batch": args.global_batch, "tokens_per_step": tokens,
+                       "ssd_backend": args.ssd_backend, "checkpoint": args.checkpoint}  # fmt: skip
                 try:
                     train_loop(
                         params=params, opt=opt, optim=stage.optim, steps=args.steps + 2, start=0,

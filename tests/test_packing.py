@@ -80,3 +80,25 @@ def test_packed_loss_and_gradients_equal_the_padded_batch(stage_id):
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_activation_checkpointing_gives_the_same_stage3_loss_and_gradients(packed):
+    """Decoder.checkpoint_layers (distill --checkpoint-activations) recomputes each layer in backward:
+    the loss and every gradient are those of the plain backward, in float64, padded or packed."""
+    teacher, student = models()
+    stage = STAGES[3].with_options(ce_weight=0.5, train_mlp=True)
+    params = select_trainable(student, stage)
+    ex = examples()
+    batch = pack(ex) if packed else collate(ex, 0)
+    results = []
+    for on in (False, True):
+        student.checkpoint_layers = on
+        student.zero_grad(set_to_none=True)
+        loss = stage_loss(stage, teacher, student, batch)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for _, p in params]))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    for x, y in zip(ga, gb):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-14)

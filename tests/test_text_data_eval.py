@@ -173,7 +173,8 @@ def test_distill_reads_a_text_corpus(tmp_path, capsys):
     student, run = tmp_path / "student", tmp_path / "run"
     assert main(["convert", "--teacher", "models/tiny-teacher", "--keep-attention", "none", "--out", str(student)]) == 0
     common = ["--teacher", "models/tiny-teacher", "--student", str(student), "--data", str(out), "--out", str(run)]
-    assert main(["distill", *common, "--stages", "1,3", "--steps-per-stage", "2", "--batch-size", "2"]) == 0
+    steps = ["--stages", "1,3", "--steps-per-stage", "2", "--batch-size", "2", "--checkpoint-activations"]
+    assert main(["distill", *common, *steps]) == 0
     assert (run / "after_stage3" / "config.json").is_file()
     rows = (run / "log.csv").read_text().splitlines()[1:]
     assert rows and all("nan" not in r for r in rows)

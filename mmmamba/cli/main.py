@@ -388,6 +388,7 @@ def cmd_distill(args) -> None:
         micro_batch=args.micro_batch,
         parallel=args.parallel,
         ssd_backend=args.ssd_backend,
+        checkpoint_activations=args.checkpoint_activations,
     )
     if args.dry_run:
         e = distill(args.teacher, args.student, args.data, args.out, cfg, dry_run=True)
@@ -728,6 +729,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ssd-backend", default=None, choices=["auto", "torch", "fla"],
         help="the student's Mamba-2 scan (default: its config's, auto = fla on CUDA). fla's first use on a GPU "
         "autotunes for minutes (README); torch needs no warm-up",
+    )  # fmt: skip
+    p.add_argument(
+        "--checkpoint-activations", action="store_true",
+        help="stage 3: keep only each student layer's input and recompute the layer in backward (less memory, "
+        "about a third more compute; a resume may change it)",
     )  # fmt: skip
     p.set_defaults(func=cmd_distill)
 

@@ -93,10 +93,11 @@ class DistillConfig:
     micro_batch: int | None = None  # samples per forward on one process (gradient accumulation); None: all
     parallel: str = "fsdp"  # several processes (torchrun): fsdp | layer (stages 1-2: each owns some layers)
     ssd_backend: str | None = None  # the student's Mamba-2 scan: auto | torch | fla; None keeps its config's
+    checkpoint_activations: bool = False  # stage 3: recompute each student layer in backward (memory for time)
 
 
 # settings that may differ between a run and its resume (the loss of every step stays the same)
-RESUMABLE_WITH_OTHER = ("max_bad_steps", "micro_batch", "parallel", "device", "ssd_backend")
+RESUMABLE_WITH_OTHER = ("max_bad_steps", "micro_batch", "parallel", "device", "ssd_backend", "checkpoint_activations")
 
 
 def check_config(cfg: DistillConfig) -> None:
@@ -518,6 +519,7 @@ def distill(
             continue
         fresh = prep.student if student_src == Path(student_dir) else load_checkpoint(student_src)
         student = fresh.float().to(device)
+        student.checkpoint_layers = cfg.checkpoint_activations
         kept = apply_auto_keep(teacher, student, val) if stage_id == 3 else None  # the step between stages 2 and 3
         if kept is not None and lead:
             tqdm.write(f"auto:{len(kept)}: keeping layers {kept} as attention (largest stage-2 error)")

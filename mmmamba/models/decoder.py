@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import MmmambaError
 from ..layers import Attention, DecodeContext, Mamba2Mixer, RMSNorm, SwiGLU
@@ -67,6 +68,7 @@ class Decoder(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        self.checkpoint_layers = False  # runtime choice (not saved): recompute each layer in backward
 
     def between_layers(self, i: int, x: Tensor) -> Tensor:
         """The residual stream after layer ``i``, as the next layer sees it (a model feature hook;
@@ -194,7 +196,11 @@ class Decoder(nn.Module):
         for i, layer in enumerate(self.layers):
             if return_layer_io:
                 out.layer_inputs.append(x)
-            x, mixed = layer(x, positions, attention_mask, None if cache is None else cache[i], cu_seqlens)
+            if self.checkpoint_layers and cache is None and torch.is_grad_enabled():
+                # activation checkpointing: keep only the layer's input, recompute the rest in backward
+                x, mixed = checkpoint(layer, x, positions, attention_mask, None, cu_seqlens, use_reentrant=False)
+            else:
+                x, mixed = layer(x, positions, attention_mask, None if cache is None else cache[i], cu_seqlens)
             x = self.between_layers(i, x)
             if return_layer_io:
                 out.mixer_outputs.append(mixed)
