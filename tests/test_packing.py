@@ -64,19 +64,20 @@ def test_packed_forward_equals_each_sample_alone():
                 torch.testing.assert_close(out[:, s : s + len(e.ids)], alone, rtol=1e-10, atol=1e-10)
 
 
+def loss_and_grads(stage, teacher, student, params, batch):
+    student.zero_grad(set_to_none=True)
+    loss = stage_loss(stage, teacher, student, batch)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for _, p in params]
+
+
 @pytest.mark.parametrize("stage_id", [1, 2, 3])
 def test_packed_loss_and_gradients_equal_the_padded_batch(stage_id):
     teacher, student = models()
     stage = STAGES[stage_id].with_options(ce_weight=0.5)
     params = select_trainable(student, stage)
     ex = examples()
-    results = []
-    for batch in (collate(ex, 0), pack(ex)):
-        student.zero_grad(set_to_none=True)
-        loss = stage_loss(stage, teacher, student, batch)
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for _, p in params]))
-    (a, ga), (b, gb) = results
+    (a, ga), (b, gb) = (loss_and_grads(stage, teacher, student, params, x) for x in (collate(ex, 0), pack(ex)))
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12)
@@ -94,10 +95,7 @@ def test_activation_checkpointing_gives_the_same_stage3_loss_and_gradients(packe
     results = []
     for on in (False, True):
         student.checkpoint_layers = on
-        student.zero_grad(set_to_none=True)
-        loss = stage_loss(stage, teacher, student, batch)
-        loss.backward()
-        results.append((loss.detach(), [p.grad.clone() for _, p in params]))
+        results.append(loss_and_grads(stage, teacher, student, params, batch))
     (a, ga), (b, gb) = results
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     for x, y in zip(ga, gb):
