@@ -250,3 +250,5 @@ def test_distill_pools_several_data_folders(tmp_path, capsys):
     assert f"{counts[0] + counts[2]} train / {counts[1] + counts[3]} val samples" in out
     assert main([*common, "--data", str(corpora[0]), str(tmp_path / "missing"), "--batch-size", "2"]) == 2
     assert "missing" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert main([*common, "--data", str(corpora[0]), str(corpora[0]) + "/", "--batch-size", "2"]) == 2
+    assert "given twice" in capsys.readouterr().err and not (tmp_path / "r").exists()

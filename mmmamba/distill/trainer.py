@@ -212,7 +212,16 @@ class Prepared:
 
 def data_dirs(data_dir) -> list:
     """``--data``: one folder, or several whose train samples are pooled (e.g. a chat set and a text corpus)."""
-    return list(data_dir) if isinstance(data_dir, (list, tuple)) else [data_dir]
+    dirs = list(data_dir) if isinstance(data_dir, (list, tuple)) else [data_dir]
+    if not dirs:
+        raise MmmambaError("--data: name at least one data folder")
+    seen: dict[Path, str] = {}
+    for d in dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            raise MmmambaError(f"--data {d}: given twice (also as {seen[key]}); name each folder once")
+        seen[key] = str(d)
+    return dirs
 
 
 def _check_paths(teacher_dir, student_dir, data_dir, out: Path) -> None:
