@@ -184,3 +184,4 @@ def test_sliced_kl_equals_the_whole_batch_kl_with_gradients(monkeypatch, chunk):
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-8)
     monkeypatch.setattr(losses, "KL_CHUNK_TOKENS", 1 << 20)
     assert torch.equal(masked_kl(t, s, mask, 1.5), got)
+    assert torch.equal(masked_kl(t.flatten(0, 1), s.flatten(0, 1), mask.flatten(), 1.5), got)  # (N, V) rows

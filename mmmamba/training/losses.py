@@ -47,15 +47,15 @@ def masked_kl(
     ``KL_CHUNK_TOKENS`` tokens, each recomputed in the backward pass (activation checkpointing): the
     float32 softmaxes of a whole batch (five vocabulary-wide tensors a token) never exist at once.
     """
-    b, L, V = student_logits.shape
-    t_rows, s_rows = teacher_logits.reshape(b * L, V), student_logits.reshape(b * L, V)
+    *lead, V = student_logits.shape  # (b, L, V) or any (..., V)
+    t_rows, s_rows = teacher_logits.reshape(-1, V), student_logits.reshape(-1, V)
     grad = torch.is_grad_enabled() and student_logits.requires_grad
     per = []
-    for i in range(0, b * L, KL_CHUNK_TOKENS):
+    for i in range(0, s_rows.shape[0], KL_CHUNK_TOKENS):
         t, s = t_rows[i : i + KL_CHUNK_TOKENS], s_rows[i : i + KL_CHUNK_TOKENS]
         rows = checkpoint(_kl_rows, t, s, temperature, use_reentrant=False) if grad else _kl_rows(t, s, temperature)
         per.append(rows)
-    return _mean(torch.cat(per).view(b, L), mask, total) * temperature**2  # per token (b, L)
+    return _mean(torch.cat(per).view(lead), mask, total) * temperature**2  # per token (b, L)
 
 
 def masked_ce(logits: Tensor, ids: Tensor, mask: Tensor, total: Tensor | None = None) -> Tensor:
