@@ -402,3 +402,15 @@ def test_print_benchmark(tmp_path, capsys):
     assert out[1] == "  perception 400.00  cognition 200.00"
     assert out[2].split() == ["score", "acc", "acc_plus", "n"]
     assert out[3].split() == ["existence", "200.00", "100.00", "100.00", "4"]
+
+
+def test_eval_benchmark_refuses_options_it_would_ignore(tmp_path, capsys):
+    from mmmamba.cli.main import main
+
+    base = ["eval", "--model", "models/tiny-teacher", "--benchmark", "pope", "--data", str(tmp_path)]
+    (tmp_path / "mc.jsonl").write_text('{"context": "a", "choices": ["b", "c"], "label": 0}\n')
+    for extra in (["--teacher", "models/tiny-teacher"], ["--choices", str(tmp_path / "mc.jsonl")]):
+        capsys.readouterr()
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and extra[0] in err and "--benchmark" in err

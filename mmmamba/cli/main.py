@@ -296,6 +296,9 @@ def cmd_eval(args) -> None:
         raise MmmambaError(f"--choices {args.choices}: no such file; give a JSONL of {{context, choices, label}}")
     device = resolve_device(args.device)
     if args.benchmark is not None:
+        for flag, value in (("--teacher", args.teacher), ("--choices", args.choices)):
+            if value is not None:
+                raise MmmambaError(f"{flag} {value}: not used with --benchmark {args.benchmark}; drop it")
         return eval_benchmark(args, device)
     if is_text_corpus(args.data):
         return eval_text(args, device)
