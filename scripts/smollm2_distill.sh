@@ -65,9 +65,9 @@ print(f"{r}/prompts.txt: {min(n_prompts, len(prompts))} prompts", file=sys.stder
 PYEOF
 fi
 
-# 3. chat set answered by the teacher (greedy, bf16 on the GPU); answers cut by MAX_NEW are dropped
+# 3. chat set answered by the teacher (greedy, bf16 on the GPU); answers cut by MAX_NEW train only
 [ -f "$R/chat/meta.json" ] || mm data self-distill --teacher "$R/teacher" --prompts "$R/prompts.txt" --out "$R/chat" \
-  --max-new-tokens "$MAX_NEW" --batch-size 128 --test-frac 0.05 --val-frac 0.03
+  --max-new-tokens "$MAX_NEW" --batch-size 128 --test-frac 0.05 --val-frac 0.03 --cut-to-train
 
 # 4. convert and distill every student, side by side (each a process; logs in $R/<name>/distill.log)
 for spec in $STUDENTS; do

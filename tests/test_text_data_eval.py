@@ -138,6 +138,21 @@ def test_self_distill_writes_chat_jsonl_and_drops_unfinished(tmp_path, gguf_teac
     (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"nope": 1}\n')
     assert main([*args[:4], "--prompts", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o")]) == 2
     assert "bad.jsonl:2" in capsys.readouterr().err
+    # --cut-to-train: the cut answers join the train split only (marked), val/test stay complete answers
+    cut_out = tmp_path / "chat_cut"
+    assert main([*args, "--out", str(cut_out), *opts, "--cut-to-train"]) == 0
+    meta2 = json.loads((cut_out / "meta.json").read_text())
+    assert meta2["cut_kept_in_train"] == meta["dropped_unfinished"] and meta2["dropped_unfinished"] == 0
+    assert meta2["splits"]["test"] == meta["splits"]["test"]
+    assert meta2["splits"]["train"] == meta["splits"]["train"] + meta["dropped_unfinished"]
+    train = [json.loads(line) for line in (cut_out / "train.jsonl").read_text().splitlines()]
+    assert (
+        sorted(r["conversations"][1]["value"] for r in train if r.get("cut"))
+        == ["cut off"] * meta2["cut_kept_in_train"]
+    )
+    assert all(r["conversations"][1]["value"] == "an answer" for r in train if not r.get("cut"))
+    held_out = [s for split in ("val", "test") if meta2["splits"][split] for s in read_split(cut_out, split)]
+    assert all(s.turns[0][1] == "an answer" for s in held_out)
 
 
 def test_eval_free_form_and_agreement(tmp_path, gguf_teacher, capsys):

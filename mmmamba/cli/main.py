@@ -235,11 +235,13 @@ def cmd_data_self_distill(args) -> None:
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
     meta = self_distill(
         teacher, tok, prompts, out, args.teacher, args.max_new_tokens, args.batch_size, sampling,
-        args.val_frac, args.test_frac, args.seed,
+        args.val_frac, args.test_frac, args.seed, cut_to_train=args.cut_to_train,
     )  # fmt: skip
+    cut = f", {meta['cut_kept_in_train']} cut answers kept in train" if args.cut_to_train else ""
     print(
         f"wrote {out}: {meta['kept']} of {meta['prompts']} prompts answered by {args.teacher} on {device} "
-        f"({meta['dropped_unfinished']} unfinished, {meta['dropped_empty']} empty dropped); splits {meta['splits']}"
+        f"({meta['dropped_unfinished']} unfinished, {meta['dropped_empty']} empty dropped{cut}); "
+        f"splits {meta['splits']}"
     )
 
 
@@ -632,6 +634,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help=".txt (one prompt a line) or .jsonl ({'prompt': ...})")
     p.add_argument("--out", required=True, help="folder to write train/val/test.jsonl + meta.json to")
     p.add_argument("--max-new-tokens", type=int_in(1, 1 << 20), default=256, help="longer answers are dropped")
+    p.add_argument(
+        "--cut-to-train", action="store_true",
+        help="keep answers cut by --max-new-tokens in the train split (marked cut) instead of dropping them",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=32)
     p.add_argument("--temperature", type=float_in(0.0, 1e4), default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int_in(0, 1 << 24), default=0, help="0 = off")

@@ -101,14 +101,21 @@ def self_distill(
     test_frac: float = 0.1,
     seed: int = 0,
     progress: bool = True,
+    cut_to_train: bool = False,
 ) -> dict:
-    """Answer, split (by prompt, shuffled with ``seed``) and write the chat set; returns ``meta.json``."""
+    """Answer, split (by prompt, shuffled with ``seed``) and write the chat set; returns ``meta.json``.
+
+    An answer cut by ``max_new_tokens`` is dropped, or with ``cut_to_train`` kept in the train split only
+    (``"cut": true``): still the teacher's own text for distillation (stages 1–3 match the teacher on every
+    token, whatever the answer's end), while val and test hold only answers that ended by themselves."""
     answers = answer_prompts(teacher, tok, prompts, max_new_tokens, batch_size, sampling, progress)
-    records, unfinished, empty = [], 0, 0
+    records, cut, unfinished, empty = [], [], 0, 0
     for prompt, (ids, ended) in zip(prompts, answers):
         text = tok.decode(ids).strip()
         if not ended:
             unfinished += 1
+            if cut_to_train and text:
+                cut.append((prompt, text))
         elif not text:
             empty += 1
         else:
@@ -124,8 +131,9 @@ def self_distill(
     splits = {
         "test": records[len(records) - n_test :] if n_test else [],
         "val": records[len(records) - n_test - n_val : len(records) - n_test] if n_val else [],
-        "train": records[: len(records) - n_test - n_val],
+        "train": records[: len(records) - n_test - n_val] + cut,
     }
+    n_cut_from = len(splits["train"]) - len(cut)  # train records from here on are cut answers
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, recs in splits.items():
@@ -135,7 +143,8 @@ def self_distill(
                     "id": f"{split}-{i:06d}",
                     "family": "chat",
                     "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": a}],
-                },
+                }
+                | ({"cut": True} if split == "train" and i >= n_cut_from else {}),
                 ensure_ascii=False,
             )
             for i, (p, a) in enumerate(recs)
@@ -147,7 +156,8 @@ def self_distill(
         "teacher": str(teacher_name),
         "prompts": len(prompts),
         "kept": len(records),
-        "dropped_unfinished": unfinished,
+        "dropped_unfinished": unfinished - len(cut),
+        "cut_kept_in_train": len(cut),
         "dropped_empty": empty,
         "max_new_tokens": max_new_tokens,
         "sampling": {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "seed": s.seed},
