@@ -70,7 +70,8 @@ def ssd_scan(
 def packed_chunked_scan(x, dt, A, B, C, D, initial_state, chunk_size, cu_seqlens) -> tuple[Tensor, Tensor]:
     """The PyTorch scan over packed samples: the row is unpacked into a zero-padded batch of one sample a
     row and scanned at once. Padding has Δ = 0 (no decay, no input), so each row's final state is its
-    sample's. (A scan per sample was 25× slower in training: a Python loop of tiny kernels per layer.)"""
+    sample's. (A scan per sample made packed training 26× slower than padded on an H200: a Python loop of
+    small kernels per sample and layer; BENCHMARKS.md §5b.)"""
     if x.shape[0] != 1:
         raise MmmambaError(f"packed sequences (cu_seqlens) need batch 1, got {x.shape[0]}")
     rows = Unpacker(cu_seqlens, x.shape[1], x.device)
