@@ -83,12 +83,14 @@ def test_packed_loss_and_gradients_equal_the_padded_batch(stage_id):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("stage_id", [1, 2, 3])
 @pytest.mark.parametrize("packed", [False, True])
-def test_activation_checkpointing_gives_the_same_stage3_loss_and_gradients(packed):
-    """Decoder.checkpoint_layers (distill --checkpoint-activations) recomputes each layer in backward:
-    the loss and every gradient are those of the plain backward, in float64, padded or packed."""
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(stage_id, packed):
+    """Decoder.checkpoint_layers (distill --checkpoint-activations) recomputes each layer (stage 3) or
+    mixer (stages 1-2) in backward: the loss and every gradient are those of the plain backward, in
+    float64, padded or packed."""
     teacher, student = models()
-    stage = STAGES[3].with_options(ce_weight=0.5, train_mlp=True)
+    stage = STAGES[stage_id].with_options(ce_weight=0.5, train_mlp=stage_id == 3)
     params = select_trainable(student, stage)
     ex = examples()
     batch = pack(ex) if packed else collate(ex, 0)

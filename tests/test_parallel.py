@@ -57,6 +57,8 @@ def runs(tmp_path_factory):
         ("fsdp", CFG, None),
         ("fsdp_packed", {**CFG, "pack": True, "micro_batch": 1}, None),
         ("layer", {**CFG, "parallel": "layer"}, None),
+        ("fsdp_ckpt", {**CFG, "checkpoint_activations": True}, None),  # recomputed in backward, under FSDP2
+        ("layer_ckpt", {**CFG, "parallel": "layer", "checkpoint_activations": True}, None),
         ("from_two", CFG, 3),  # 2 processes stop in stage 2 (sharded state) ...
         ("from_one", CFG, None),  # ... and resume what 1 process left
         ("fsdp_resumed", CFG, 3),  # 2 processes stop in stage 2 ...
@@ -83,7 +85,9 @@ def assert_same(a: Path, b: Path, rtol=1e-4, atol=1e-5):  # float32 sums in anot
 
 
 @pytest.mark.parametrize(
-    "run", ["fsdp", "layer", "single_micro", "single_packed", "fsdp_packed", "from_one", "from_two"]
+    "run",
+    ["fsdp", "layer", "single_micro", "single_packed", "fsdp_packed", "from_one", "from_two"]
+    + ["fsdp_ckpt", "layer_ckpt"],
 )
 def test_runs_match_one_process_with_the_same_global_batch(runs, run):
     assert_same(runs / "single", runs / run)

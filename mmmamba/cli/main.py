@@ -741,8 +741,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--checkpoint-activations", action="store_true",
-        help="stage 3: keep only each student layer's input and recompute the layer in backward (less memory, "
-        "about a third more compute; a resume may change it)",
+        help="recompute each student layer (stage 3) or mixer (stages 1-2) in backward, keeping only its input: "
+        "less memory, about a third more compute; a resume may change it",
     )  # fmt: skip
     p.set_defaults(func=cmd_distill)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ..layers import Mamba2Mixer
 from ..models import Decoder, DecoderOutput
@@ -41,7 +42,11 @@ def layer_errors(student: Decoder, batch, t: DecoderOutput, layers: list[int] | 
     errors = {}
     for i in mamba_layers(student) if layers is None else layers:
         layer = student.layers[i]
-        y = layer.mixer.mix(layer.input_norm(t.layer_inputs[i]), None, None, None, cu_seqlens=batch.cu_seqlens)
+        u = layer.input_norm(t.layer_inputs[i])
+        if student.checkpoint_layers and torch.is_grad_enabled():  # recompute the mixer in backward
+            y = checkpoint(layer.mixer.mix, u, None, None, None, batch.cu_seqlens, use_reentrant=False)
+        else:
+            y = layer.mixer.mix(u, None, None, None, cu_seqlens=batch.cu_seqlens)
         errors[i] = masked_mse(y, t.mixer_outputs[i], batch.attention_mask, _totals(batch, 0))
     return errors
 

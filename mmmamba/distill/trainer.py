@@ -93,7 +93,7 @@ class DistillConfig:
     micro_batch: int | None = None  # samples per forward on one process (gradient accumulation); None: all
     parallel: str = "fsdp"  # several processes (torchrun): fsdp | layer (stages 1-2: each owns some layers)
     ssd_backend: str | None = None  # the student's Mamba-2 scan: auto | torch | fla; None keeps its config's
-    checkpoint_activations: bool = False  # stage 3: recompute each student layer in backward (memory for time)
+    checkpoint_activations: bool = False  # recompute each student layer / mixer in backward (memory for time)
 
 
 # settings that may differ between a run and its resume (the loss of every step stays the same)
