@@ -151,6 +151,7 @@ def test_self_distill_writes_chat_jsonl_and_drops_unfinished(tmp_path, gguf_teac
         == ["cut off"] * meta2["cut_kept_in_train"]
     )
     assert all(r["conversations"][1]["value"] == "an answer" for r in train if not r.get("cut"))
+    assert len(read_split(cut_out, "train")) == len(train)  # the distillation reader takes the marked records
     held_out = [s for split in ("val", "test") if meta2["splits"][split] for s in read_split(cut_out, split)]
     assert all(s.turns[0][1] == "an answer" for s in held_out)
 
