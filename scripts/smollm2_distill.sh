@@ -84,8 +84,12 @@ for spec in $STUDENTS; do tail -n 1 "$R/${spec%%:*}/distill.log"; done
 
 # 5. evaluate teacher and students side by side: held-out chat prompts (agreement with the teacher's greedy
 #    answers) and held-out real text (perplexity, KL(teacher || model), cloze multiple choice)
-models="teacher:$R/teacher"
-for spec in $STUDENTS; do models="$models ${spec%%:*}:$R/${spec%%:*}/run/after_stage3"; done
+models="teacher:$R/teacher"  # students whose distillation finished (a failed one is named in the summary)
+for spec in $STUDENTS; do
+  name=${spec%%:*}
+  if [ -f "$R/$name/run/after_stage3/config.json" ]; then models="$models $name:$R/$name/run/after_stage3"
+  else echo "$name: no after_stage3 (see $R/$name/distill.log); not evaluated" >&2; fi
+done
 for m in $models; do
   name=${m%%:*}; dir=${m#*:}
   ( [ -f "$R/eval_chat_$name.json" ] || mm eval --model "$dir" --data "$R/chat" --split test --teacher "$R/teacher" \
@@ -104,9 +108,9 @@ Explain what a dictionary comprehension does.
 What is the capital of France?
 Write a haiku about the sea.
 EOF2
-"$PY" - "$R" $models <<'PYEOF'
-import csv, json, sys
-r, models = sys.argv[1], [m.split(":", 1)[0] for m in sys.argv[2:]]
+"$PY" - "$R" "$STUDENTS" $models <<'PYEOF'
+import csv, json, os, sys
+r, students, models = sys.argv[1], [s.split(":", 1)[0] for s in sys.argv[2].split()], [m.split(":", 1)[0] for m in sys.argv[3:]]
 rows = ["| model | full answer = teacher | first-16 agreement | token F1 vs teacher answer | text ppl | KL(t‖m) | cloze acc |",
         "|---|---|---|---|---|---|---|"]
 for name in models:
@@ -116,8 +120,11 @@ for name in models:
     rows.append(f"| {name} | {a['full_answer_match']:.3f} | {a['first_n_token_agreement']:.3f} | "
                 f"{chat['reference']['token_f1']:.3f} | {t['perplexity']:.2f} | {t['kl_teacher_model']:.3f} | "
                 f"{text['choices']['cloze']['model']['acc']:.3f} |")
+rows += [f"| {name} | not evaluated: no after_stage3 (see {name}/distill.log) | | | | | |" for name in students if name not in models]
 rows += ["", "| student | stage | steps | tokens | seconds (steps 2+) | tokens/s per process | wall |", "|---|---|---|---|---|---|---|"]
-for name in models[1:]:
+for name in students:
+    if not os.path.exists(f"{r}/{name}/run/log.csv"):
+        continue
     log = [row for row in csv.DictReader(open(f"{r}/{name}/run/log.csv")) if row.get("tokens")]
     wall = open(f"{r}/{name}/distill.log").read().strip().splitlines()[-1]
     for stage in sorted({row["stage"] for row in log}):
