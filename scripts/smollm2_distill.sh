@@ -114,6 +114,9 @@ r, students, models = sys.argv[1], [s.split(":", 1)[0] for s in sys.argv[2].spli
 rows = ["| model | full answer = teacher | first-16 agreement | token F1 vs teacher answer | text ppl | KL(t‖m) | cloze acc |",
         "|---|---|---|---|---|---|---|"]
 for name in models:
+    if not all(os.path.exists(f"{r}/eval_{kind}_{name}.json") for kind in ("chat", "text")):
+        rows.append(f"| {name} | evaluation failed (see eval_{name}.log) | | | | | |")
+        continue
     chat = json.load(open(f"{r}/eval_chat_{name}.json"))["free_form"]
     text = json.load(open(f"{r}/eval_text_{name}.json"))
     a, t = chat["agreement"], text["text"]
