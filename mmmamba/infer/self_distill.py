@@ -115,11 +115,11 @@ def self_distill(
         if not ended:
             unfinished += 1
             if cut_to_train and text:
-                cut.append((prompt, text))
+                cut.append((prompt, text, True))
         elif not text:
             empty += 1
         else:
-            records.append((prompt, text))
+            records.append((prompt, text, False))
     if not records:
         raise MmmambaError(
             f"no prompt got a complete answer within --max-new-tokens {max_new_tokens} ({unfinished} unfinished, "
@@ -133,7 +133,6 @@ def self_distill(
         "val": records[len(records) - n_test - n_val : len(records) - n_test] if n_val else [],
         "train": records[: len(records) - n_test - n_val] + cut,
     }
-    n_cut_from = len(splits["train"]) - len(cut)  # train records from here on are cut answers
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, recs in splits.items():
@@ -144,10 +143,10 @@ def self_distill(
                     "family": "chat",
                     "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": a}],
                 }
-                | ({"cut": True} if split == "train" and i >= n_cut_from else {}),
+                | ({"cut": True} if was_cut else {}),
                 ensure_ascii=False,
             )
-            for i, (p, a) in enumerate(recs)
+            for i, (p, a, was_cut) in enumerate(recs)
         ]
         write_text_atomic(out / f"{split}.jsonl", "".join(line + "\n" for line in lines))
     s = sampling or SamplingConfig()

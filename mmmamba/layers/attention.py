@@ -123,11 +123,11 @@ class Attention(nn.Module):
         cos, sin = rope_cos_sin(positions, hd, self.cfg.rope_theta, q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         past = 0
+        if cu_seqlens is not None and cache is not None:  # before the cache is written
+            raise ValueError("packed sequences (cu_seqlens) are for training; decode one sample per row")
         if cache is not None:
             past = cache.length
             k, v = cache.update(k, v)
-        if cu_seqlens is not None and cache is not None:
-            raise ValueError("packed sequences (cu_seqlens) are for training; decode one sample per row")
         if cu_seqlens is not None and valid is None:  # one sample a row: causal SDPA over Σ width², not L²
             rows = Unpacker(cu_seqlens, L, u.device)
             q, k, v = (rows.unpack(t.transpose(1, 2)).transpose(1, 2) for t in (q, k, v))  # (n, ·, width, hd)
