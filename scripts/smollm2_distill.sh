@@ -6,6 +6,7 @@
 #   STEPS=300,300,600 BATCH=64 LR_SCALE=3 MAX_NEW=384 R=runs/smol bash scripts/smollm2_distill.sh
 #   GGUF=path/to/model.gguf ...      # another GGUF; STUDENTS="linear:none hybrid4:every:4 auto8:auto:8"
 #   SSD=torch|fla|auto (the training scan), MICRO=32 (samples per forward), PROMPTS=2000 (self-distill prompts)
+#   STOP_AFTER=chat stops once the teacher, the text corpus and the chat set exist
 #
 # The students distil side by side on one GPU (a 135 M model leaves most of an H100 idle) on the teacher's
 # answers pooled with the real text (`--data chat text`: every text token is a target too), then each
@@ -68,6 +69,7 @@ fi
 # 3. chat set answered by the teacher (greedy, bf16 on the GPU); answers cut by MAX_NEW train only
 [ -f "$R/chat/meta.json" ] || mm data self-distill --teacher "$R/teacher" --prompts "$R/prompts.txt" --out "$R/chat" \
   --max-new-tokens "$MAX_NEW" --batch-size 128 --test-frac 0.05 --val-frac 0.03 --cut-to-train
+[ "${STOP_AFTER:-}" != chat ] || exit 0  # STOP_AFTER=chat: teacher, text and chat set only
 
 # 4. convert and distill every student, side by side (each a process; logs in $R/<name>/distill.log)
 for spec in $STUDENTS; do
