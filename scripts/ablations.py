@@ -7,6 +7,11 @@ Each run writes OUT/NAME/result.json (accuracy, per family, the equivalent CLI c
 `mmmamba report --runs OUT/* --out RESULTS.md` turns them into tables and a chart.
 Stage ablations keep the total number of optimizer steps equal: the steps are split over the
 stages a row runs in the ratio 1 : 1 : 2 (stage 1 : stage 2 : stage 3).
+
+Grids: ``tiny`` (the 4-layer shipped teacher: 1 or 2 layers kept) and ``deep`` (a deep teacher such as
+the 30-layer grafted SmolLM2 VLM of scripts/vlm_teacher_tables.sh: 2, 4 and 8 kept, five placements of
+8, five stage sets, three inits). ``--text DIR`` also scores each run's perplexity on a held-out text
+corpus (`mmmamba data text`), so that the report shows what the language kept.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-RUNS = {
+TINY_RUNS = {
     # name: (group, --keep-attention, --init, stages)
     "linear": ("headline", "none", "mimic", (1, 2, 3)),
     "hybrid_every4": ("headline", "every:4", "mimic", (1, 2, 3)),
@@ -38,15 +43,39 @@ RUNS = {
     "keep_auto2": ("placement", "auto:2", "mimic", (1, 2, 3)),
     "keep_auto1": ("placement", "auto:1", "mimic", (1, 2, 3)),
 }
+DEEP_RUNS = {  # the paper's tables at real depth (SPEC §5): 8 kept is the paper's hybrid
+    "linear": ("headline", "none", "mimic", (1, 2, 3)),
+    "hybrid_every4": ("headline", "INTERLEAVED:8", "mimic", (1, 2, 3)),
+    "keep_2": ("kept", "INTERLEAVED:2", "mimic", (1, 2, 3)),
+    "keep_4": ("kept", "INTERLEAVED:4", "mimic", (1, 2, 3)),
+    "keep_tailinter8": ("placement", "TAIL_INTERLEAVED:8", "mimic", (1, 2, 3)),
+    "keep_head8": ("placement", "head:8", "mimic", (1, 2, 3)),
+    "keep_tail8": ("placement", "tail:8", "mimic", (1, 2, 3)),
+    "keep_auto8": ("placement", "auto:8", "mimic", (1, 2, 3)),
+    "stages_1": ("stages", "none", "mimic", (1,)),
+    "stages_3": ("stages", "none", "mimic", (3,)),
+    "stages_13": ("stages", "none", "mimic", (1, 3)),
+    "stages_23": ("stages", "none", "mimic", (2, 3)),
+    "init_scratch": ("init", "none", "scratch", (1, 2, 3)),
+    "init_inherit": ("init", "none", "inherit", (1, 2, 3)),
+}
+GRIDS = {"tiny": TINY_RUNS, "deep": DEEP_RUNS}
+RUNS = {**TINY_RUNS, **DEEP_RUNS}
 WEIGHTS = {1: 1, 2: 1, 3: 2}
 
 
 def resolve_keep(spec: str, num_layers: int) -> str:
-    """tail-interleaved: the interleaved pattern anchored at the last layer (e.g. 1,3 of 4)."""
-    if spec.startswith("TAIL_INTERLEAVED:"):
-        k = int(spec.split(":")[1])
-        stride = num_layers // k
-        return ",".join(str(num_layers - 1 - stride * j) for j in reversed(range(k)))
+    """INTERLEAVED:K: K layers from layer 0 at a stride of layers // K (0, 4, …, 28 of 30 for K = 8);
+    TAIL_INTERLEAVED:K: the same pattern anchored at the last layer (1, 3 of 4; 1, 5, …, 29 of 30)."""
+    for name in ("INTERLEAVED:", "TAIL_INTERLEAVED:"):
+        if spec.startswith(name):
+            k = int(spec.split(":")[1])
+            if not 1 <= k <= num_layers:
+                raise SystemExit(f"{spec}: needs 1 <= K <= {num_layers} layers")
+            stride = -(-num_layers // k)  # ceil: 8 of 30 → 0, 4, …, 28, as every:4
+            stride = stride if stride * (k - 1) < num_layers else num_layers // k
+            first = 0 if name == "INTERLEAVED:" else num_layers - 1 - stride * (k - 1)
+            return ",".join(str(first + stride * j) for j in range(k))
     return spec
 
 
@@ -56,7 +85,7 @@ def split_steps(stages, total: int) -> list[int]:
 
 
 def run_one(name: str, args) -> dict:
-    group, keep, init, stages = RUNS[name]
+    group, keep, init, stages = GRIDS[args.grid][name]
     out = Path(args.out) / name
     result_file = out / "result.json"
     if result_file.exists():
@@ -100,6 +129,11 @@ def run_one(name: str, args) -> dict:
             f"{out}/eval.json",
         ],
     ]
+    if args.text:  # perplexity and KL to the teacher on held-out real text
+        text = ["eval", "--model", f"{out}/run/after_stage{stages[-1]}", "--data", args.text, "--split", "test"]
+        commands.append(
+            [*text, "--teacher", args.teacher, "--limit", str(args.text_windows), "--json", f"{out}/text.json"]
+        )
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     with (out / "stdout.log").open("w") as log:
@@ -124,6 +158,8 @@ def run_one(name: str, args) -> dict:
         "commands": ["mmmamba " + " ".join(c) for c in commands],
         **report,
     }
+    if args.text:
+        result["text"] = json.loads((out / "text.json").read_text())["text"]
     result_file.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{name:<18} {report['mean_accuracy']:.3f}  ({result['seconds']:.0f} s)", flush=True)
     return result
@@ -134,7 +170,10 @@ def main():
     p.add_argument("--teacher", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--runs", nargs="*", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--grid", default="tiny", choices=list(GRIDS), help="which table of runs (see above)")
+    p.add_argument("--runs", nargs="*", default=None, choices=list(RUNS), help="default: every run of --grid")
+    p.add_argument("--text", default=None, help="a `mmmamba data text` folder: each run's test perplexity too")
+    p.add_argument("--text-windows", type=int, default=200, help="text test windows scored per run")
     p.add_argument("--total-steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr-scale", type=float, default=1.0)
@@ -142,6 +181,10 @@ def main():
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (small models leave a GPU idle)")
     p.add_argument("--teacher-eval", default=None, help="teacher's eval JSON: print a comparison table at the end")
     args = p.parse_args()
+    args.runs = list(GRIDS[args.grid]) if args.runs is None else args.runs
+    unknown = [r for r in args.runs if r not in GRIDS[args.grid]]
+    if unknown:
+        p.error(f"--runs {unknown} are not in --grid {args.grid}: {list(GRIDS[args.grid])}")
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda n: run_one(n, args), args.runs))
     if args.teacher_eval:

@@ -17,13 +17,13 @@ SPECIALS = ["<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>", "<img>", "</im
 CORPUS = ["what is in the picture?", "a red square and a blue circle", "count the shapes: 1 2 3 4 5", "hello there"]
 
 
-def write_tokenizer(folder, chat_template=CHATML):
-    """A byte-level BPE tokenizer (~300 ids) with chat and image special tokens, saved as HF files."""
+def write_tokenizer(folder, chat_template=CHATML, specials=SPECIALS):
+    """A byte-level BPE tokenizer (~300 ids) with chat and (by default) image special tokens, saved as HF files."""
     core = Tokenizer(models.BPE(unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     core.train_from_iterator(CORPUS * 4, trainer)
     tok = PreTrainedTokenizerFast(
@@ -31,7 +31,7 @@ def write_tokenizer(folder, chat_template=CHATML):
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
-        additional_special_tokens=SPECIALS[3:],
+        additional_special_tokens=specials[3:],
     )
     tok.chat_template = chat_template
     tok.save_pretrained(folder)

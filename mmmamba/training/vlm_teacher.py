@@ -1,0 +1,367 @@
+"""A decoder-only VLM teacher made from a pretrained LLM (Fuyu / SOLO style), and its two-phase training.
+
+``graft_vision``: an LLM checkpoint folder → a VLM checkpoint folder. ``<img>``, ``<IMG_CONTEXT>`` and
+``</img>`` join the tokenizer (their embedding rows start at the mean row), and an image front-end
+(random) turns patches into tokens spliced in at the placeholders. On text the grafted model gives the
+LLM's logits unchanged (the new vocabulary rows only add columns).
+
+``tune_vlm_teacher``: phase ``embed`` trains only the image front-end, the LLM frozen, on the task
+suite; phase ``all`` trains everything on the task suite with text data mixed into every step (a share
+of the loss), so that the LLM's language survives. Both phases resume; the report holds the task
+suite's test accuracy and the text perplexity before and after.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..data.conversations import Batch, Example, collate, encode_sample, read_split
+from ..data.hf_tokenizer import IMAGE_SPAN, HFTokenizer
+from ..data.images import ImageProcessor
+from ..data.scenes import CELL, IMAGE_SIZE
+from ..data.text_corpus import is_text_corpus, text_examples
+from ..data.tokenizer import ByteTokenizer, ChatTokenizer, load_tokenizer
+from ..errors import MmmambaError
+from ..evaluation.tasks import predict, score
+from ..io import check_output_dir, read_json, write_json_atomic, write_text_atomic
+from ..models import Decoder, VisionConfig, load_checkpoint, save_checkpoint
+from ..models.gguf import write_tokenizer
+from .loop import StepReport, train_loop
+from .losses import masked_ce
+from .optim import NonFiniteGuard, OptimConfig, make_adamw
+from .state import batch_indices, load_state, save_state
+
+VOCAB_TABLES = ("embed_tokens.weight", "lm_head.weight")
+
+
+@dataclass
+class GraftConfig:
+    """The image front-end put in front of the LLM (defaults: the task suite's 32-pixel images)."""
+
+    style: str = "fuyu"  # "fuyu": one linear patch projection; "internvl": conv + pixel shuffle + MLP
+    image_size: int = IMAGE_SIZE
+    patch_size: int = CELL
+    downsample_ratio: float = 1.0  # "internvl": 0.5 merges 2×2 patches into one token
+    seed: int = 0
+
+    def vision(self) -> VisionConfig:
+        if self.style not in ("fuyu", "internvl"):
+            raise MmmambaError(f"--vision {self.style!r}: use 'fuyu' or 'internvl'")
+        return VisionConfig(self.image_size, self.patch_size, style=self.style, downsample_ratio=self.downsample_ratio)
+
+
+def _add_image_tokens(tok: ChatTokenizer, where) -> list[int]:
+    """Ids of the image span tokens the tokenizer lacked, added to it (none for our byte tokenizer)."""
+    if isinstance(tok, ByteTokenizer):
+        return []
+    if not isinstance(tok, HFTokenizer):
+        raise MmmambaError(f"{where}: tokenizer kind {tok.source!r} cannot take new tokens")
+    from tokenizers import AddedToken
+
+    hf = tok.hf
+    missing = [t for t in IMAGE_SPAN if hf.convert_tokens_to_ids(t) in (None, hf.unk_token_id)]
+    hf.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+    return [hf.convert_tokens_to_ids(t) for t in missing]
+
+
+def graft_vision(llm_dir, out, cfg: GraftConfig) -> Decoder:
+    """Write ``out``: the LLM at ``llm_dir`` with an image front-end and the image tokens. Returns the model."""
+    out = check_output_dir(Path(out))
+    vision = cfg.vision()
+    llm = load_checkpoint(llm_dir).float()
+    old = llm.config
+    if old.vision is not None:
+        raise MmmambaError(f"--llm {llm_dir}: already has an image front-end; give a text-only LLM")
+    if "mamba2" in old.mixers:
+        raise MmmambaError(f"--llm {llm_dir}: has Mamba-2 layers; graft onto the attention model, then convert")
+    if old.text_vocab_size or old.special_embeddings:
+        raise MmmambaError(f"--llm {llm_dir}: has a split text/special embedding; not supported by graft")
+    tok = load_tokenizer(llm_dir)
+    added = _add_image_tokens(tok, f"--llm {llm_dir}")
+    span = tok.image_span_ids() if isinstance(tok, ByteTokenizer) else _hf_span(tok)
+    vocab = max(old.vocab_size, max(span) + 1)
+    cfg_vlm = dataclasses.replace(old, vocab_size=vocab, vision=vision, image_token_id=span[1])
+    torch.manual_seed(cfg.seed)
+    vlm = Decoder(cfg_vlm)
+    state = vlm.state_dict()
+    for name, tensor in llm.state_dict().items():
+        if name in VOCAB_TABLES:  # (vocab, hidden): append rows, new tokens start at the mean row
+            mean = tensor.mean(0)
+            grown = torch.cat([tensor, mean.expand(vocab - tensor.shape[0], -1)])
+            grown[added] = mean
+            tensor = grown
+        state[name] = tensor
+    vlm.load_state_dict(state)
+    extra = tok.save if isinstance(tok, ByteTokenizer) else (lambda folder: write_tokenizer(tok.hf, folder))
+    save_checkpoint(vlm, out, extra=extra)
+    n_vision = sum(p.numel() for p in vlm.vision.parameters())
+    print(
+        f"wrote {out}: {llm_dir} + a {cfg.style} image front-end ({n_vision / 1e6:.2f} M parameters, "
+        f"{vision.tokens_per_tile} tokens per {cfg.image_size}-pixel image); vocabulary {old.vocab_size} → {vocab}"
+    )
+    return vlm
+
+
+def _hf_span(tok: HFTokenizer) -> tuple[int, int, int]:
+    hf = tok.hf
+    ids = tuple(hf.convert_tokens_to_ids(t) for t in IMAGE_SPAN)
+    if any(i is None or i == hf.unk_token_id for i in ids):
+        raise MmmambaError(f"{tok.folder}: the tokenizer did not take the image tokens {IMAGE_SPAN}")
+    return ids
+
+
+@dataclass
+class TunePhase:
+    """One phase of the teacher's training: which parameters move, at what rate, on what mix."""
+
+    name: str
+    steps: int
+    trainable: str  # "vision": the image front-end only; "all": every parameter
+    lr: float
+    text_weight: float  # share of the step's loss on the text data (0: task suite only)
+
+
+@dataclass
+class TuneConfig:
+    embed_steps: int = 300
+    all_steps: int = 1500
+    batch_size: int = 32  # task-suite samples a step
+    text_batch_size: int = 8  # text samples a step (phase "all")
+    embed_lr: float = 1e-3
+    all_lr: float = 5e-5
+    text_weight: float = 0.3
+    eval_every: int = 250
+    val_limit: int = 256  # val samples scored at each evaluation
+    seed: int = 0
+    device: str = "cpu"
+    allow_outside_images: bool = False
+
+    def phases(self) -> list[TunePhase]:
+        return [
+            TunePhase("embed", self.embed_steps, "vision", self.embed_lr, 0.0),
+            TunePhase("all", self.all_steps, "all", self.all_lr, self.text_weight),
+        ]
+
+    def check(self) -> None:
+        for name in ("embed_steps", "all_steps", "batch_size", "text_batch_size", "eval_every", "val_limit"):
+            v = getattr(self, name)
+            low = 0 if name.endswith("_steps") else 1
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= 10_000_000:
+                raise MmmambaError(f"--{name.replace('_', '-')} {v}: give a whole number between {low} and 10000000")
+        for name in ("embed_lr", "all_lr"):
+            if not 0 < getattr(self, name) < 1:
+                raise MmmambaError(f"--{name.replace('_', '-')} {getattr(self, name)}: give a rate between 0 and 1")
+        if not 0 <= self.text_weight < 1:
+            raise MmmambaError(f"--text-weight {self.text_weight}: give a share in [0, 1)")
+
+
+@dataclass
+class TuneData:
+    suite_train: list[Example]
+    suite_val: list  # Samples (scored by greedy answers)
+    suite_test: list
+    text_train: list[Example]
+    text_val: list[Example]
+    text_test: list[Example]
+
+
+def _text_split(folders, split: str, tok, images, model: Decoder, allow_outside: bool, limit=None) -> list[Example]:
+    """A split of every text folder: `data text` windows (every token a target) or chat answers."""
+    out: list[Example] = []
+    for folder in folders:
+        if is_text_corpus(folder):
+            out += text_examples(folder, split, model.config.vocab_size, model.config.max_position, limit)
+        else:
+            samples = read_split(folder, split, allow_outside, limit)
+            out += [encode_sample(s, tok, images, model.config.max_position) for s in samples]
+    return out
+
+
+def load_tune_data(data_dir, text_dirs, tok, model: Decoder, cfg: TuneConfig) -> TuneData:
+    """Everything read and tokenised (each line checked) before the first step."""
+    images = ImageProcessor(model.config.vision)
+    allow, limit = cfg.allow_outside_images, model.config.max_position
+    train = read_split(data_dir, "train", allow)
+    val = read_split(data_dir, "val", allow, cfg.val_limit)
+    test = read_split(data_dir, "test", allow)
+    if len(train) < cfg.batch_size:
+        raise MmmambaError(f"--data {data_dir}: {len(train)} train samples, fewer than --batch-size {cfg.batch_size}")
+    suite = [encode_sample(s, tok, images, limit) for s in tqdm(train, desc="encode suite", unit="sample")]
+    for s in val + test:
+        encode_sample(s, tok, images, limit)  # every image readable, every sample fits, before the first step
+    splits = [_text_split(text_dirs, split, tok, images, model, allow) for split in ("train", "val", "test")]
+    if text_dirs and cfg.text_weight > 0 and len(splits[0]) < cfg.text_batch_size:
+        raise MmmambaError(f"--text: {len(splits[0])} train samples, fewer than --text-batch-size")
+    return TuneData(suite, val, test, *splits)
+
+
+@torch.no_grad()
+def text_perplexity(model: Decoder, examples: list[Example], device, batch_size: int = 8) -> float | None:
+    """exp(mean next-token loss over the examples' targets), or None without examples."""
+    if not examples:
+        return None
+    model.eval()
+    one = torch.ones((), device=device)
+    nll, count = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start : start + batch_size], 0).to(device)
+        logits = model(batch.input_ids, batch.pixel_values).logits
+        nll += masked_ce(logits, batch.input_ids, batch.loss_mask, one).item()
+        count += int(batch.loss_mask[:, 1:].sum())
+    return math.exp(nll / max(count, 1))
+
+
+def _set_trainable(model: Decoder, phase: TunePhase) -> list[torch.nn.Parameter]:
+    for name, p in model.named_parameters():
+        p.requires_grad_(phase.trainable == "all" or name.startswith("vision."))
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@dataclass
+class WeightedBatch:
+    """A micro-batch and its share of the step's loss (``train_loop`` reads ``counts`` and ``totals``)."""
+
+    batch: Batch
+    weight: float
+
+    def counts(self) -> torch.Tensor:
+        return self.batch.counts()
+
+    def to(self, device) -> WeightedBatch:
+        return WeightedBatch(self.batch.to(device), self.weight)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return self.batch.input_ids
+
+    @property
+    def totals(self):
+        return self.batch.totals
+
+    @totals.setter
+    def totals(self, value) -> None:
+        self.batch.totals = value
+
+
+def step_pieces(data: TuneData, phase: TunePhase, cfg: TuneConfig, step: int, pad_id: int) -> list[WeightedBatch]:
+    """The step's task-suite batch, plus (phase with text) its text batch; weights 1 − w and w."""
+    suite = [data.suite_train[i] for i in batch_indices(len(data.suite_train), cfg.batch_size, cfg.seed, step)]
+    if phase.text_weight == 0 or not data.text_train:
+        return [WeightedBatch(collate(suite, pad_id), 1.0)]
+    idx = batch_indices(len(data.text_train), cfg.text_batch_size, cfg.seed + 1, step)
+    text = collate([data.text_train[i] for i in idx], pad_id)
+    return [WeightedBatch(collate(suite, pad_id), 1.0 - phase.text_weight), WeightedBatch(text, phase.text_weight)]
+
+
+def piece_loss(model: Decoder, piece: WeightedBatch) -> torch.Tensor:
+    """The piece's mean next-token loss over its own targets, times its weight: every part keeps its share
+    whatever its token count (512-token text windows would otherwise drown a few answer tokens)."""
+    b = piece.batch
+    logits = model(b.input_ids, b.pixel_values).logits
+    return piece.weight * masked_ce(logits, b.input_ids, b.loss_mask, b.loss_mask[:, 1:].sum())
+
+
+def _run_phase(model, tok, data: TuneData, phase: TunePhase, cfg: TuneConfig, out: Path, log: Path) -> None:
+    """Train one phase into ``out/state_<name>`` (resumable) and write ``out/after_<name>``."""
+    device, state_dir = cfg.device, out / f"state_{phase.name}"
+    params = _set_trainable(model, phase)
+    optim = OptimConfig(lr=phase.lr)
+    opt = make_adamw(model.named_parameters(), optim)
+    settings = {**dataclasses.asdict(phase), "batch_size": cfg.batch_size, "text_batch_size": cfg.text_batch_size}
+    settings["seed"] = cfg.seed
+    resumed = load_state(state_dir, model, opt)
+    start = 0 if resumed is None else resumed[0]
+    if resumed is not None and resumed[1] != settings:
+        raise MmmambaError(f"{state_dir}: holds a run started with {resumed[1]}, not {settings}; use a new --out")
+
+    def micro_batches(step: int) -> list[WeightedBatch]:
+        return [piece.to(device) for piece in step_pieces(data, phase, cfg, step, tok.pad_id)]
+
+    def after_step(r: StepReport) -> bool:
+        if r.step % cfg.eval_every == 0 or r.step == phase.steps:
+            acc = score(data.suite_val, predict(model, tok, data.suite_val, progress=False))["mean_accuracy"]
+            ppl = text_perplexity(model, data.text_val[: cfg.val_limit], device)
+            tqdm.write(f"{phase.name} step {r.step}: loss {r.loss:.4f}, val accuracy {acc:.3f}, text val ppl {ppl}")
+            with log.open("a") as f:
+                csv.writer(f).writerow([phase.name, r.step, f"{r.lr:.3e}", f"{r.loss:.5f}", f"{acc:.4f}", ppl or ""])
+            save_state(state_dir, model, opt, r.step, settings)
+        return False
+
+    train_loop(
+        params=params,
+        opt=opt,
+        optim=optim,
+        steps=phase.steps,
+        start=start,
+        micro_batches=micro_batches,
+        loss=lambda piece: piece_loss(model, piece),
+        guard=NonFiniteGuard(f"teacher phase {phase.name}"),
+        last_good=lambda: f"{state_dir}",
+        after_step=after_step,
+        device=device,
+        desc=f"teacher {phase.name}",
+        train_mode=model.train,
+    )
+    model.eval()
+    save_checkpoint(model, out / f"after_{phase.name}", extra=_tokenizer_writer(tok))
+
+
+def _tokenizer_writer(tok: ChatTokenizer):
+    return tok.save if isinstance(tok, ByteTokenizer) else (lambda folder: write_tokenizer(tok.hf, folder))
+
+
+def tune_vlm_teacher(init_dir, data_dir, text_dirs: list, out, cfg: TuneConfig) -> dict:
+    """Train a grafted VLM (``graft_vision``) in its phases; ``out`` becomes the trained teacher."""
+    cfg.check()
+    out = check_output_dir(Path(out))
+    model = load_checkpoint(init_dir).float()
+    if model.config.vision is None:
+        raise MmmambaError(f"--init {init_dir}: has no image front-end; make one with `mmmamba teacher graft`")
+    if "mamba2" in model.config.mixers:
+        raise MmmambaError(f"--init {init_dir}: has Mamba-2 layers; a teacher is all attention")
+    tok = load_tokenizer(init_dir)
+    text_dirs = [Path(d) for d in text_dirs]
+    data = load_tune_data(data_dir, text_dirs, tok, model, cfg)
+    model.to(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "tune_log.csv"
+    if not log.is_file():
+        write_text_atomic(log, "phase,step,lr,loss,val_accuracy,text_val_ppl\n")
+    before = out / "text_before.json"
+    if not before.is_file():  # the LLM's own text perplexity, measured once before any training
+        write_json_atomic(before, {"text_test_ppl": text_perplexity(model, data.text_test, cfg.device)})
+    t0 = time.time()
+    for phase in cfg.phases():
+        done = out / f"after_{phase.name}"
+        if (done / "config.json").is_file():
+            model = load_checkpoint(done).float().to(cfg.device)
+            continue
+        if phase.steps:
+            _run_phase(model, tok, data, phase, cfg, out, log)
+    model.eval()
+    suite = score(data.suite_test, predict(model, tok, data.suite_test))
+    report = {
+        "init": str(init_dir),
+        "data": str(data_dir),
+        "text": [str(d) for d in text_dirs],
+        "phases": [dataclasses.asdict(p) for p in cfg.phases()],
+        "suite_test": suite,
+        "text_test_ppl_before": read_json(before, "text_before.json")["text_test_ppl"],
+        "text_test_ppl_after": text_perplexity(model, data.text_test, cfg.device),
+        "seconds": round(time.time() - t0, 1),
+    }
+    save_checkpoint(model, out, extra=_tokenizer_writer(tok))
+    write_json_atomic(out / "teacher_report.json", report)
+    print(
+        f"wrote {out}: task-suite test accuracy {suite['mean_accuracy']:.3f}; text perplexity "
+        f"{report['text_test_ppl_before']} → {report['text_test_ppl_after']}"
+    )
+    return report

@@ -1,0 +1,84 @@
+"""`mmmamba report` tables for the deep grid (issue #15), and the ablation script's layer placements."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from mmmamba.evaluation.report import paper_ratio, write_report
+
+spec = importlib.util.spec_from_file_location("ablations", Path(__file__).parents[1] / "scripts" / "ablations.py")
+ablations = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ablations)
+
+
+@pytest.mark.parametrize(
+    "spec, layers, expected",
+    [
+        ("INTERLEAVED:8", 30, [0, 4, 8, 12, 16, 20, 24, 28]),  # the paper's head-interleaved 8 (as every:4)
+        ("TAIL_INTERLEAVED:8", 30, [1, 5, 9, 13, 17, 21, 25, 29]),
+        ("INTERLEAVED:4", 30, [0, 8, 16, 24]),
+        ("INTERLEAVED:2", 30, [0, 15]),
+        ("TAIL_INTERLEAVED:2", 4, [1, 3]),
+        ("INTERLEAVED:4", 9, [0, 2, 4, 6]),  # ceil(9 / 4) = 3 would pass the last layer
+        ("INTERLEAVED:8", 32, [0, 4, 8, 12, 16, 20, 24, 28]),
+    ],
+)
+def test_interleaved_placements(spec, layers, expected):
+    got = [int(i) for i in ablations.resolve_keep(spec, layers).split(",")]
+    assert got == expected and len(set(got)) == len(got) and all(0 <= i < layers for i in got)
+
+
+def test_deep_grid_holds_the_papers_tables():
+    deep = ablations.GRIDS["deep"]
+    stages = {v[3] for v in deep.values() if v[0] == "stages"} | {deep["linear"][3]}
+    assert stages == {(1,), (3,), (1, 3), (2, 3), (1, 2, 3)}
+    assert {v[2] for k, v in deep.items() if v[0] == "init"} | {deep["linear"][2]} == {"scratch", "inherit", "mimic"}
+    assert {v[1] for v in deep.values() if v[0] == "placement"} == {"TAIL_INTERLEAVED:8", "head:8", "tail:8", "auto:8"}
+    assert ablations.split_steps((1, 2, 3), 400) == [100, 100, 200] and ablations.split_steps((1, 3), 300) == [100, 200]
+
+
+def _row(tmp_path, name, group, kept, acc, ppl):
+    row = {
+        "name": name,
+        "group": group,
+        "keep_attention": kept,
+        "init": "mimic",
+        "stages": [1, 2, 3],
+        "mean_accuracy": acc,
+        "per_family": {"count": acc, "color": acc},
+        "text": {"perplexity": ppl, "teacher_perplexity": 10.0, "kl_teacher_model": 0.1},
+        "commands": [f"mmmamba distill ... {name}"],
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(row))
+    return path
+
+
+def test_report_shows_text_perplexity_and_the_papers_row(tmp_path):
+    teacher = tmp_path / "teacher.json"
+    teacher.write_text(json.dumps({"mean_accuracy": 0.96, "per_family": {"count": 0.96, "color": 0.96}}))
+    runs = [
+        _row(tmp_path, "linear", "headline", [], 0.80, 14.0),
+        _row(tmp_path, "hybrid_every4", "headline", list(range(0, 30, 4)), 0.92, 11.0),
+        _row(tmp_path, "keep_2", "kept", [0, 15], 0.84, 13.0),
+    ]
+    out = tmp_path / "RESULTS.md"
+    q = write_report(runs, teacher, out)
+    lines = out.read_text().splitlines()
+    head = next(line for line in lines if line.startswith("| run |"))
+    assert head.endswith("| count | color | text ppl | paper vs teacher |")
+    row = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ")}
+    assert "| 10.00 | 1.000 |" in row["teacher"]  # the teacher's perplexity, scored beside the runs
+    assert row["linear"].endswith("| 14.00 | 0.860 |")  # paper: mean of 1303.5/1433.5, 85.2/87.6, 47.7/66, 79.2/94.8
+    assert row["hybrid_every4"].endswith("| 11.00 | 0.924 |")  # 1371.1, 86.7, 55.1, 86.9 over the teacher's
+    assert q["hybrid"] == pytest.approx(0.92)
+
+
+def test_paper_column_only_where_the_configuration_matches():
+    assert paper_ratio({"name": "hybrid_every4", "keep_attention": [0]}) is None  # the 4-layer toy keeps 1
+    assert paper_ratio({"name": "keep_4", "keep_attention": [0, 8, 16, 24]}) == pytest.approx(
+        (1329.1 / 1433.5 + 86.8 / 87.6 + 51.5 / 66.0 + 82.8 / 94.8) / 4
+    )
+    assert paper_ratio({"name": "stages_23", "keep_attention": []}) is None  # not in the paper

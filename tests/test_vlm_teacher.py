@@ -1,0 +1,183 @@
+"""The grafted VLM teacher (issue #15): an LLM + image tokens + a patch embedding, trained in two phases."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from mmmamba.cli.main import main
+from mmmamba.data.conversations import collate
+from mmmamba.data.suite import make_suite
+from mmmamba.data.text_corpus import build_text_corpus
+from mmmamba.data.tokenizer import load_tokenizer
+from mmmamba.models import Decoder, load_checkpoint, save_checkpoint
+from mmmamba.models.gguf import write_tokenizer as write_hf_files
+from mmmamba.training.losses import masked_ce
+from mmmamba.training.state import batch_indices
+from mmmamba.training.vlm_teacher import (
+    GraftConfig,
+    TuneConfig,
+    graft_vision,
+    load_tune_data,
+    piece_loss,
+    step_pieces,
+    text_perplexity,
+    tune_vlm_teacher,
+)
+
+from .conftest import tiny_config
+from .hf_folders import SPECIALS, write_tokenizer
+
+TEXT_ONLY_SPECIALS = [s for s in SPECIALS if s not in ("<img>", "</img>", "<IMG_CONTEXT>")]
+DOC = (
+    "Lists are ordered collections. A list can hold numbers, strings and other lists, and it can grow.\n\n"
+    "Dictionaries map keys to values. Looking up a key is fast, and the keys must be hashable objects.\n\n"
+    "A tuple is like a list that cannot change. Tuples are often used to return several values at once.\n\n"
+)
+
+
+@pytest.fixture(scope="module")
+def llm_dir(tmp_path_factory):
+    """A text-only LLM folder: random tiny decoder, HF BPE tokenizer without image tokens, tied embeddings."""
+    folder = tmp_path_factory.mktemp("llm")
+    hf = write_tokenizer(folder / "tok", specials=TEXT_ONLY_SPECIALS)
+    torch.manual_seed(0)
+    cfg = tiny_config(vocab_size=len(hf), vision=None, image_token_id=None, tie_embeddings=True, num_layers=2)
+    save_checkpoint(Decoder(cfg), folder / "llm", extra=lambda f: write_hf_files(hf, f))
+    return folder / "llm"
+
+
+@pytest.fixture(scope="module")
+def vlm_dir(llm_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vlm") / "vlm"
+    graft_vision(llm_dir, out, GraftConfig())
+    return out
+
+
+@pytest.fixture(scope="module")
+def suite_and_text(vlm_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_suite(root / "suite", seed=3, sizes={"train": 6, "val": 1, "test": 2})
+    docs = root / "docs"
+    docs.mkdir()
+    for i in range(6):
+        (docs / f"page{i}.txt").write_text(f"Page {i}.\n\n" + DOC * (i + 1), encoding="utf-8")
+    tok = load_tokenizer(vlm_dir)
+    build_text_corpus(
+        [str(docs)],
+        root / "text",
+        tok,
+        "bpe",
+        64,
+        0.2,
+        0.2,
+        min_tokens=8,
+        min_chars=20,
+        progress=False,
+        near_duplicate=2.0,
+    )
+    return root / "suite", root / "text"
+
+
+def test_graft_keeps_the_llm_and_adds_image_tokens(llm_dir, vlm_dir):
+    llm, vlm = load_checkpoint(llm_dir).eval(), load_checkpoint(vlm_dir).eval()
+    tok = load_tokenizer(vlm_dir)
+    start, ctx, end = tok.image_span_ids()
+    n = llm.config.vocab_size
+    assert sorted((start, ctx, end)) == [n, n + 1, n + 2] and vlm.config.vocab_size == n + 3
+    assert vlm.config.image_token_id == ctx and vlm.config.vision.style == "fuyu"
+    emb_old, emb_new = llm.embed_tokens.weight, vlm.embed_tokens.weight
+    assert torch.equal(emb_new[:n], emb_old)
+    for i in (start, ctx, end):  # new rows start at the mean row
+        torch.testing.assert_close(emb_new[i], emb_old.mean(0))
+    ids = torch.tensor([tok.user_turn("what is in the picture?") + tok.answer("a red square")])
+    with torch.no_grad():  # on text the VLM is the LLM: same logits over the LLM's vocabulary
+        torch.testing.assert_close(vlm(ids).logits[..., :n], llm(ids).logits, rtol=0, atol=0)
+    # the tokenizer saved with it expands an image into its placeholders
+    assert tok.encode("<image>", [4]) == [start, ctx, ctx, ctx, ctx, end]
+
+
+def test_graft_refuses_a_vlm_and_a_student(vlm_dir, tmp_path, capsys):
+    assert main(["teacher", "graft", "--llm", str(vlm_dir), "--out", str(tmp_path / "again")]) == 2
+    assert "already has an image front-end" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
+    assert main(["teacher", "graft", "--llm", str(vlm_dir), "--out", str(vlm_dir / "inside")]) == 2
+
+
+def test_phase_loss_is_the_weighted_mean_of_suite_and_text(vlm_dir, suite_and_text):
+    suite, text = suite_and_text
+    model = load_checkpoint(vlm_dir).double().eval()
+    tok = load_tokenizer(vlm_dir)
+    cfg = TuneConfig(batch_size=3, text_batch_size=2, text_weight=0.25, seed=5)
+    data = load_tune_data(suite, [text], tok, model, cfg)
+    assert data.text_train and all(all(e.loss_mask) for e in data.text_train)  # windows: every token a target
+    embed, everything = cfg.phases()
+
+    def mean_ce(examples):
+        b = collate(examples, tok.pad_id)
+        pixels = None if b.pixel_values is None else b.pixel_values.double()
+        return masked_ce(model(b.input_ids, pixels).logits, b.input_ids, b.loss_mask)
+
+    with torch.no_grad():
+        for step in (0, 7):
+            s = [data.suite_train[i] for i in batch_indices(len(data.suite_train), 3, 5, step)]
+            t = [data.text_train[i] for i in batch_indices(len(data.text_train), 2, 6, step)]
+            got = sum(piece_loss(model, p) for p in step_pieces(data, everything, cfg, step, tok.pad_id))
+            torch.testing.assert_close(got, 0.75 * mean_ce(s) + 0.25 * mean_ce(t), rtol=1e-12, atol=0)
+            alone = step_pieces(data, embed, cfg, step, tok.pad_id)  # phase 1: the task suite only
+            assert len(alone) == 1 and alone[0].batch.pixel_values is not None
+            torch.testing.assert_close(piece_loss(model, alone[0]), mean_ce(s), rtol=1e-12, atol=0)
+        # the perplexity helper is exp of the mean loss over the targets
+        ppl = text_perplexity(model, data.text_val, "cpu")
+        assert ppl == pytest.approx(math.exp(float(mean_ce(data.text_val))), rel=1e-5)  # float32 sums
+
+
+def test_tune_trains_the_embedding_first_then_everything_and_resumes(vlm_dir, suite_and_text, tmp_path):
+    suite, text = suite_and_text
+    out = tmp_path / "teacher"
+    cfg = TuneConfig(embed_steps=2, all_steps=2, batch_size=3, text_batch_size=2, eval_every=1, val_limit=4)
+    report = tune_vlm_teacher(vlm_dir, suite, [text], out, cfg)
+    start = load_checkpoint(vlm_dir).state_dict()
+    after_embed = load_checkpoint(out / "after_embed").state_dict()
+    final = load_checkpoint(out).state_dict()
+    vision = {k for k in start if k.startswith("vision.")}
+    assert vision and all(not torch.equal(start[k], after_embed[k]) for k in vision)
+    assert all(torch.equal(start[k], after_embed[k]) for k in start if k not in vision)  # the LLM frozen
+    assert not torch.equal(start["layers.0.mlp.up_proj.weight"], final["layers.0.mlp.up_proj.weight"])
+    # the report: test accuracy per family, text perplexity before (the LLM's own) and after
+    llm_ppl = text_perplexity(
+        load_checkpoint(vlm_dir).float(),
+        load_tune_data(suite, [text], load_tokenizer(vlm_dir), load_checkpoint(vlm_dir), cfg).text_test,
+        "cpu",
+    )
+    assert report["text_test_ppl_before"] == pytest.approx(llm_ppl, rel=1e-6)
+    assert set(report["suite_test"]["per_family"]) and 0 <= report["suite_test"]["mean_accuracy"] <= 1
+    assert json.loads((out / "teacher_report.json").read_text())["phases"][0]["trainable"] == "vision"
+    rows = (out / "tune_log.csv").read_text().splitlines()
+    assert [r.split(",")[:2] for r in rows[1:]] == [["embed", "1"], ["embed", "2"], ["all", "1"], ["all", "2"]]
+    # a second run finds both phases done: no step is taken, the weights stay
+    again = tune_vlm_teacher(vlm_dir, suite, [text], out, cfg)
+    assert again["suite_test"] == report["suite_test"]
+    assert (out / "tune_log.csv").read_text().splitlines() == rows
+    assert all(torch.equal(final[k], v) for k, v in load_checkpoint(out).state_dict().items())
+
+
+def test_tune_refuses_a_text_only_model_before_any_work(llm_dir, suite_and_text, tmp_path, capsys):
+    suite, _ = suite_and_text
+    code = main(
+        [
+            "teacher",
+            "tune",
+            "--init",
+            str(llm_dir),
+            "--data",
+            str(suite),
+            "--out",
+            str(tmp_path / "t"),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 2 and "has no image front-end" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
