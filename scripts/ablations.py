@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -103,7 +104,7 @@ def run_one(name: str, args) -> dict:
             "--student",
             f"{out}/student",
             "--data",
-            args.data,
+            *args.data,
             "--out",
             f"{out}/run",
             "--stages",
@@ -116,13 +117,14 @@ def run_one(name: str, args) -> dict:
             str(args.lr_scale),
             "--eval-every",
             str(args.eval_every),
+            *shlex.split(args.distill_args),
         ],
         [
             "eval",
             "--model",
             f"{out}/run/after_stage{stages[-1]}",
             "--data",
-            args.data,
+            args.data[0],
             "--split",
             "test",
             "--json",
@@ -168,7 +170,7 @@ def run_one(name: str, args) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--data", required=True, nargs="+", help="distillation data; the first is the task suite scored")
     p.add_argument("--out", required=True)
     p.add_argument("--grid", default="tiny", choices=list(GRIDS), help="which table of runs (see above)")
     p.add_argument("--runs", nargs="*", default=None, choices=list(RUNS), help="default: every run of --grid")
@@ -178,6 +180,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr-scale", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--distill-args", default="", help="more distill flags, e.g. '--pack --ssd-backend fla'")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (small models leave a GPU idle)")
     p.add_argument("--teacher-eval", default=None, help="teacher's eval JSON: print a comparison table at the end")
     args = p.parse_args()

@@ -204,14 +204,17 @@ def load_tune_data(data_dir, text_dirs, tok, model: Decoder, cfg: TuneConfig) ->
 
 
 @torch.no_grad()
-def text_perplexity(model: Decoder, examples: list[Example], device, batch_size: int = 8) -> float | None:
+def text_perplexity(
+    model: Decoder, examples: list[Example], device, batch_size: int = 8, progress: bool = True
+) -> float | None:
     """exp(mean next-token loss over the examples' targets), or None without examples."""
     if not examples:
         return None
     model.eval()
     one = torch.ones((), device=device)
     nll, count = 0.0, 0
-    for start in range(0, len(examples), batch_size):
+    starts = range(0, len(examples), batch_size)
+    for start in tqdm(starts, desc="text perplexity", unit="batch", disable=not progress, leave=False):
         batch = collate(examples[start : start + batch_size], 0).to(device)
         logits = model(batch.input_ids, batch.pixel_values).logits
         nll += masked_ce(logits, batch.input_ids, batch.loss_mask, one).item()
@@ -288,7 +291,7 @@ def _run_phase(model, tok, data: TuneData, phase: TunePhase, cfg: TuneConfig, ou
     def after_step(r: StepReport) -> bool:
         if r.step % cfg.eval_every == 0 or r.step == phase.steps:
             acc = score(data.suite_val, predict(model, tok, data.suite_val, progress=False))["mean_accuracy"]
-            ppl = text_perplexity(model, data.text_val[: cfg.val_limit], device)
+            ppl = text_perplexity(model, data.text_val[: cfg.val_limit], device, progress=False)
             tqdm.write(f"{phase.name} step {r.step}: loss {r.loss:.4f}, val accuracy {acc:.3f}, text val ppl {ppl}")
             with log.open("a") as f:
                 csv.writer(f).writerow([phase.name, r.step, f"{r.lr:.3e}", f"{r.loss:.5f}", f"{acc:.4f}", ppl or ""])

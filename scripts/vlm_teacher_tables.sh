@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Issue #15: the paper's tables at real depth. SmolLM2-135M-Instruct (30 layers, from its GGUF) becomes a
+# decoder-only VLM (a Fuyu-style patch embedding in front of the LLM, `mmmamba teacher graft`), is trained
+# on the task suite with text mixed in (`mmmamba teacher tune`: the patch embedding alone, then
+# everything), and is then distilled into every row of scripts/ablations.py --grid deep with the same
+# budget: linear; 2, 4, 8 attention layers kept; five placements of 8; five stage sets; three inits.
+# `mmmamba report` turns the runs into $R/RESULTS_deep.md and a chart, next to the paper's numbers.
+#
+#   GGUF=path/SmolLM2-135M-Instruct.Q4_1.gguf TEXT=runs/smol/text bash scripts/vlm_teacher_tables.sh
+#
+# TEXT: a `mmmamba data text` corpus built with the SmolLM2 tokenizer (the python3.11-doc corpus of
+# scripts/gpu_smollm2_session.sh); it is mixed into the teacher's training and distillation, and its test
+# split gives every model's text perplexity. DATA_SEED: the task suite's seed (1129: never used to tune
+# anything). Budget: EMBED_STEPS, TUNE_STEPS, TOTAL_STEPS (each distillation run; split 1:1:2 over the
+# stages it runs), BATCH, JOBS (runs side by side on one GPU), SUITE (samples per family), RUNS (a subset).
+# Resumable: finished steps are skipped.
+# Not yet run on a GPU (2026-11-29): no device time was left; the commands are tested on CPU at tiny size.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+R=${R:-runs/deep}
+GGUF=${GGUF:?give GGUF=path/to/SmolLM2-135M-Instruct.Q4_1.gguf}
+TEXT=${TEXT:?give TEXT=a mmmamba data text folder built with the SmolLM2 tokenizer}
+DATA_SEED=${DATA_SEED:-1129}
+EMBED_STEPS=${EMBED_STEPS:-300}
+TUNE_STEPS=${TUNE_STEPS:-2000}
+TOTAL_STEPS=${TOTAL_STEPS:-800}
+BATCH=${BATCH:-64}
+JOBS=${JOBS:-3}
+SSD=${SSD:-auto}
+SUITE=${SUITE:-4000,40,100}  # task-suite samples per family: train, val, test
+RUNS=${RUNS:-}  # a subset of the deep grid's runs (default: all)
+TEXT_WINDOWS=${TEXT_WINDOWS:-200}
+mm() { echo "+ mmmamba $*" >&2; "$PY" -m mmmamba "$@"; }
+mkdir -p "$R"
+
+[ -f "$R/llm/config.json" ] || mm import gguf "$GGUF" --out "$R/llm"
+[ -f "$R/suite/test.jsonl" ] || mm data make --out "$R/suite" --seed "$DATA_SEED" \
+  --train "${SUITE%%,*}" --val "$(echo "$SUITE" | cut -d, -f2)" --test "${SUITE##*,}"
+[ -f "$R/vlm/config.json" ] || mm teacher graft --llm "$R/llm" --out "$R/vlm" --vision fuyu
+[ -f "$R/teacher/teacher_report.json" ] || mm teacher tune --init "$R/vlm" --data "$R/suite" --text "$TEXT" \
+  --out "$R/teacher" --embed-steps "$EMBED_STEPS" --steps "$TUNE_STEPS" --batch-size "$BATCH" --text-batch-size 8
+[ -f "$R/teacher_eval.json" ] || mm eval --model "$R/teacher" --data "$R/suite" --split test --json "$R/teacher_eval.json"
+
+"$PY" scripts/ablations.py --grid deep --teacher "$R/teacher" --data "$R/suite" "$TEXT" --text "$TEXT" \
+  --out "$R/ablations" --total-steps "$TOTAL_STEPS" --batch-size "$BATCH" --lr-scale 3 --jobs "$JOBS" \
+  --distill-args "--pack --micro-batch 32 --ssd-backend $SSD" --teacher-eval "$R/teacher_eval.json" \
+  --text-windows "$TEXT_WINDOWS" ${RUNS:+--runs $RUNS}
+mm report --runs "$R"/ablations/*/result.json --teacher-eval "$R/teacher_eval.json" --out "$R/RESULTS_deep.md" \
+  --chart "$R/deep_chart.png" --quality "$R/quality.json"
+echo "teacher: $(cat "$R/teacher/teacher_report.json" | "$PY" -c 'import json,sys; r=json.load(sys.stdin)
+print(f"test accuracy {r[\"suite_test\"][\"mean_accuracy\"]:.3f}, text ppl {r[\"text_test_ppl_before\"]:.2f} -> {r[\"text_test_ppl_after\"]:.2f}")')"
