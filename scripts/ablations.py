@@ -196,9 +196,9 @@ def main():
         families = list(teacher["per_family"])
         print(f"\n{'model':<16}{'mean':>7}{'vs teacher':>12}  " + " ".join(f"{f[:9]:>9}" for f in families))
         for r in rows:
-            ratio = r["mean_accuracy"] / teacher["mean_accuracy"]
+            ratio = f"{r['mean_accuracy'] / teacher['mean_accuracy']:.3f}" if teacher["mean_accuracy"] else "-"
             print(
-                f"{r['name']:<16}{r['mean_accuracy']:>7.3f}{ratio:>12.3f}  "
+                f"{r['name']:<16}{r['mean_accuracy']:>7.3f}{ratio:>12}  "
                 + " ".join(f"{r['per_family'][f]:>9.2f}" for f in families)
             )
 

@@ -181,3 +181,45 @@ def test_tune_refuses_a_text_only_model_before_any_work(llm_dir, suite_and_text,
     )
     assert code == 2 and "has no image front-end" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()
+
+
+def test_graft_from_a_gguf_file_with_an_internvl_front_end(tmp_path):
+    pytest.importorskip("gguf")
+    from .gguf_files import hf_llama, write_gguf
+
+    write_gguf(tmp_path / "t.gguf", hf_llama())
+    args = [
+        "teacher",
+        "graft",
+        "--llm",
+        str(tmp_path / "t.gguf"),
+        "--out",
+        str(tmp_path / "vlm"),
+        "--vision",
+        "internvl",
+    ]
+    assert main([*args, "--image-size", "32", "--patch-size", "4", "--downsample-ratio", "0.5"]) == 0
+    llm, vlm = load_checkpoint(tmp_path / "t.gguf").float().eval(), load_checkpoint(tmp_path / "vlm").eval()
+    assert vlm.config.vision.style == "internvl" and vlm.config.vision.tokens_per_tile == 16  # 8×8 patches, 2×2 merged
+    tok = load_tokenizer(tmp_path / "vlm")
+    ids = torch.tensor([tok.user_turn("hello there")])
+    with torch.no_grad():
+        torch.testing.assert_close(vlm(ids).logits[..., : llm.config.vocab_size], llm(ids).logits)
+        pixels = torch.randn(1, 3, 32, 32)
+        with_image = torch.tensor([tok.user_turn("<image>\nwhat is in the picture?", image_tokens=[16])])
+        assert vlm(with_image, pixels).logits.isfinite().all()
+
+
+def test_tune_refuses_bad_inputs_with_one_line_before_any_work(vlm_dir, suite_and_text, tmp_path, capsys):
+    suite, _ = suite_and_text
+    base = ["teacher", "tune", "--init", str(vlm_dir), "--data", str(suite), "--device", "cpu"]
+    assert main([*base, "--text", str(tmp_path / "missing"), "--out", str(tmp_path / "a")]) == 2
+    assert "missing" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main([*base, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main([*base, "--out", str(suite)]) == 2  # would replace the data
+    assert "is or contains --data" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "b"), "--batch-size", "100000"]) == 2
+    assert "fewer than --batch-size" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("a", "b"))
