@@ -1,5 +1,6 @@
 """The grafted VLM teacher (issue #15): an LLM + image tokens + a patch embedding, trained in two phases."""
 
+import dataclasses
 import json
 import math
 
@@ -11,6 +12,7 @@ from mmmamba.data.conversations import collate
 from mmmamba.data.suite import make_suite
 from mmmamba.data.text_corpus import build_text_corpus
 from mmmamba.data.tokenizer import load_tokenizer
+from mmmamba.errors import MmmambaError
 from mmmamba.models import Decoder, load_checkpoint, save_checkpoint
 from mmmamba.models.gguf import write_tokenizer as write_hf_files
 from mmmamba.training.losses import masked_ce
@@ -161,6 +163,11 @@ def test_tune_trains_the_embedding_first_then_everything_and_resumes(vlm_dir, su
     assert again["suite_test"] == report["suite_test"]
     assert (out / "tune_log.csv").read_text().splitlines() == rows
     assert all(torch.equal(final[k], v) for k, v in load_checkpoint(out).state_dict().items())
+    # other settings on the same folder: one line naming them, nothing changed
+    other = dataclasses.replace(cfg, all_steps=3, text_weight=0.5)
+    with pytest.raises(MmmambaError, match="all_steps, text_weight differ"):
+        tune_vlm_teacher(vlm_dir, suite, [text], out, other)
+    assert (out / "tune_log.csv").read_text().splitlines() == rows
 
 
 def test_tune_refuses_a_text_only_model_before_any_work(llm_dir, suite_and_text, tmp_path, capsys):

@@ -321,6 +321,19 @@ def _tokenizer_writer(tok: ChatTokenizer):
     return tok.save if isinstance(tok, ByteTokenizer) else (lambda folder: write_tokenizer(tok.hf, folder))
 
 
+def _check_settings(f: Path, settings: dict) -> None:
+    """A run folder continues only with the settings it was started with (finished phases are reused)."""
+    if not f.is_file():
+        return
+    old = read_json(f, "run settings file")
+    if old != settings:
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        raise MmmambaError(
+            f"{f.parent}: holds a teacher run with other settings ({', '.join(diff)} differ in {f.name}); "
+            "use the same settings or a new --out"
+        )
+
+
 def tune_vlm_teacher(init_dir, data_dir, text_dirs: list, out, cfg: TuneConfig) -> dict:
     """Train a grafted VLM (``graft_vision``) in its phases; ``out`` becomes the trained teacher."""
     cfg.check()
@@ -333,8 +346,16 @@ def tune_vlm_teacher(init_dir, data_dir, text_dirs: list, out, cfg: TuneConfig) 
     tok = load_tokenizer(init_dir)
     text_dirs = [Path(d) for d in text_dirs]
     data = load_tune_data(data_dir, text_dirs, tok, model, cfg)
+    settings = {
+        "init": str(Path(init_dir).resolve()),
+        "data": str(Path(data_dir).resolve()),
+        "text": [str(d.resolve()) for d in text_dirs],
+        **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("device", "eval_every", "val_limit")},
+    }
+    _check_settings(out / "tune_config.json", settings)
     model.to(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "tune_config.json", settings)
     log = out / "tune_log.csv"
     if not log.is_file():
         write_text_atomic(log, "phase,step,lr,loss,val_accuracy,text_val_ppl\n")
