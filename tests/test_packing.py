@@ -102,3 +102,25 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(stage_id, pa
     torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
     for x, y in zip(ga, gb):
         torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-14)
+
+
+def test_one_unpacker_per_packed_batch(monkeypatch):
+    """Layers share the batch's Unpacker: building one reads the longest length back from the GPU (a sync)."""
+    from mmmamba.ops.packing import Unpacker
+
+    built = []
+    init = Unpacker.__init__
+    monkeypatch.setattr(Unpacker, "__init__", lambda self, *a: (built.append(1), init(self, *a))[1])
+    teacher, student = models()
+    batch = pack([Example(list(range(1, n + 1)), [True] * n, None) for n in LENGTHS])
+    with torch.no_grad():
+        teacher(batch.input_ids, cu_seqlens=batch.cu_seqlens)  # 3 attention layers
+    assert len(built) == 1
+    with torch.no_grad():
+        student(batch.input_ids, cu_seqlens=batch.cu_seqlens)  # same tensor: reused
+    assert len(built) == 1
+    other = batch.cu_seqlens.clone()
+    assert Unpacker.of(other, batch.input_ids.shape[1], "cpu") is not Unpacker.of(batch.cu_seqlens, 25, "cpu")
+    rows = Unpacker.of(other, 25, "cpu")
+    other[1:] = torch.tensor([25, 25, 25, 25], dtype=other.dtype)  # changed in place: rebuilt
+    assert Unpacker.of(other, 25, "cpu") is not rows and Unpacker.of(other, 25, "cpu").width == 25

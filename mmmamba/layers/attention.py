@@ -129,7 +129,7 @@ class Attention(nn.Module):
             past = cache.length
             k, v = cache.update(k, v)
         if cu_seqlens is not None and valid is None:  # one sample a row: causal SDPA over Σ width², not L²
-            rows = Unpacker(cu_seqlens, L, u.device)
+            rows = Unpacker.of(cu_seqlens, L, u.device)
             q, k, v = (rows.unpack(t.transpose(1, 2)).transpose(1, 2) for t in (q, k, v))  # (n, ·, width, hd)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=rows.width > 1, enable_gqa=kvh != h)
             return rows.repack(y.transpose(1, 2)).reshape(b, L, h * hd)

@@ -74,7 +74,7 @@ def packed_chunked_scan(x, dt, A, B, C, D, initial_state, chunk_size, cu_seqlens
     small kernels per sample and layer; BENCHMARKS.md §5b.)"""
     if x.shape[0] != 1:
         raise MmmambaError(f"packed sequences (cu_seqlens) need batch 1, got {x.shape[0]}")
-    rows = Unpacker(cu_seqlens, x.shape[1], x.device)
+    rows = Unpacker.of(cu_seqlens, x.shape[1], x.device)
     x_, dt_, B_, C_ = (rows.unpack(t) for t in (x, dt, B, C))
     y, state = ssd_chunked_scan(x_, dt_, A, B_, C_, None, initial_state, chunk_size)
     y = rows.repack(y)
