@@ -128,3 +128,27 @@ def test_sampling_rules():
 def test_prompt_too_long_is_refused(teacher):
     with pytest.raises(mmmamba.MmmambaError, match="max_position 512"):
         generate(teacher, [[1] * 500], max_new_tokens=20)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 3, 5, 7])
+def test_prefill_from_ids_embeds_each_chunk_as_the_whole_prompt(teacher, chunk):
+    """prefill_ids embeds one chunk at a time: images cut by a chunk boundary, left padding, two rows."""
+    from mmmamba.infer import prefill_ids
+    from mmmamba.infer.generate import left_pad
+
+    model = perturb_ssm(convert_to_mamba(teacher, [1]))
+    img = model.config.image_token_id
+    per = model.config.vision.tokens_per_tile  # 4 placeholders a tile
+    prompts = [[5, 6, *[img] * per, 7, *[img] * per, 8], [9, *[img] * per, 10, 11]]  # 3 tiles in all
+    ids, mask = left_pad(prompts, 0, "cpu")
+    pixels = torch.randn(3, 3, 8, 8, dtype=F64)
+    whole_cache, chunk_cache = (model.make_cache(2, ids.shape[1] + 1, dtype=F64) for _ in range(2))
+    whole = prefill(model, model.embed(ids, pixels), mask, whole_cache)
+    got = prefill_ids(model, ids, pixels, mask, chunk_cache, chunk)
+    torch.testing.assert_close(got, whole, rtol=1e-10, atol=1e-10)
+    for s in range(0, ids.shape[1], 3):  # every span equals the slice of the whole prompt's embeddings
+        torch.testing.assert_close(
+            model.embed_span(ids, s, s + 3, model.image_patches(ids, pixels)), model.embed(ids, pixels)[:, s : s + 3]
+        )
+    with pytest.raises(mmmamba.MmmambaError, match="placeholder"):
+        prefill_ids(model, ids, pixels[:2], mask, model.make_cache(2, ids.shape[1] + 1, dtype=F64))

@@ -26,7 +26,7 @@ import torch
 
 from ..convert import convert_to_mamba
 from ..infer.decode_step import DecodeStep
-from ..infer.generate import prefill
+from ..infer.generate import prefill, prefill_ids
 from ..models import Decoder, DecoderConfig
 from .timing import cuda_time_ms, device_bandwidth
 
@@ -114,7 +114,7 @@ def measure_ours(model: Decoder, context: int, args, decode: str) -> dict:
     mask = torch.ones(1, context, dtype=torch.long, device="cuda")
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    logits = prefill(model, model.embed(ids), mask, cache, args.prefill_chunk)
+    logits = prefill_ids(model, ids, None, mask, cache, args.prefill_chunk)
     torch.cuda.synchronize()
     row = {"prefill_s": time.perf_counter() - t0, "cache_bytes": kv_bytes(cache)}
     step = DecodeStep(model, cache, decode)

@@ -1,7 +1,7 @@
 """Running a model: chunked prefill, constant-memory decode, sampling, batched generation."""
 
 from .chat import ChatSession
-from .generate import decode_one_token, decode_tokens, generate, left_pad, prefill
+from .generate import decode_one_token, decode_tokens, generate, left_pad, prefill, prefill_ids
 from .sampling import SamplingConfig, sample_next
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "decode_tokens",
     "decode_one_token",
     "generate",
+    "prefill_ids",
     "left_pad",
     "prefill",
     "sample_next",

@@ -13,7 +13,7 @@ from ..data.images import attach_image
 from ..data.tokenizer import ChatTokenizer
 from ..models import Decoder
 from .decode_step import DecodeStep
-from .generate import check_length, decode_tokens, prefill
+from .generate import check_length, decode_tokens, prefill_ids
 from .sampling import SamplingConfig
 
 
@@ -56,7 +56,7 @@ class ChatSession:
         ids_t = torch.tensor([ids], device=device)
         self.mask = torch.cat([self.mask, torch.ones_like(ids_t)], dim=1)
         pixels = None if image is None else image.to(device, self.model.embed_tokens.weight.dtype)
-        logits = prefill(self.model, self.model.embed(ids_t, pixels), self.mask, self.cache)
+        logits = prefill_ids(self.model, ids_t, pixels, self.mask, self.cache)
         callback = None if on_token is None else (lambda t: on_token(int(t[0])))
         if self.step is None:
             self.step = DecodeStep(self.model, self.cache, self.decode)

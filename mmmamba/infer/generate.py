@@ -34,15 +34,35 @@ def left_pad(prompts: list[list[int]], pad_id: int, device=None) -> tuple[Tensor
 def prefill(
     model: Decoder, embeds: Tensor, attention_mask: Tensor, cache: ModelCache, chunk_size: int | None = None
 ) -> Tensor:
-    """Run the prompt through in chunks, filling ``cache``; returns the last position's logits (b, vocab)."""
-    L = embeds.shape[1]
+    """Run the prompt's embeddings through in chunks, filling ``cache``; returns the last position's logits."""
+    return _prefill(model, lambda s, e: embeds[:, s:e], embeds.shape[1], attention_mask, cache, chunk_size)
+
+
+@torch.no_grad()
+def prefill_ids(
+    model: Decoder,
+    ids: Tensor,
+    pixel_values: Tensor | None,
+    attention_mask: Tensor,
+    cache: ModelCache,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """``prefill`` from token ids (and images): each chunk is embedded when it runs, so the whole prompt's
+    (b, L, d) embeddings never exist at once (0.42 GB at 103 K tokens, hidden 2048, bf16)."""
+    images = model.image_patches(ids, pixel_values)
+    embed = lambda s, e: model.embed_span(ids, s, e, images)  # noqa: E731
+    return _prefill(model, embed, ids.shape[1], attention_mask, cache, chunk_size)
+
+
+def _prefill(model: Decoder, embed, length: int, attention_mask: Tensor, cache: ModelCache, chunk_size) -> Tensor:
+    """``embed(s, e)`` gives positions s:e (b, e − s, d); returns the last position's logits (b, vocab)."""
     past = cache[0].length
-    step = chunk_size or L
+    step = chunk_size or length
     logits = None
-    for s in range(0, L, step):
-        e = min(L, s + step)
+    for s in range(0, length, step):
+        e = min(length, s + step)
         logits = model(
-            inputs_embeds=embeds[:, s:e], attention_mask=attention_mask[:, : past + e], cache=cache, logits_to_keep=1
+            inputs_embeds=embed(s, e), attention_mask=attention_mask[:, : past + e], cache=cache, logits_to_keep=1
         ).logits
     return logits[:, -1]
 
@@ -126,7 +146,7 @@ def generate(
     ids, mask = left_pad(prompts, pad_id, device)
     cache = model.make_cache(len(prompts), longest + max_new_tokens)
     pixels = None if pixel_values is None else pixel_values.to(device)
-    logits = prefill(model, model.embed(ids, pixels), mask, cache, chunk_size)
+    logits = prefill_ids(model, ids, pixels, mask, cache, chunk_size)
     step = DecodeStep(model, cache, decode) if max_new_tokens > 1 else None
     sampling = sampling or SamplingConfig()
     out, _ = decode_tokens(model, logits, mask, cache, max_new_tokens, sampling, stop_ids, on_token, step)

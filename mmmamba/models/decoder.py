@@ -129,12 +129,20 @@ class Decoder(nn.Module):
         Text ids are looked up as ``DecoderConfig.text_vocab_size`` says; that path has no host sync
         (``torch.where``, no boolean indexing), so a decode step that embeds can be graph-captured.
         """
-        x = self.embed_text(input_ids)
+        images = self.image_patches(input_ids, pixel_values)
+        if images is None:  # any shape of ids, (b,) in a decode step
+            return self.embed_text(input_ids)
+        return self.embed_span(input_ids, 0, input_ids.shape[1], images)
+
+    def image_patches(self, input_ids: Tensor, pixel_values: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """The images' tokens (n, d) and, per position (b, L), the index of the token it takes (−1 on text),
+        in the order the placeholders appear (row by row); None without images."""
         if pixel_values is None or pixel_values.numel() == 0:
-            return x
+            return None
         if self.vision is None:
             raise MmmambaError("this model has no image front-end; drop the image or use a multimodal model")
-        patches = self.vision(pixel_values.to(x.dtype)).flatten(0, 1)  # (tiles·tokens_per_tile, d)
+        dtype = self.embed_tokens.weight.dtype
+        patches = self.vision(pixel_values.to(dtype)).flatten(0, 1)  # (tiles·tokens_per_tile, d)
         where = input_ids == self.config.image_token_id
         if int(where.sum()) != patches.shape[0]:
             per = self.vision.cfg.tokens_per_tile
@@ -142,7 +150,18 @@ class Decoder(nn.Module):
                 f"{int(where.sum())} image placeholder tokens but {pixel_values.shape[0]} image tile(s) × "
                 f"{per} tokens; put {per} placeholders per tile (the tokenizer does this for '<image>')"
             )
-        return x.masked_scatter(where[..., None], patches)
+        index = where.flatten().cumsum(0).view_as(input_ids) - 1  # (b, L): k-th placeholder takes patch k
+        return patches, torch.where(where, index, -1)
+
+    def embed_span(self, input_ids: Tensor, start: int, end: int, images: tuple[Tensor, Tensor] | None) -> Tensor:
+        """Embeddings of positions ``start:end`` (b, end − start, d), images from ``image_patches`` spliced in:
+        a long prompt can be embedded one prefill chunk at a time."""
+        x = self.embed_text(input_ids[:, start:end])
+        if images is None:
+            return x
+        patches, index = images
+        index = index[:, start:end]
+        return torch.where((index >= 0)[..., None], patches[index.clamp(min=0)].to(x.dtype), x)
 
     def embed_text(self, input_ids: Tensor) -> Tensor:
         """(b, L) ids → (b, L, d). With ``text_vocab_size`` set, ids at or past it take a row of
