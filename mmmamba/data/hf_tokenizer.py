@@ -55,16 +55,29 @@ class HFTokenizer(ChatTokenizer):
             raise MmmambaError(f"{self.folder}: the tokenizer has no eos token; set eos_token in tokenizer_config.json")
         self.bos_id = hf.bos_token_id
         self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else self.end_id
-        unk = hf.unk_token_id
-        span = [hf.convert_tokens_to_ids(t) for t in IMAGE_SPAN]
-        self._span = None if any(i is None or i == unk for i in span) else tuple(span)
-        self.image_token_id = None if self._span is None else self._span[1]
+        self._find_image_span()
         self.template = hf.chat_template
         self.stop_ids = tuple(dict.fromkeys([self.end_id, *self._turn_end_ids()]))
 
     # -- ChatTokenizer ------------------------------------------------------------------------
     def encode_text(self, text: str) -> list[int]:
         return self.hf(text, add_special_tokens=False)["input_ids"]
+
+    def _find_image_span(self) -> None:
+        unk = self.hf.unk_token_id
+        span = [self.hf.convert_tokens_to_ids(t) for t in IMAGE_SPAN]
+        self._span = None if any(i is None or i == unk for i in span) else tuple(span)
+        self.image_token_id = None if self._span is None else self._span[1]
+
+    def add_image_tokens(self) -> list[int]:
+        """Add the image span tokens the vocabulary lacks (as special tokens); returns their new ids."""
+        from tokenizers import AddedToken
+
+        hf, unk = self.hf, self.hf.unk_token_id
+        missing = [t for t in IMAGE_SPAN if hf.convert_tokens_to_ids(t) in (None, unk)]
+        hf.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
+        self._find_image_span()
+        return [hf.convert_tokens_to_ids(t) for t in missing]
 
     def image_span_ids(self) -> tuple[int, int, int]:
         if self._span is None:

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.conversations import Batch, Example, collate, encode_sample, read_split
-from ..data.hf_tokenizer import IMAGE_SPAN, HFTokenizer
+from ..data.hf_tokenizer import HFTokenizer
 from ..data.images import ImageProcessor
 from ..data.scenes import CELL, IMAGE_SIZE
 from ..data.text_corpus import is_text_corpus, text_examples
@@ -58,20 +58,6 @@ class GraftConfig:
         return VisionConfig(self.image_size, self.patch_size, style=self.style, downsample_ratio=self.downsample_ratio)
 
 
-def _add_image_tokens(tok: ChatTokenizer, where) -> list[int]:
-    """Ids of the image span tokens the tokenizer lacked, added to it (none for our byte tokenizer)."""
-    if isinstance(tok, ByteTokenizer):
-        return []
-    if not isinstance(tok, HFTokenizer):
-        raise MmmambaError(f"{where}: tokenizer kind {tok.source!r} cannot take new tokens")
-    from tokenizers import AddedToken
-
-    hf = tok.hf
-    missing = [t for t in IMAGE_SPAN if hf.convert_tokens_to_ids(t) in (None, hf.unk_token_id)]
-    hf.add_tokens([AddedToken(t, special=True, normalized=False) for t in missing], special_tokens=True)
-    return [hf.convert_tokens_to_ids(t) for t in missing]
-
-
 def graft_vision(llm_dir, out, cfg: GraftConfig) -> Decoder:
     """Write ``out``: the LLM at ``llm_dir`` with an image front-end and the image tokens. Returns the model."""
     out = check_output_dir(Path(out))
@@ -85,8 +71,13 @@ def graft_vision(llm_dir, out, cfg: GraftConfig) -> Decoder:
     if old.text_vocab_size or old.special_embeddings:
         raise MmmambaError(f"--llm {llm_dir}: has a split text/special embedding; not supported by graft")
     tok = load_tokenizer(llm_dir)
-    added = _add_image_tokens(tok, f"--llm {llm_dir}")
-    span = tok.image_span_ids() if isinstance(tok, ByteTokenizer) else _hf_span(tok)
+    if isinstance(tok, HFTokenizer):
+        added = tok.add_image_tokens()
+    elif isinstance(tok, ByteTokenizer):  # has the image tokens already
+        added = []
+    else:
+        raise MmmambaError(f"--llm {llm_dir}: tokenizer kind {tok.source!r} cannot take new tokens")
+    span = tok.image_span_ids()
     vocab = max(old.vocab_size, max(span) + 1)
     cfg_vlm = dataclasses.replace(old, vocab_size=vocab, vision=vision, image_token_id=span[1])
     torch.manual_seed(cfg.seed)
@@ -100,22 +91,13 @@ def graft_vision(llm_dir, out, cfg: GraftConfig) -> Decoder:
             tensor = grown
         state[name] = tensor
     vlm.load_state_dict(state)
-    extra = tok.save if isinstance(tok, ByteTokenizer) else (lambda folder: write_tokenizer(tok.hf, folder))
-    save_checkpoint(vlm, out, extra=extra)
+    save_checkpoint(vlm, out, extra=_tokenizer_writer(tok))
     n_vision = sum(p.numel() for p in vlm.vision.parameters())
     print(
         f"wrote {out}: {llm_dir} + a {cfg.style} image front-end ({n_vision / 1e6:.2f} M parameters, "
         f"{vision.tokens_per_tile} tokens per {cfg.image_size}-pixel image); vocabulary {old.vocab_size} → {vocab}"
     )
     return vlm
-
-
-def _hf_span(tok: HFTokenizer) -> tuple[int, int, int]:
-    hf = tok.hf
-    ids = tuple(hf.convert_tokens_to_ids(t) for t in IMAGE_SPAN)
-    if any(i is None or i == hf.unk_token_id for i in ids):
-        raise MmmambaError(f"{tok.folder}: the tokenizer did not take the image tokens {IMAGE_SPAN}")
-    return ids
 
 
 @dataclass
@@ -278,12 +260,8 @@ def _run_phase(model, tok, data: TuneData, phase: TunePhase, cfg: TuneConfig, ou
     params = _set_trainable(model, phase)
     optim = OptimConfig(lr=phase.lr)
     opt = make_adamw(model.named_parameters(), optim)
-    settings = {**dataclasses.asdict(phase), "batch_size": cfg.batch_size, "text_batch_size": cfg.text_batch_size}
-    settings["seed"] = cfg.seed
-    resumed = load_state(state_dir, model, opt)
+    resumed = load_state(state_dir, model, opt)  # its settings: the run's tune_config.json, checked before
     start = 0 if resumed is None else resumed[0]
-    if resumed is not None and resumed[1] != settings:
-        raise MmmambaError(f"{state_dir}: holds a run started with {resumed[1]}, not {settings}; use a new --out")
 
     def micro_batches(step: int) -> list[WeightedBatch]:
         return [piece.to(device) for piece in step_pieces(data, phase, cfg, step, tok.pad_id)]
@@ -295,7 +273,7 @@ def _run_phase(model, tok, data: TuneData, phase: TunePhase, cfg: TuneConfig, ou
             tqdm.write(f"{phase.name} step {r.step}: loss {r.loss:.4f}, val accuracy {acc:.3f}, text val ppl {ppl}")
             with log.open("a") as f:
                 csv.writer(f).writerow([phase.name, r.step, f"{r.lr:.3e}", f"{r.loss:.5f}", f"{acc:.4f}", ppl or ""])
-            save_state(state_dir, model, opt, r.step, settings)
+            save_state(state_dir, model, opt, r.step)
         return False
 
     train_loop(
@@ -353,6 +331,9 @@ def tune_vlm_teacher(init_dir, data_dir, text_dirs: list, out, cfg: TuneConfig) 
         **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("device", "eval_every", "val_limit")},
     }
     _check_settings(out / "tune_config.json", settings)
+    if (out / "teacher_report.json").is_file():  # written last: the run is finished
+        print(f"{out}: finished already; its report is {out / 'teacher_report.json'}")
+        return read_json(out / "teacher_report.json", "teacher_report.json")
     model.to(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "tune_config.json", settings)
