@@ -85,7 +85,7 @@ queue)
   source "$W/settings"
   say "warming fla"
   warm=(train64_packed infer64 infer64_fp32 train128_packed)
-  [ "${JOB:-}" != deep ] || warm=(train64_packed infer64 infer64_fp32)  # deep: SmolLM2-shaped students only
+  [ "${JOB:-}" != deep ] || warm=(train64_packed train64 infer64 infer64_fp32)  # deep: train64 (padded) for validation
   for v in "${warm[@]}"; do
     (timeout 420 python3 scripts/gpu_warm_fla.py $v > "$W/warm_$v.txt" 2>&1; say "warm $v rc $?") &
   done

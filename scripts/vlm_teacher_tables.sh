@@ -14,7 +14,8 @@
 # anything). Budget: EMBED_STEPS, TUNE_STEPS, TUNE_LR, TOTAL_STEPS (each distillation run; split 1:1:2 over the
 # stages it runs), BATCH, JOBS (runs side by side on one GPU), SUITE (samples per family), RUNS (a subset).
 # Resumable: finished steps are skipped.
-# Not yet run on a GPU (2026-11-29): no device time was left; the commands are tested on CPU at tiny size.
+# Run on one H200 on 2026-11-29 for the teacher and 7 of the 15 rows (RESULTS.md, BENCHMARKS §5d, through
+# scripts/gpu_smollm2_session.sh with JOB=deep): the teacher plus one wave of about 8 rows fits one session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
