@@ -94,3 +94,15 @@ def test_paper_column_only_where_the_configuration_matches():
         (1329.1 / 1433.5 + 86.8 / 87.6 + 51.5 / 66.0 + 82.8 / 94.8) / 4
     )
     assert paper_ratio({"name": "stages_23", "keep_attention": []}) is None  # not in the paper
+
+
+def test_trained_tokens_sum_the_distillation_log(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text(
+        "stage,step,lr,train_loss,val_loss,tokens,seconds\n"
+        "1,1,1e-3,0.5,,1000,0.1\n"
+        "1,2,1e-3,,0.4,1200,0.1\n"  # a skipped step still consumed its tokens
+        "3,1,5e-5,0.9,,800,0.2\n"
+    )
+    assert ablations._trained_tokens(log) == 3000
+    assert ablations._trained_tokens(tmp_path / "missing.csv") is None  # a run without a log: unknown, not 0
