@@ -94,12 +94,17 @@ def _trained_tokens(log_csv: Path) -> int | None:
         return sum(int(row["tokens"]) for row in csv.DictReader(f) if row.get("tokens"))
 
 
-def run_one(name: str, args) -> dict:
+def run_one(name: str, args) -> dict | None:
+    """One row: its result (computed now or read back), or None when ``args.start_by`` (a wall-clock
+    time) has passed before the row could start."""
     group, keep, init, stages = GRIDS[args.grid][name]
     out = Path(args.out) / name
     result_file = out / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
+    if args.start_by is not None and time.time() > args.start_by:
+        print(f"{name:<18} not started: --start-within passed", flush=True)
+        return None
     cfg = json.loads((Path(args.teacher) / "config.json").read_text())
     keep = resolve_keep(keep, cfg["num_layers"])
     steps = split_steps(stages, args.total_steps)
@@ -193,13 +198,24 @@ def main():
     p.add_argument("--distill-args", default="", help="more distill flags, e.g. '--pack --ssd-backend fla'")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (small models leave a GPU idle)")
     p.add_argument("--teacher-eval", default=None, help="teacher's eval JSON: print a comparison table at the end")
+    p.add_argument(
+        "--start-within",
+        type=float,
+        default=None,
+        help="seconds from now after which no new row starts (a device budget); rows left out are listed",
+    )
     args = p.parse_args()
+    args.start_by = None if args.start_within is None else time.time() + args.start_within
     args.runs = list(GRIDS[args.grid]) if args.runs is None else args.runs
     unknown = [r for r in args.runs if r not in GRIDS[args.grid]]
     if unknown:
         p.error(f"--runs {unknown} are not in --grid {args.grid}: {list(GRIDS[args.grid])}")
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda n: run_one(n, args), args.runs))
+    left_out = [n for n, r in zip(args.runs, results) if r is None]
+    results = [r for r in results if r is not None]
+    if left_out:
+        print(f"not started (--start-within): {' '.join(left_out)}", flush=True)
     if args.teacher_eval:
         teacher = json.loads(Path(args.teacher_eval).read_text())
         rows = [{"name": "teacher", **teacher}, *results]

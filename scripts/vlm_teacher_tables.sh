@@ -33,6 +33,7 @@ SSD=${SSD:-auto}
 SUITE=${SUITE:-4000,40,100}  # task-suite samples per family: train, val, test
 RUNS=${RUNS:-}  # a subset of the deep grid's runs (default: all)
 STOP_AFTER=${STOP_AFTER:-}  # "teacher": stop once the teacher is tuned and scored
+START_WITHIN=${START_WITHIN:-}  # seconds after the grid starts: no row starts later (a device budget)
 TEXT_WINDOWS=${TEXT_WINDOWS:-200}
 mm() { echo "+ mmmamba $*" >&2; "$PY" -m mmmamba "$@"; }
 mkdir -p "$R"
@@ -50,7 +51,7 @@ mkdir -p "$R"
 "$PY" scripts/ablations.py --grid deep --teacher "$R/teacher" --data "$R/suite" "$TEXT" --text "$TEXT" \
   --out "$R/ablations" --total-steps "$TOTAL_STEPS" --batch-size "$BATCH" --lr-scale 3 --jobs "$JOBS" \
   --distill-args "--pack --micro-batch 32 --ssd-backend $SSD" --teacher-eval "$R/teacher_eval.json" \
-  --text-windows "$TEXT_WINDOWS" ${RUNS:+--runs $RUNS}
+  --text-windows "$TEXT_WINDOWS" ${RUNS:+--runs $RUNS} ${START_WITHIN:+--start-within $START_WITHIN}
 mm report --runs "$R"/ablations/*/result.json --teacher-eval "$R/teacher_eval.json" --out "$R/RESULTS_deep.md" \
   --chart "$R/deep_chart.png" --quality "$R/quality.json"
 echo "teacher: $(cat "$R/teacher/teacher_report.json" | "$PY" -c 'import json,sys; r=json.load(sys.stdin)

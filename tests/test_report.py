@@ -106,3 +106,12 @@ def test_trained_tokens_sum_the_distillation_log(tmp_path):
     )
     assert ablations._trained_tokens(log) == 3000
     assert ablations._trained_tokens(tmp_path / "missing.csv") is None  # a run without a log: unknown, not 0
+
+
+def test_a_row_past_its_start_deadline_runs_nothing(tmp_path):
+    args = type("Args", (), {"grid": "deep", "out": str(tmp_path), "start_by": 0.0})()  # long past
+    assert ablations.run_one("linear", args) is None
+    assert not (tmp_path / "linear").exists()  # nothing converted, nothing written
+    (tmp_path / "keep_2").mkdir()
+    (tmp_path / "keep_2" / "result.json").write_text('{"name": "keep_2", "mean_accuracy": 0.5}')
+    assert ablations.run_one("keep_2", args)["mean_accuracy"] == 0.5  # a finished row is still read back
