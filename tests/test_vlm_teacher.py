@@ -221,7 +221,10 @@ def test_tune_refuses_bad_inputs_with_one_line_before_any_work(vlm_dir, suite_an
     suite, _ = suite_and_text
     base = ["teacher", "tune", "--init", str(vlm_dir), "--data", str(suite), "--device", "cpu"]
     assert main([*base, "--text", str(tmp_path / "missing"), "--out", str(tmp_path / "a")]) == 2
-    assert "missing" in capsys.readouterr().err
+    assert f"--text {tmp_path / 'missing'}:" in capsys.readouterr().err  # named as the flag it came from
+    (tmp_path / "empty").mkdir()
+    assert main([*base, "--text", str(tmp_path / "empty"), "--out", str(tmp_path / "a")]) == 2
+    assert "--text" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert main([*base, "--out", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err

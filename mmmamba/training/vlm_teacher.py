@@ -169,6 +169,11 @@ def _text_split(folders, split: str, tok, images, model: Decoder, allow_outside:
 
 def load_tune_data(data_dir, text_dirs, tok, model: Decoder, cfg: TuneConfig) -> TuneData:
     """Everything read and tokenised (each line checked) before the first step."""
+    for folder in text_dirs:  # before the suite's long encode: a wrong --text fails at once, named as --text
+        if not (is_text_corpus(folder) or (Path(folder) / "train.jsonl").is_file()):
+            raise MmmambaError(
+                f"--text {folder}: not a `mmmamba data text` corpus nor a chat folder with train.jsonl; check the path"
+            )
     images = ImageProcessor(model.config.vision)
     allow, limit = cfg.allow_outside_images, model.config.max_position
     train = read_split(data_dir, "train", allow)
