@@ -23,7 +23,7 @@ R=${R:-runs/deep}
 GGUF=${GGUF:?give GGUF=path/to/SmolLM2-135M-Instruct.Q4_1.gguf}
 TEXT=${TEXT:?give TEXT=a mmmamba data text folder built with the SmolLM2 tokenizer}
 DATA_SEED=${DATA_SEED:-1129}
-# The defaults are the settings of the run in RESULTS.md (H200, 2026-11-29): teacher 0.826 on the test split.
+# Defaults: the settings of the run in RESULTS.md (H200, 2026-11-29; it ran JOBS=7): teacher 0.826 on test.
 EMBED_STEPS=${EMBED_STEPS:-150}
 TUNE_STEPS=${TUNE_STEPS:-1000}
 TUNE_LR=${TUNE_LR:-1e-4}  # phase `all` of the teacher
