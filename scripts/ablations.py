@@ -3,7 +3,9 @@
     python scripts/ablations.py --teacher models/tiny-teacher --data runs/suite --out runs/ablations \
         --runs linear hybrid_every4 ... [--total-steps 4000] [--jobs 4]
 
-Each run writes OUT/NAME/result.json (accuracy, per family, the equivalent CLI commands);
+Each run writes OUT/NAME/result.json (accuracy, per family, steps, trained tokens, wall time, the
+equivalent CLI commands); a rerun skips finished rows, and ``--start-within S`` starts no row after
+S seconds (a device budget);
 `mmmamba report --runs OUT/* --out RESULTS.md` turns them into tables and a chart.
 Stage ablations keep the total number of optimizer steps equal: the steps are split over the
 stages a row runs in the ratio 1 : 1 : 2 (stage 1 : stage 2 : stage 3).
