@@ -15,6 +15,7 @@ from mmmamba.data.tokenizer import load_tokenizer
 from mmmamba.errors import MmmambaError
 from mmmamba.models import Decoder, load_checkpoint, save_checkpoint
 from mmmamba.models.gguf import write_tokenizer as write_hf_files
+from mmmamba.training import vlm_teacher
 from mmmamba.training.losses import masked_ce
 from mmmamba.training.state import batch_indices
 from mmmamba.training.vlm_teacher import (
@@ -135,7 +136,7 @@ def test_phase_loss_is_the_weighted_mean_of_suite_and_text(vlm_dir, suite_and_te
         assert ppl == pytest.approx(math.exp(float(mean_ce(data.text_val))), rel=1e-5)  # float32 sums
 
 
-def test_tune_trains_the_embedding_first_then_everything_and_resumes(vlm_dir, suite_and_text, tmp_path):
+def test_tune_trains_the_embedding_first_then_everything_and_resumes(vlm_dir, suite_and_text, tmp_path, monkeypatch):
     suite, text = suite_and_text
     out = tmp_path / "teacher"
     cfg = TuneConfig(embed_steps=2, all_steps=2, batch_size=3, text_batch_size=2, eval_every=1, val_limit=4)
@@ -168,6 +169,11 @@ def test_tune_trains_the_embedding_first_then_everything_and_resumes(vlm_dir, su
     with pytest.raises(MmmambaError, match="all_steps, text_weight differ"):
         tune_vlm_teacher(vlm_dir, suite, [text], out, other)
     assert (out / "tune_log.csv").read_text().splitlines() == rows
+    # both answers come before the data are read and encoded (the long part of a start)
+    monkeypatch.setattr(vlm_teacher, "load_tune_data", lambda *a: pytest.fail("data read for a finished run"))
+    assert tune_vlm_teacher(vlm_dir, suite, [text], out, cfg)["suite_test"] == report["suite_test"]
+    with pytest.raises(MmmambaError, match="differ"):
+        tune_vlm_teacher(vlm_dir, suite, [text], out, other)
 
 
 def test_tune_refuses_a_text_only_model_before_any_work(llm_dir, suite_and_text, tmp_path, capsys):

@@ -326,19 +326,19 @@ def tune_vlm_teacher(init_dir, data_dir, text_dirs: list, out, cfg: TuneConfig) 
         raise MmmambaError(f"--init {init_dir}: has no image front-end; make one with `mmmamba teacher graft`")
     if "mamba2" in model.config.mixers:
         raise MmmambaError(f"--init {init_dir}: has Mamba-2 layers; a teacher is all attention")
-    tok = load_tokenizer(init_dir)
     text_dirs = [Path(d) for d in text_dirs]
-    data = load_tune_data(data_dir, text_dirs, tok, model, cfg)
     settings = {
         "init": str(Path(init_dir).resolve()),
         "data": str(Path(data_dir).resolve()),
         "text": [str(d.resolve()) for d in text_dirs],
         **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("device", "eval_every", "val_limit")},
     }
-    _check_settings(out / "tune_config.json", settings)
+    _check_settings(out / "tune_config.json", settings)  # before the data's long encode, as the finished check
     if (out / "teacher_report.json").is_file():  # written last: the run is finished
         print(f"{out}: finished already; its report is {out / 'teacher_report.json'}")
         return read_json(out / "teacher_report.json", "teacher_report.json")
+    tok = load_tokenizer(init_dir)
+    data = load_tune_data(data_dir, text_dirs, tok, model, cfg)
     model.to(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "tune_config.json", settings)
