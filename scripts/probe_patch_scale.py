@@ -22,7 +22,7 @@ from mmmamba.data.conversations import collate, encode_sample, read_split
 from mmmamba.data.images import image_processor
 from mmmamba.data.tokenizer import load_tokenizer
 from mmmamba.models import load_checkpoint
-from mmmamba.training.losses import masked_ce
+from mmmamba.training.vlm_teacher import WeightedBatch, piece_loss
 
 
 @torch.no_grad()
@@ -59,9 +59,8 @@ def run(arm: str, args) -> None:
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     order = torch.Generator().manual_seed(args.seed + 1)  # the same batches for both arms
 
-    def loss_of(examples):
-        b = collate(examples, tok.pad_id)
-        return masked_ce(model(b.input_ids, b.pixel_values).logits, b.input_ids, b.loss_mask, b.loss_mask[:, 1:].sum())
+    def loss_of(examples):  # `teacher tune`'s own loss: the mean answer loss of the batch
+        return piece_loss(model, WeightedBatch(collate(examples, tok.pad_id), 1.0))
 
     began = time.time()
     for step in range(1, args.steps + 1):

@@ -44,14 +44,18 @@ def paper_ratio(row: dict) -> float | None:
     return sum(m / t for m, t in zip(scores, PAPER_TEACHER)) / len(scores)
 
 
+def _real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _text_ppl(row: dict) -> float | None:
     text = row.get("text")
     ppl = text.get("perplexity") if isinstance(text, dict) else None
-    return ppl if isinstance(ppl, (int, float)) and not isinstance(ppl, bool) and ppl > 0 else None
+    return ppl if _real(ppl) and ppl > 0 else None
 
 
 def _accuracy(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+    return _real(v) and 0 <= v <= 1
 
 
 def check_eval(obj: dict, f) -> dict:
@@ -96,8 +100,8 @@ def _table(rows: list[dict], families: list[str], teacher: dict) -> list[str]:
             ppl = _text_ppl(r)
             cells.append("-" if ppl is None else f"{ppl:.2f}")
         if with_paper:
-            ratio = paper_ratio(r)
-            cells.append("-" if ratio is None else f"{ratio:.3f}")
+            paper = paper_ratio(r)
+            cells.append("-" if paper is None else f"{paper:.3f}")
         kept = ",".join(map(str, r.get("keep_attention", []))) or "none"
         stages = "+".join(f"S{s}" for s in r.get("stages", [])) or "-"
         ratio = r["mean_accuracy"] / teacher["mean_accuracy"]
