@@ -31,7 +31,9 @@ def match_embedding_scale(model, pixels: torch.Tensor) -> float:
     vision = model.vision
     text_norm = model.embed_tokens.weight.norm(dim=-1).mean()
     patch_tokens = vision(pixels) - vision.pos  # (n, patches, hidden) without the positions
-    factor = float(text_norm / patch_tokens.norm(dim=-1).mean())
+    patch_norm, pos_norm = patch_tokens.norm(dim=-1).mean(), vision.pos.norm(dim=-1).mean()
+    print(f"as grafted: text-embedding rows {text_norm:.2f}, patch tokens {patch_norm:.2f}, positions {pos_norm:.3f}")
+    factor = float(text_norm / patch_norm)
     vision.proj.weight.mul_(factor)
     vision.proj.bias.mul_(factor)
     vision.pos.normal_(0, float(model.embed_tokens.weight.std()))
