@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -96,6 +97,16 @@ def _trained_tokens(log_csv: Path) -> int | None:
         return sum(int(row["tokens"]) for row in csv.DictReader(f) if row.get("tokens"))
 
 
+def job_env(args) -> dict:
+    """The environment of a row's commands: no progress bars, and CPU threads split between the rows
+    that run side by side (``--jobs``), so that N processes do not each start one thread per core."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    threads = max(1, (os.cpu_count() or 1) // max(1, getattr(args, "jobs", 1)))
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(var, str(threads))  # a value the caller set wins
+    return env
+
+
 def run_one(name: str, args) -> dict | None:
     """One row: its result (computed now or read back), or None when ``args.start_by`` (a wall-clock
     time) has passed before the row could start."""
@@ -154,15 +165,12 @@ def run_one(name: str, args) -> dict | None:
         )
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
+    command_seconds = []
     with (out / "stdout.log").open("w") as log:
         for c in commands:
-            subprocess.run(
-                mm + c,
-                check=True,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**__import__("os").environ, "TQDM_DISABLE": "1"},
-            )
+            t_command = time.time()
+            subprocess.run(mm + c, check=True, stdout=log, stderr=subprocess.STDOUT, env=job_env(args))
+            command_seconds.append(round(time.time() - t_command, 1))
     report = json.loads((out / "eval.json").read_text())
     student_cfg = json.loads((out / "run" / f"after_stage{stages[-1]}" / "config.json").read_text())
     result = {
@@ -173,6 +181,7 @@ def run_one(name: str, args) -> dict | None:
         "stages": list(stages),
         "steps": steps,
         "seconds": round(time.time() - t0, 1),  # convert + distil + eval
+        "command_seconds": command_seconds,  # one per command, in order
         "tokens": _trained_tokens(out / "run" / "log.csv"),
         "commands": ["mmmamba " + " ".join(c) for c in commands],
         **report,

@@ -115,3 +115,13 @@ def test_a_row_past_its_start_deadline_runs_nothing(tmp_path):
     (tmp_path / "keep_2").mkdir()
     (tmp_path / "keep_2" / "result.json").write_text('{"name": "keep_2", "mean_accuracy": 0.5}')
     assert ablations.run_one("keep_2", args)["mean_accuracy"] == 0.5  # a finished row is still read back
+
+
+def test_rows_side_by_side_split_the_cpu_threads(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(ablations.os, "cpu_count", lambda: 16)
+    env = ablations.job_env(type("Args", (), {"jobs": 8})())
+    assert env["OMP_NUM_THREADS"] == "2" and env["TQDM_DISABLE"] == "1"
+    assert ablations.job_env(type("Args", (), {"jobs": 32})())["OMP_NUM_THREADS"] == "1"  # never 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert ablations.job_env(type("Args", (), {"jobs": 8})())["OMP_NUM_THREADS"] == "5"  # the caller's choice wins
