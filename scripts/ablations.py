@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import shlex
@@ -97,6 +98,10 @@ def _trained_tokens(log_csv: Path) -> int | None:
         return sum(int(row["tokens"]) for row in csv.DictReader(f) if row.get("tokens"))
 
 
+class RowFailed(Exception):
+    """A row's command failed (side by side, most often: the GPU ran out of memory)."""
+
+
 def job_env(args) -> dict:
     """The environment of a row's commands: no progress bars, and CPU threads split between the rows
     that run side by side (``--jobs``), so that N processes do not each start one thread per core."""
@@ -164,13 +169,21 @@ def run_one(name: str, args) -> dict | None:
             [*text, "--teacher", args.teacher, "--limit", str(args.text_windows), "--json", f"{out}/text.json"]
         )
     t0 = time.time()
+    retry = (out / "stdout.log").exists()  # an earlier attempt failed: keep its log, resume its work
     out.mkdir(parents=True, exist_ok=True)
     command_seconds = []
-    with (out / "stdout.log").open("w") as log:
+    with (out / "stdout.log").open("a" if retry else "w") as log:
         for c in commands:
+            if c[0] == "convert" and (out / "student" / "config.json").exists():
+                command_seconds.append(0.0)  # converted before; `distill` resumes from its own saved state
+                continue
             t_command = time.time()
-            subprocess.run(mm + c, check=True, stdout=log, stderr=subprocess.STDOUT, env=job_env(args))
+            log.write(f"\n+ mmmamba {' '.join(c)}\n")
+            log.flush()
+            rc = subprocess.run(mm + c, stdout=log, stderr=subprocess.STDOUT, env=job_env(args)).returncode
             command_seconds.append(round(time.time() - t_command, 1))
+            if rc:
+                raise RowFailed(f"{name}: `mmmamba {c[0]}` exited with {rc}; its output is in {out / 'stdout.log'}")
     report = json.loads((out / "eval.json").read_text())
     student_cfg = json.loads((out / "run" / f"after_stage{stages[-1]}" / "config.json").read_text())
     result = {
@@ -193,6 +206,35 @@ def run_one(name: str, args) -> dict | None:
     return result
 
 
+def _attempt(name: str, args, attempt: int) -> dict | None | RowFailed:
+    try:
+        return run_one(name, args)
+    except RowFailed as err:
+        print(f"{name:<18} failed (attempt {attempt}): {err}", flush=True)
+        return err
+
+
+def run_rows(names: list[str], args) -> tuple[list[dict], list[str], list[str]]:
+    """Run ``names`` ``args.jobs`` at a time. A failed row is tried again (``args.retries`` times) once
+    the others have finished, with half as many rows side by side each time: a row that ran out of GPU
+    memory beside the others resumes from its last saved state. Returns (results in the order of
+    ``names``, rows not started before ``--start-within``, rows that failed every attempt)."""
+    done: dict[str, dict | None] = {}
+    pending, jobs = list(names), args.jobs
+    for attempt in range(args.retries + 1):
+        run_args = argparse.Namespace(**{**vars(args), "jobs": jobs})
+        with ThreadPoolExecutor(jobs) as pool:
+            outcomes = list(pool.map(functools.partial(_attempt, args=run_args, attempt=attempt + 1), pending))
+        done.update({n: r for n, r in zip(pending, outcomes) if not isinstance(r, RowFailed)})
+        pending = [n for n, r in zip(pending, outcomes) if isinstance(r, RowFailed)]
+        if not pending:
+            break
+        jobs = max(1, jobs // 2)
+    results = [done[n] for n in names if done.get(n) is not None]
+    left_out = [n for n in names if n in done and done[n] is None]
+    return results, left_out, pending
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True)
@@ -208,6 +250,12 @@ def main():
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--distill-args", default="", help="more distill flags, e.g. '--pack --ssd-backend fla'")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (small models leave a GPU idle)")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="tries again of a failed row, after the others, with half as many side by side (default 1)",
+    )
     p.add_argument("--teacher-eval", default=None, help="teacher's eval JSON: print a comparison table at the end")
     p.add_argument(
         "--start-within",
@@ -221,10 +269,7 @@ def main():
     unknown = [r for r in args.runs if r not in GRIDS[args.grid]]
     if unknown:
         p.error(f"--runs {unknown} are not in --grid {args.grid}: {list(GRIDS[args.grid])}")
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda n: run_one(n, args), args.runs))
-    left_out = [n for n, r in zip(args.runs, results) if r is None]
-    results = [r for r in results if r is not None]
+    results, left_out, failed = run_rows(args.runs, args)
     if left_out:
         print(f"not started (--start-within): {' '.join(left_out)}", flush=True)
     if args.teacher_eval:
@@ -238,6 +283,8 @@ def main():
                 f"{r['name']:<16}{r['mean_accuracy']:>7.3f}{ratio:>12}  "
                 + " ".join(f"{r['per_family'][f]:>9.2f}" for f in families)
             )
+    if failed:
+        raise SystemExit(f"failed after {args.retries + 1} attempt(s): {' '.join(failed)} (see each row's stdout.log)")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@
 # anything). Budget: EMBED_STEPS, TUNE_STEPS, TUNE_LR, TOTAL_STEPS (each distillation run; split 1:1:2 over the
 # stages it runs), BATCH, JOBS (runs side by side on one GPU), SUITE (samples per family), RUNS (a subset).
 # Resumable: finished steps are skipped.
-# Run on one H200 on 2026-11-29 for the teacher and 7 of the 15 rows (RESULTS.md, BENCHMARKS §5d, through
-# scripts/gpu_smollm2_session.sh with JOB=deep): the teacher plus one wave of about 8 rows fits one session.
+# Run on one H200 on 2026-11-29 in two sessions (RESULTS.md, BENCHMARKS §5d–5e, through
+# scripts/gpu_smollm2_session.sh with JOB=deep): each trained the teacher (513–531 s) and one wave of rows
+# side by side (7 rows in 1 052 s before the CPU threads were split between them, 8 in 442–511 s after).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -23,13 +24,13 @@ R=${R:-runs/deep}
 GGUF=${GGUF:?give GGUF=path/to/SmolLM2-135M-Instruct.Q4_1.gguf}
 TEXT=${TEXT:?give TEXT=a mmmamba data text folder built with the SmolLM2 tokenizer}
 DATA_SEED=${DATA_SEED:-1129}
-# Defaults: the settings of the run in RESULTS.md (H200, 2026-11-29; it ran JOBS=7): teacher 0.826 on test.
+# Defaults: the settings of the runs in RESULTS.md (H200, 2026-11-29): teacher 0.826 and 0.819 on test.
 EMBED_STEPS=${EMBED_STEPS:-150}
 TUNE_STEPS=${TUNE_STEPS:-1000}
 TUNE_LR=${TUNE_LR:-1e-4}  # phase `all` of the teacher
 TOTAL_STEPS=${TOTAL_STEPS:-240}
 BATCH=${BATCH:-64}
-JOBS=${JOBS:-8}
+JOBS=${JOBS:-7}  # each row peaks near 17.5 GB at BATCH=64: 8 overfilled an H200 (two rows retried)
 SSD=${SSD:-auto}
 SUITE=${SUITE:-3000,40,100}  # task-suite samples per family: train, val, test
 RUNS=${RUNS:-}  # a subset of the deep grid's runs (default: all)
@@ -49,11 +50,17 @@ mkdir -p "$R"
 [ -f "$R/teacher_eval.json" ] || mm eval --model "$R/teacher" --data "$R/suite" --split test --json "$R/teacher_eval.json"
 [ "$STOP_AFTER" != teacher ] || exit 0
 
+rc=0  # rows that failed every attempt: the report still covers the finished ones, then the exit says so
 "$PY" scripts/ablations.py --grid deep --teacher "$R/teacher" --data "$R/suite" "$TEXT" --text "$TEXT" \
   --out "$R/ablations" --total-steps "$TOTAL_STEPS" --batch-size "$BATCH" --lr-scale 3 --jobs "$JOBS" \
   --distill-args "--pack --micro-batch 32 --ssd-backend $SSD" --teacher-eval "$R/teacher_eval.json" \
-  --text-windows "$TEXT_WINDOWS" ${RUNS:+--runs $RUNS} ${START_WITHIN:+--start-within $START_WITHIN}
+  --text-windows "$TEXT_WINDOWS" ${RUNS:+--runs $RUNS} ${START_WITHIN:+--start-within $START_WITHIN} || rc=$?
 mm report --runs "$R"/ablations/*/result.json --teacher-eval "$R/teacher_eval.json" --out "$R/RESULTS_deep.md" \
   --chart "$R/deep_chart.png" --quality "$R/quality.json"
-echo "teacher: $(cat "$R/teacher/teacher_report.json" | "$PY" -c 'import json,sys; r=json.load(sys.stdin)
-print(f"test accuracy {r[\"suite_test\"][\"mean_accuracy\"]:.3f}, text ppl {r[\"text_test_ppl_before\"]:.2f} -> {r[\"text_test_ppl_after\"]:.2f}")')"
+"$PY" - "$R/teacher/teacher_report.json" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"teacher: test accuracy {r['suite_test']['mean_accuracy']:.3f}, "
+      f"text ppl {r['text_test_ppl_before']:.2f} -> {r['text_test_ppl_after']:.2f}")
+PYEOF
+exit $rc

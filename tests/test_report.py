@@ -125,3 +125,44 @@ def test_rows_side_by_side_split_the_cpu_threads(monkeypatch):
     assert ablations.job_env(type("Args", (), {"jobs": 32})())["OMP_NUM_THREADS"] == "1"  # never 0
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     assert ablations.job_env(type("Args", (), {"jobs": 8})())["OMP_NUM_THREADS"] == "5"  # the caller's choice wins
+
+
+def _grid_args(tmp_path, **kw):
+    base = dict(
+        grid="deep", out=str(tmp_path / "rows"), start_by=None, teacher=str(tmp_path / "teacher"),
+        data=[str(tmp_path / "suite")], total_steps=8, batch_size=2, lr_scale=1.0, eval_every=4,
+        distill_args="", text=None, text_windows=4, jobs=4, retries=1,
+    )  # fmt: skip
+    return ablations.argparse.Namespace(**{**base, **kw})
+
+
+def test_a_failing_command_fails_its_row_and_keeps_the_log(tmp_path):
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "teacher" / "config.json").write_text('{"num_layers": 4}')  # no weights: convert must fail
+    args = _grid_args(tmp_path)
+    with pytest.raises(ablations.RowFailed, match="convert"):
+        ablations.run_one("linear", args)
+    log = tmp_path / "rows" / "linear" / "stdout.log"
+    first = log.read_text()
+    assert "+ mmmamba convert" in first and not (tmp_path / "rows" / "linear" / "result.json").exists()
+    with pytest.raises(ablations.RowFailed):
+        ablations.run_one("linear", args)
+    assert log.read_text().startswith(first)  # the retry appends: the first attempt's error is kept
+
+
+def test_failed_rows_are_retried_after_the_others_with_fewer_side_by_side(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_one(name, args):
+        calls.append((name, args.jobs))
+        if name == "stages_3" or (name == "linear" and sum(c[0] == "linear" for c in calls) == 1):
+            raise ablations.RowFailed(f"{name}: out of memory")
+        return {"name": name}
+
+    monkeypatch.setattr(ablations, "run_one", fake_run_one)
+    names = ["linear", "keep_2", "stages_3"]
+    results, left_out, failed = ablations.run_rows(names, _grid_args(tmp_path, jobs=4, retries=1))
+    assert [r["name"] for r in results] == ["linear", "keep_2"] and failed == ["stages_3"] and left_out == []
+    assert sorted(calls) == sorted([("linear", 4), ("keep_2", 4), ("stages_3", 4), ("linear", 2), ("stages_3", 2)])
+    calls.clear()
+    assert ablations.run_rows(names, _grid_args(tmp_path, retries=0))[2] == ["linear", "stages_3"]  # no retry
