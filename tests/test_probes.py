@@ -21,7 +21,7 @@ def test_stage3_start_probe_scores_the_teacher_as_zero_and_converted_students_be
         ("4", "mimic"),
         ("4", "inherit"),
         ("4", "scratch"),
-    ]  # fmt: skip  (9 is capped at the 4 layers)
+    ]  # --converted 9 is capped at the teacher's 4 layers
     loss = {(r[0], r[1]): (float(r[2]), float(r[3])) for r in rows}
     assert loss[("0", "mimic")] == (0.0, 0.0)  # nothing converted: the student is the teacher
     for key in list(loss)[1:]:
