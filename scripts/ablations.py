@@ -265,6 +265,10 @@ def main():
     )
     args = p.parse_args()
     args.start_by = None if args.start_within is None else time.time() + args.start_within
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: give 1 or more rows side by side")
+    if args.retries < 0:
+        p.error(f"--retries {args.retries}: give 0 (no retry) or more")
     args.runs = list(GRIDS[args.grid]) if args.runs is None else args.runs
     unknown = [r for r in args.runs if r not in GRIDS[args.grid]]
     if unknown:
