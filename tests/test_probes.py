@@ -26,3 +26,21 @@ def test_stage3_start_probe_scores_the_teacher_as_zero_and_converted_students_be
     assert loss[("0", "mimic")] == (0.0, 0.0)  # nothing converted: the student is the teacher
     for key in list(loss)[1:]:
         assert loss[key][0] > 0 and 0 < loss[key][1] < 1.5  # worse than the teacher, of the order of a uniform guess
+
+
+def test_layer_error_probe_ranks_each_layer_by_its_error_its_output_and_their_ratio(tmp_path):
+    mm = [sys.executable, "-m", "mmmamba"]
+    teacher = str(ROOT / "models" / "tiny-teacher")
+    subprocess.run([*mm, "data", "make", "--out", str(tmp_path / "suite"), "--seed", "6", "--train", "20",
+                    "--val", "4", "--test", "2"], check=True, capture_output=True)  # fmt: skip
+    subprocess.run([*mm, "convert", "--teacher", teacher, "--keep-attention", "1", "--out", str(tmp_path / "student")],
+                   check=True, capture_output=True)  # fmt: skip
+    probe = [sys.executable, str(ROOT / "scripts" / "probe_layer_errors.py"), "--teacher", teacher,
+             "--student", str(tmp_path / "student"), "--data", str(tmp_path / "suite"), "--k", "2"]  # fmt: skip
+    out = subprocess.run(probe, check=True, capture_output=True, text=True).stdout.splitlines()
+    rows = {int(r[0]): [float(x) for x in r[1:]] for r in (line.split() for line in out) if r and r[0].isdigit()}
+    assert sorted(rows) == [0, 2, 3]  # the Mamba-2 layers; layer 1 stayed attention
+    for power, mse, relative in rows.values():
+        assert power > 0 and mse > 0 and abs(relative - mse / power) <= 1e-3 + 0.05 * relative  # printed rounded
+    by_mse = sorted(sorted(rows, key=lambda i: -rows[i][1])[:2])
+    assert f"top 2 by MSE (auto:2): {by_mse}" in out
