@@ -62,8 +62,10 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def write_atomic(path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` writes the content to ``tmp``; it then replaces ``path`` in one rename."""
+    """``write(tmp)`` writes the content to ``tmp``; it then replaces ``path`` in one rename. Missing parent
+    folders are made first (callers check the path up front, e.g. ``check_output_file``)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
     try:
         write(tmp)

@@ -649,3 +649,12 @@ def test_sigkill_of_a_distill_process_resumes_bit_exactly(world, reference, tmp_
     for k, v in final.state_dict().items():
         assert torch.equal(v, reference[k]), k
     assert load_tokenizer(out / "after_stage3").end_id is not None
+
+
+def test_an_atomic_write_makes_missing_parent_folders(tmp_path):
+    from mmmamba.io import write_json_atomic
+
+    target = tmp_path / "new" / "deeper" / "out.json"
+    write_json_atomic(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]  # no temporary file left beside it
