@@ -161,6 +161,8 @@ def run_one(name: str, args) -> dict | None:
             "test",
             "--json",
             f"{out}/eval.json",
+            "--answers",
+            f"{out}/answers.jsonl",
         ],
     ]
     if args.text:  # perplexity and KL to the teacher on held-out real text

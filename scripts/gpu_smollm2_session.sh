@@ -45,8 +45,8 @@ collect() {
      */run/log.csv */run/loss.png */distill.log */student/config.json */run/after_stage*/config.json chat/meta.json \
      eval_*.log 2>/dev/null))
   [ -d "$W/deep" ] && (cd "$W/deep" && tar -czf "$OUT/deep.tar.gz" $(ls -d RESULTS_deep.md deep_chart.png quality.json \
-     teacher_eval.json teacher/teacher_report.json teacher/tune_log.csv teacher/tune_config.json ablations/*/result.json \
-     ablations/*/run/log.csv ablations/*/stdout.log ablations/*/eval.json ablations/*/text.json 2>/dev/null))
+     teacher_eval.json teacher_answers.jsonl teacher/teacher_report.json teacher/tune_log.csv teacher/tune_config.json ablations/*/result.json \
+     ablations/*/run/log.csv ablations/*/stdout.log ablations/*/eval.json ablations/*/text.json ablations/*/answers.jsonl 2>/dev/null))
 }
 case "${1:-}" in
 start)

@@ -47,7 +47,8 @@ mkdir -p "$R"
 [ -f "$R/teacher/teacher_report.json" ] || mm teacher tune --init "$R/vlm" --data "$R/suite" --text "$TEXT" \
   --out "$R/teacher" --embed-steps "$EMBED_STEPS" --steps "$TUNE_STEPS" --batch-size "$BATCH" --text-batch-size 8 \
   --lr "$TUNE_LR" --eval-every "${TUNE_EVAL_EVERY:-250}"
-[ -f "$R/teacher_eval.json" ] || mm eval --model "$R/teacher" --data "$R/suite" --split test --json "$R/teacher_eval.json"
+[ -f "$R/teacher_eval.json" ] || mm eval --model "$R/teacher" --data "$R/suite" --split test --json "$R/teacher_eval.json" \
+  --answers "$R/teacher_answers.jsonl"
 [ "$STOP_AFTER" != teacher ] || exit 0
 
 rc=0  # rows that failed every attempt: the report still covers the finished ones, then the exit says so

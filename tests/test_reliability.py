@@ -658,3 +658,29 @@ def test_an_atomic_write_makes_missing_parent_folders(tmp_path):
     write_json_atomic(target, {"a": 1})
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in target.parent.iterdir()] == ["out.json"]  # no temporary file left beside it
+
+
+def test_eval_answers_lists_every_sample_with_its_reference_answer_and_verdict(world, tmp_path, capsys):
+    answers, report = tmp_path / "new" / "answers.jsonl", tmp_path / "report.json"
+    main(["eval", "--model", str(world / "teacher"), "--data", str(world / "data"), "--split", "test",
+          "--answers", str(answers), "--json", str(report)])  # fmt: skip
+    records = [json.loads(line) for line in answers.read_text().splitlines()]
+    samples = [json.loads(line) for line in (world / "data" / "test.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == [s["id"] for s in samples]
+    for r, s in zip(records, samples):
+        assert r["reference"] == s["conversations"][1]["value"]
+        assert r["correct"] == (r["answer"].strip() == r["reference"].strip())
+    scored = json.loads(report.read_text())
+    assert "answers" not in scored  # the report keeps its shape
+    by_family = {}
+    for r in records:
+        by_family.setdefault(r["family"], []).append(r["correct"])
+    assert scored["per_family"] == pytest.approx({f: sum(v) / len(v) for f, v in by_family.items()})
+
+
+def test_eval_answers_is_refused_on_a_text_corpus_before_any_work(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "corpus.json").write_text("{}")  # what marks a `data text` folder
+    argv = ["eval", "--model", "models/tiny-teacher", "--data", str(tmp_path / "corpus"),
+            "--answers", str(tmp_path / "a.jsonl")]  # fmt: skip
+    assert main(argv) == 2 and not (tmp_path / "a.jsonl").exists()

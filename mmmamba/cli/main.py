@@ -321,12 +321,16 @@ def cmd_eval(args) -> None:
     from ..data.tokenizer import load_tokenizer
     from ..evaluation.evaluate import evaluate
     from ..evaluation.freeform import print_freeform
-    from ..evaluation.tasks import print_table, write_report
+    from ..evaluation.tasks import print_table, write_answers, write_report
     from ..io import check_output_file
     from ..models import load_checkpoint
 
     if args.json:
         check_output_file(args.json, "--json")
+    if args.answers:
+        check_output_file(args.answers, "--answers")
+        if args.benchmark is not None or is_text_corpus(args.data):
+            raise MmmambaError(f"--answers {args.answers}: only for task-suite or chat data (with --split); drop it")
     if args.choices is not None and not Path(args.choices).is_file():
         raise MmmambaError(f"--choices {args.choices}: no such file; give a JSONL of {{context, choices, label}}")
     device = resolve_device(args.device)
@@ -342,7 +346,11 @@ def cmd_eval(args) -> None:
     tok = load_tokenizer(args.model)
     check_images_match(samples, model.config.vision, f"--model {args.model}")
     teacher = None if args.teacher is None else load_checkpoint(args.teacher).float().to(device)
-    report = evaluate(model, tok, samples, args.max_new_tokens, args.batch_size, teacher, args.agreement_tokens)
+    report = evaluate(
+        model, tok, samples, args.max_new_tokens, args.batch_size, teacher, args.agreement_tokens,
+        keep_answers=bool(args.answers),
+    )  # fmt: skip
+    answers = report.pop("answers", None)
     title = f"{args.model} on {args.data} [{args.split}], answers up to {report['max_new_tokens']} tokens"
     print_table(report, title)
     print_freeform(report["free_form"])
@@ -353,6 +361,10 @@ def cmd_eval(args) -> None:
         print(f"  {args.choices}: acc {report['choices']['model']['acc']:.3f}")
     if args.json:
         write_report(report, args.json)
+    if answers is not None:
+        write_answers(answers, args.answers)
+        wrong = sum(not r["correct"] for r in answers)
+        print(f"  answers: {args.answers} ({wrong} of {len(answers)} wrong)")
 
 
 def eval_benchmark(args, device) -> None:
@@ -750,6 +762,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", default=None, help="write {mean_accuracy, per_family, n, …} here")
+    p.add_argument(
+        "--answers", default=None,
+        help="write every sample's question, reference, answer and whether it is right here (JSON lines)",
+    )  # fmt: skip
     p.add_argument(
         "--choices", default=None,
         help='also score log-likelihood multiple choice: JSONL of {"context", "choices", "label"} (lm-eval style)',

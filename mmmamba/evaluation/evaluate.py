@@ -14,7 +14,7 @@ from ..data.conversations import Sample
 from ..data.tokenizer import ChatTokenizer
 from ..models import Decoder
 from .freeform import agreement, reference_scores
-from .tasks import check_prompts, check_same_vocabulary, decode_answer, predict_ids, score
+from .tasks import answer_records, check_prompts, check_same_vocabulary, decode_answer, predict_ids, score
 
 SLACK = 4  # tokens beyond the longest reference (a trailing space or newline before the end-of-turn)
 
@@ -32,8 +32,10 @@ def evaluate(
     teacher: Decoder | None = None,
     first_n: int = 16,
     progress: bool = True,
+    keep_answers: bool = False,
 ) -> dict:
-    """The report: task-suite scores, ``max_new_tokens``, ``free_form`` {reference, agreement?}."""
+    """The report: task-suite scores, ``max_new_tokens``, ``free_form`` {reference, agreement?}; with
+    ``keep_answers`` also ``answers``, one record a sample (``tasks.answer_records``)."""
     n_new = max_new_tokens or default_max_new_tokens(tok, samples)
     check_prompts(model, tok, samples, n_new)
     check_same_vocabulary(model, teacher, "agreement")
@@ -47,4 +49,6 @@ def evaluate(
         wanted = predict_ids(teacher, tok, samples, batch_size, n_new, progress, desc="teacher")
         free["agreement"] = agreement(ids, wanted, first_n)
     report["free_form"] = free
+    if keep_answers:
+        report["answers"] = answer_records(samples, text)
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -12,8 +13,29 @@ from ..data.images import image_processor
 from ..data.tokenizer import IMAGE_MARK, ChatTokenizer
 from ..errors import MmmambaError
 from ..infer.generate import generate_in_batches
-from ..io import write_json_atomic
+from ..io import write_json_atomic, write_text_atomic
 from ..models import Decoder
+
+
+def is_correct(answer: str, reference: str) -> bool:
+    """The suite's exact match: the same text once surrounding white space is dropped."""
+    return answer.strip() == reference.strip()
+
+
+def answer_records(samples: list[Sample], predictions: dict[str, str]) -> list[dict]:
+    """One record a sample, for reading a model's mistakes: what was asked, the reference, the answer."""
+    return [
+        {
+            "id": s.id,
+            "family": s.family,
+            "images": len(s.images),
+            "question": s.turns[0][0],
+            "reference": s.turns[0][1],
+            "answer": predictions.get(s.id, ""),
+            "correct": is_correct(predictions.get(s.id, ""), s.turns[0][1]),
+        }
+        for s in samples
+    ]
 
 
 def score(samples: list[Sample], predictions: dict[str, str]) -> dict:
@@ -25,7 +47,7 @@ def score(samples: list[Sample], predictions: dict[str, str]) -> dict:
     hits: dict[str, list[bool]] = defaultdict(list)
     by_k: dict[int, list[bool]] = defaultdict(list)
     for s in samples:
-        ok = predictions.get(s.id, "").strip() == s.turns[0][1].strip()
+        ok = is_correct(predictions.get(s.id, ""), s.turns[0][1])
         hits[s.family].append(ok)
         if len(s.images) > 1:
             by_k[len(s.images)].append(ok)
@@ -126,3 +148,8 @@ def print_table(report: dict, title: str = "") -> None:
 def write_report(report: dict, path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, report)
+
+
+def write_answers(records: list[dict], path) -> None:
+    """``answer_records`` as JSON lines, written atomically."""
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
