@@ -11,9 +11,10 @@ Stage ablations keep the total number of optimizer steps equal: the steps are sp
 stages a row runs in the ratio 1 : 1 : 2 (stage 1 : stage 2 : stage 3).
 
 Grids: ``tiny`` (the 4-layer shipped teacher: 1 or 2 layers kept) and ``deep`` (a deep teacher such as
-the 30-layer grafted SmolLM2 VLM of scripts/vlm_teacher_tables.sh: 2, 4 and 8 kept, five placements of
-8, five stage sets, three inits). ``--text DIR`` also scores each run's perplexity on a held-out text
-corpus (`mmmamba data text`), so that the report shows what the language kept.
+the 30-layer grafted SmolLM2 VLM of scripts/vlm_teacher_tables.sh: 2, 4 and 8 kept, six placements of
+8 (auto:8 ranked by error and by relative error among them), five stage sets, three inits).
+``--text DIR`` also scores each run's perplexity on a held-out text corpus (`mmmamba data text`), so
+that the report shows what the language kept.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ DEEP_RUNS = {  # the paper's tables at real depth (SPEC §5): 8 kept is the pape
     "keep_head8": ("placement", "head:8", "mimic", (1, 2, 3)),
     "keep_tail8": ("placement", "tail:8", "mimic", (1, 2, 3)),
     "keep_auto8": ("placement", "auto:8", "mimic", (1, 2, 3)),
+    "keep_autorel8": ("placement", "AUTO_RELATIVE:8", "mimic", (1, 2, 3)),  # auto:8 --auto-rank relative
     "stages_1": ("stages", "none", "mimic", (1,)),
     "stages_3": ("stages", "none", "mimic", (3,)),
     "stages_13": ("stages", "none", "mimic", (1, 3)),
@@ -127,8 +129,11 @@ def run_one(name: str, args) -> dict | None:
     keep = resolve_keep(keep, cfg["num_layers"])
     steps = split_steps(stages, args.total_steps)
     mm = [sys.executable, "-m", "mmmamba"]
+    keep_args = ["--keep-attention", keep]
+    if keep.startswith("AUTO_RELATIVE:"):  # auto:K ranked by relative error (convert --auto-rank relative)
+        keep_args = ["--keep-attention", "auto:" + keep.split(":")[1], "--auto-rank", "relative"]
     commands = [
-        ["convert", "--teacher", args.teacher, "--keep-attention", keep, "--init", init, "--out", f"{out}/student"],
+        ["convert", "--teacher", args.teacher, *keep_args, "--init", init, "--out", f"{out}/student"],
         [
             "distill",
             "--teacher",

@@ -3,7 +3,7 @@
 # decoder-only VLM (a Fuyu-style patch embedding in front of the LLM, `mmmamba teacher graft`), is trained
 # on the task suite with text mixed in (`mmmamba teacher tune`: the patch embedding alone, then
 # everything), and is then distilled into every row of scripts/ablations.py --grid deep with the same
-# budget: linear; 2, 4, 8 attention layers kept; five placements of 8; five stage sets; three inits.
+# budget: linear; 2, 4, 8 attention layers kept; six placements of 8; five stage sets; three inits.
 # `mmmamba report` turns the runs into $R/RESULTS_deep.md and a chart, next to the paper's numbers.
 #
 #   GGUF=path/SmolLM2-135M-Instruct.Q4_1.gguf TEXT=runs/smol/text bash scripts/vlm_teacher_tables.sh

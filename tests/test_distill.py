@@ -185,3 +185,30 @@ def test_sliced_kl_equals_the_whole_batch_kl_with_gradients(monkeypatch, chunk):
     monkeypatch.setattr(losses, "KL_CHUNK_TOKENS", 1 << 20)
     assert torch.equal(masked_kl(t, s, mask, 1.5), got)
     assert torch.equal(masked_kl(t.flatten(0, 1), s.flatten(0, 1), mask.flatten(), 1.5), got)  # (N, V) rows
+
+
+def test_auto_keep_relative_rank_divides_each_error_by_its_teacher_output_size(setup):
+    from mmmamba.distill.auto_keep import keep_hardest_as_attention, layer_error_means
+    from mmmamba.distill.losses import teacher_layer_io
+
+    root, teacher, batch = setup
+    loud = load_checkpoint(root / "teacher").double()  # layer 2 writes 30× larger outputs: its raw MSE grows ~900×
+    with torch.no_grad():
+        loud.layers[2].mixer.v_proj.weight.mul_(30.0)
+    student = load_checkpoint(root / "student").double()
+    errors = layer_error_means(loud, student, [batch])
+    outputs = teacher_layer_io(loud, batch).mixer_outputs
+    real = batch.attention_mask.bool()
+    power = {i: float(outputs[i].double().pow(2).mean(-1)[real].mean()) for i in errors}  # the plain definition
+    want_relative = max(errors, key=lambda i: errors[i] / power[i])
+    assert max(errors, key=errors.get) == 2 != want_relative  # raw follows the output size; relative does not
+
+    by_error, by_relative = load_checkpoint(root / "student").double(), load_checkpoint(root / "student").double()
+    assert keep_hardest_as_attention(loud, by_error, [batch], 1) == [2]
+    assert keep_hardest_as_attention(loud, by_relative, [batch], 1, rank="relative") == [want_relative]
+    conv = by_relative.config.conversion
+    assert conv["auto_rank"] == "relative" and conv["keep_attention"] == sorted([1, want_relative])
+    for i in errors:
+        assert conv["auto_relative_errors"][str(i)] == pytest.approx(errors[i] / power[i], rel=1e-5)  # fp32 MSE
+    with pytest.raises(MmmambaError, match="rank"):
+        keep_hardest_as_attention(loud, load_checkpoint(root / "student"), [batch], 1, rank="size")

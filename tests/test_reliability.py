@@ -684,3 +684,16 @@ def test_eval_answers_is_refused_on_a_text_corpus_before_any_work(tmp_path):
     argv = ["eval", "--model", "models/tiny-teacher", "--data", str(tmp_path / "corpus"),
             "--answers", str(tmp_path / "a.jsonl")]  # fmt: skip
     assert main(argv) == 2 and not (tmp_path / "a.jsonl").exists()
+
+
+def test_convert_auto_rank_is_recorded_with_auto_and_refused_without(world, tmp_path):
+    t = str(world / "teacher")
+    assert main(["convert", "--teacher", t, "--keep-attention", "every:2", "--auto-rank", "relative",
+                 "--out", str(tmp_path / "a")]) == 2  # fmt: skip
+    assert not (tmp_path / "a").exists()
+    for rank, want in ((None, "error"), ("relative", "relative")):
+        out = tmp_path / f"b_{want}"
+        argv = ["convert", "--teacher", t, "--keep-attention", "auto:1", "--out", str(out)]
+        assert main(argv + (["--auto-rank", rank] if rank else [])) in (0, None)
+        conversion = json.loads((out / "config.json").read_text())["conversion"]
+        assert conversion["auto_keep"] == 1 and conversion["auto_rank"] == want

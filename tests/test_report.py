@@ -35,7 +35,8 @@ def test_deep_grid_holds_the_papers_tables():
     stages = {v[3] for v in deep.values() if v[0] == "stages"} | {deep["linear"][3]}
     assert stages == {(1,), (3,), (1, 3), (2, 3), (1, 2, 3)}
     assert {v[2] for k, v in deep.items() if v[0] == "init"} | {deep["linear"][2]} == {"scratch", "inherit", "mimic"}
-    assert {v[1] for v in deep.values() if v[0] == "placement"} == {"TAIL_INTERLEAVED:8", "head:8", "tail:8", "auto:8"}
+    placements = {v[1] for v in deep.values() if v[0] == "placement"}
+    assert placements == {"TAIL_INTERLEAVED:8", "head:8", "tail:8", "auto:8", "AUTO_RELATIVE:8"}
     assert ablations.split_steps((1, 2, 3), 400) == [100, 100, 200] and ablations.split_steps((1, 3), 300) == [100, 200]
 
 

@@ -141,6 +141,8 @@ def cmd_convert(args) -> None:
         )
     keep = parse_keep_attention(args.keep_attention, cfg.num_layers)
     auto = parse_auto(args.keep_attention, cfg.num_layers)
+    if args.auto_rank is not None and auto is None:
+        raise MmmambaError(f"--auto-rank {args.auto_rank}: only with --keep-attention auto:K; drop it")
     if args.dry_run:
         _convert_estimate(args, cfg, keep, out)
         return
@@ -150,6 +152,7 @@ def cmd_convert(args) -> None:
     student.config.conversion["teacher"] = str(args.teacher)
     if auto is not None:
         student.config.conversion["auto_keep"] = auto
+        student.config.conversion["auto_rank"] = args.auto_rank or "error"
     save_checkpoint(student, out, max_shard, extra=lambda d: copy_tokenizer(args.teacher, d))
     n_mamba = student.config.mixers.count("mamba2")
     print(f"wrote {args.out}: {n_mamba} Mamba-2 layers, attention kept at {keep or 'none'} (init {args.init})")
@@ -642,6 +645,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder")
     p.add_argument("--out", required=True, help="folder to write the student checkpoint to")
     p.add_argument("--keep-attention", default="none", help=f"layers kept as attention: {HELP}")
+    p.add_argument(
+        "--auto-rank", default=None, choices=["error", "relative"],
+        help="with auto:K, what ranks the layers after stage 2: error (default) = each mixer's MSE to its teacher "
+        "attention output, which favours deep layers (they write larger outputs); relative = that MSE over the "
+        "output's mean square",
+    )  # fmt: skip
     p.add_argument("--init", default="mimic", choices=INITS, help="mixer initialisation (paper ablation)")
     p.add_argument("--conv-kernel", type=int_in(1, 64), default=2, help="causal conv kernel size (paper: 2)")
     p.add_argument("--seed", type=SEED, default=0, help="random seed for the new parameters")

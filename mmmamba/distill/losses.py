@@ -32,7 +32,8 @@ def teacher_logits(teacher: Decoder, batch) -> Tensor:
     return teacher(batch.input_ids, batch.pixel_values, cu_seqlens=batch.cu_seqlens).logits
 
 
-def _totals(batch, i: int) -> Tensor | None:
+def batch_total(batch, i: int) -> Tensor | None:
+    """The global token (0) or target (1) count a loss divides by, or None: the batch's own mean."""
     return None if batch.totals is None else batch.totals[i]
 
 
@@ -47,7 +48,7 @@ def layer_errors(student: Decoder, batch, t: DecoderOutput, layers: list[int] | 
             y = checkpoint(layer.mixer.mix, u, None, None, None, batch.cu_seqlens, use_reentrant=False)
         else:
             y = layer.mixer.mix(u, None, None, None, cu_seqlens=batch.cu_seqlens)
-        errors[i] = masked_mse(y, t.mixer_outputs[i], batch.attention_mask, _totals(batch, 0))
+        errors[i] = masked_mse(y, t.mixer_outputs[i], batch.attention_mask, batch_total(batch, 0))
     return errors
 
 
@@ -64,7 +65,7 @@ def kl_to_teacher(
 ) -> Tensor:
     """Stage 3: KL(teacher ‖ student) over real tokens, plus ``ce_weight`` × cross-entropy on answers."""
     s_logits = student(batch.input_ids, batch.pixel_values, cu_seqlens=batch.cu_seqlens).logits
-    loss = masked_kl(t_logits, s_logits, batch.attention_mask, temperature, _totals(batch, 0))
+    loss = masked_kl(t_logits, s_logits, batch.attention_mask, temperature, batch_total(batch, 0))
     if ce_weight:
-        loss = loss + ce_weight * masked_ce(s_logits, batch.input_ids, batch.loss_mask, _totals(batch, 1))
+        loss = loss + ce_weight * masked_ce(s_logits, batch.input_ids, batch.loss_mask, batch_total(batch, 1))
     return loss
