@@ -47,10 +47,10 @@ def keep_hardest_as_attention(
     teacher: Decoder, student: Decoder, batches: list, k: int, rank: str = "error"
 ) -> list[int]:
     """Replace the ``k`` worst-fitting Mamba-2 mixers by copies of the teacher's attention (no shared
-    storage). ``rank``: "error" ranks by the MSE, which grows with the size of a layer's output (deep
-    layers write larger ones); "relative" by the MSE over the teacher output's mean square. Records the
-    kept layers, the rank and every layer's error and relative error in ``student.config.conversion``.
-    Returns the layers turned back, ascending."""
+    storage). ``rank``: "error" ranks by the MSE, which grows with the size of a layer's output (in
+    SmolLM2 the deepest layers write the largest); "relative" by the MSE over the teacher output's mean
+    square. Records the kept layers, the rank and every layer's error and relative error in
+    ``student.config.conversion``. Returns the layers turned back, ascending."""
     if rank not in RANKS:
         raise MmmambaError(f"auto:K rank {rank!r}: use one of {', '.join(RANKS)}")
     errors, powers = layer_fit(teacher, student, batches)
