@@ -190,12 +190,15 @@ def _chart(rows, teacher, path) -> None:
     rows = sorted(rows, key=lambda r: order.index(r["group"]))
     fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows) + 2), 3.8))
     colors = plt.cm.tab10.colors
-    ax.bar(range(len(rows)), [r["mean_accuracy"] for r in rows], color=[colors[order.index(r["group"])] for r in rows])
+    bars = ax.bar(
+        range(len(rows)), [r["mean_accuracy"] for r in rows], color=[colors[order.index(r["group"])] for r in rows]
+    )
+    ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)  # a 0.000 row shows as a number, not as a gap
     ax.axhline(teacher["mean_accuracy"], color="k", ls="--", lw=1, label=f"teacher {teacher['mean_accuracy']:.3f}")
     ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("mean test accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(loc="lower right")
+    ax.set_ylim(0, 1.12)
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
