@@ -697,3 +697,14 @@ def test_convert_auto_rank_is_recorded_with_auto_and_refused_without(world, tmp_
         assert main(argv + (["--auto-rank", rank] if rank else [])) in (0, None)
         conversion = json.loads((out / "config.json").read_text())["conversion"]
         assert conversion["auto_keep"] == 1 and conversion["auto_rank"] == want
+
+
+def test_distill_refuses_an_unknown_auto_rank_before_any_step(world, tmp_path):
+    student = tmp_path / "student"
+    shutil.copytree(world / "student", student)
+    cfg = json.loads((student / "config.json").read_text())
+    cfg["conversion"] |= {"auto_keep": 1, "auto_rank": "loudest"}
+    (student / "config.json").write_text(json.dumps(cfg))
+    argv = ["distill", "--teacher", str(world / "teacher"), "--student", str(student), "--data", str(world / "data"),
+            "--out", str(tmp_path / "run"), "--steps-per-stage", "1"]  # fmt: skip
+    assert main(argv) == 2 and not (tmp_path / "run").exists()

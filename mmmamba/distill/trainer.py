@@ -64,7 +64,7 @@ from ..training.state import (
     save_sharded_state,
     save_state,
 )
-from .auto_keep import apply_auto_keep
+from .auto_keep import RANKS, apply_auto_keep
 from .losses import mamba_layers
 from .stages import STAGES, StageConfig, select_trainable
 from .stages import stage_loss as _stage_loss
@@ -255,6 +255,12 @@ def check_pair(teacher: Decoder, student_cfg: DecoderConfig, teacher_dir, studen
         raise MmmambaError(f"--student {student_dir}: its image front-end differs from the teacher's; convert again")
     if "mamba2" not in student_cfg.mixers and not student_cfg.conversion.get("auto_keep"):
         raise MmmambaError(f"--student {student_dir}: has no Mamba-2 layers; convert the teacher first")
+    rank = student_cfg.conversion.get("auto_rank", "error")
+    if student_cfg.conversion.get("auto_keep") and rank not in RANKS:
+        raise MmmambaError(
+            f"--student {student_dir}: config.json conversion.auto_rank {rank!r} is not one of {', '.join(RANKS)}; "
+            "fix it or convert again"
+        )
 
 
 def _chat_examples(data_dir, teacher: Decoder, teacher_dir, tok: ChatTokenizer, cfg: DistillConfig, progress: bool):
