@@ -17,9 +17,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
-
-from mmmamba.distill.losses import layer_errors, teacher_layer_io
+from mmmamba.distill.auto_keep import layer_fit
 from mmmamba.distill.trainer import DistillConfig, prepare
 
 
@@ -27,7 +25,6 @@ def top(scores: dict[int, float], k: int) -> list[int]:
     return sorted(sorted(scores, key=lambda i: -scores[i])[:k])
 
 
-@torch.no_grad()
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", required=True)
@@ -42,16 +39,7 @@ def main():
         prep = prepare(args.teacher, args.student, args.data, Path(tmp) / "run", cfg, progress=False)
     student = prep.student.eval()
     student.set_backends(ssd="torch")
-    batches = prep.val[: args.batches]
-    mse: dict[int, float] = {}
-    power: dict[int, float] = {}
-    for b in batches:
-        t = teacher_layer_io(prep.teacher, b)
-        real = b.attention_mask.bool()
-        for i, e in layer_errors(student, b, t).items():
-            mse[i] = mse.get(i, 0.0) + float(e) / len(batches)
-            square = (t.mixer_outputs[i].float() ** 2).mean(-1)[real].mean()  # (b, L, width) → real tokens
-            power[i] = power.get(i, 0.0) + float(square) / len(batches)
+    mse, power = layer_fit(prep.teacher, student, prep.val[: args.batches])  # what auto:K computes
     relative = {i: mse[i] / power[i] for i in mse}
     print(f"{'layer':>5} {'output mean square':>19} {'MSE':>9} {'relative':>9}")
     for i in sorted(mse):

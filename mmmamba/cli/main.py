@@ -324,8 +324,8 @@ def cmd_eval(args) -> None:
     from ..data.tokenizer import load_tokenizer
     from ..evaluation.evaluate import evaluate
     from ..evaluation.freeform import print_freeform
-    from ..evaluation.tasks import print_table, write_answers, write_report
-    from ..io import check_output_file
+    from ..evaluation.tasks import print_table
+    from ..io import check_output_file, write_json_atomic, write_jsonl_atomic
     from ..models import load_checkpoint
 
     if args.json:
@@ -363,9 +363,9 @@ def cmd_eval(args) -> None:
         report["choices"] = {"model": choice_scores(model, tok, read_choices(args.choices), args.batch_size)}
         print(f"  {args.choices}: acc {report['choices']['model']['acc']:.3f}")
     if args.json:
-        write_report(report, args.json)
+        write_json_atomic(args.json, report)
     if answers is not None:
-        write_answers(answers, args.answers)
+        write_jsonl_atomic(args.answers, answers)
         wrong = sum(not r["correct"] for r in answers)
         print(f"  answers: {args.answers} ({wrong} of {len(answers)} wrong)")
 
@@ -375,7 +375,8 @@ def eval_benchmark(args, device) -> None:
     from ..data.conversations import check_images_match
     from ..data.tokenizer import load_tokenizer
     from ..evaluation.benchmarks import print_benchmark, read_benchmark, score_benchmark
-    from ..evaluation.tasks import predict, write_report
+    from ..evaluation.tasks import predict
+    from ..io import write_json_atomic
     from ..models import load_checkpoint
 
     samples, info = read_benchmark(args.benchmark, args.data, args.split, args.limit)
@@ -385,14 +386,14 @@ def eval_benchmark(args, device) -> None:
     report = score_benchmark(args.benchmark, samples, info, answers)
     print_benchmark(report)
     if args.json:
-        write_report(report, args.json)
+        write_json_atomic(args.json, report)
 
 
 def eval_text(args, device) -> None:
     """``mmmamba eval`` on a ``mmmamba data text`` corpus: perplexity, KL to --teacher, multiple choice."""
     from ..data.tokenizer import load_tokenizer
-    from ..evaluation.tasks import write_report
     from ..evaluation.text import evaluate_text, print_text_report
+    from ..io import write_json_atomic
     from ..models import load_checkpoint
 
     model = load_checkpoint(args.model).float().to(device)
@@ -404,7 +405,7 @@ def eval_text(args, device) -> None:
     )
     print_text_report(report, f"{args.model} on {args.data} [{args.split}]")
     if args.json:
-        write_report(report, args.json)
+        write_json_atomic(args.json, report)
 
 
 def cmd_distill(args) -> None:

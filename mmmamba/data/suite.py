@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..io import write_text_atomic
+from ..io import write_jsonl_atomic, write_text_atomic
 from .scenes import load_uci_digits, render
 from .tasks import FAMILIES
 
@@ -62,7 +62,7 @@ def make_suite(out, seed: int = 0, sizes: dict[str, int] | None = None, recall_i
                     records.append(record)
                     made += 1
                     bar.update()
-        write_text_atomic(out / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        write_jsonl_atomic(out / f"{split}.jsonl", records)
     manifest = {
         "seed": seed,
         "sizes": sizes,

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
@@ -13,7 +11,6 @@ from ..data.images import image_processor
 from ..data.tokenizer import IMAGE_MARK, ChatTokenizer
 from ..errors import MmmambaError
 from ..infer.generate import generate_in_batches
-from ..io import write_json_atomic, write_text_atomic
 from ..models import Decoder
 
 
@@ -143,13 +140,3 @@ def print_table(report: dict, title: str = "") -> None:
     for k, acc in report["recall_by_images"].items():
         print(f"  recall@{k:<5} {acc:6.3f}")
     print(f"  {'mean':<12} {report['mean_accuracy']:6.3f}   (n = {report['n']})")
-
-
-def write_report(report: dict, path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, report)
-
-
-def write_answers(records: list[dict], path) -> None:
-    """``answer_records`` as JSON lines, written atomically."""
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
