@@ -11,7 +11,7 @@
 # TEXT: a `mmmamba data text` corpus built with the SmolLM2 tokenizer (the python3.11-doc corpus of
 # scripts/gpu_smollm2_session.sh); it is mixed into the teacher's training and distillation, and its test
 # split gives every model's text perplexity. DATA_SEED: the task suite's seed (1129: never used to tune
-# anything). Budget: EMBED_STEPS, TUNE_STEPS, TUNE_LR, TOTAL_STEPS (each distillation run; split 1:1:2 over the
+# anything). Budget: EMBED_STEPS, TUNE_STEPS, TUNE_LR, TUNE_BATCH, TOTAL_STEPS (each distillation run; split 1:1:2 over the
 # stages it runs), BATCH, JOBS (runs side by side on one GPU), SUITE (samples per family), RUNS (a subset).
 # Resumable: finished steps are skipped.
 # Run on one H200 on 2026-11-29 in two sessions (RESULTS.md, BENCHMARKS §5d–5e, through
@@ -27,9 +27,10 @@ DATA_SEED=${DATA_SEED:-1129}
 # Defaults: the settings of the runs in RESULTS.md (H200, 2026-11-29): teacher 0.826 and 0.819 on test.
 EMBED_STEPS=${EMBED_STEPS:-150}
 TUNE_STEPS=${TUNE_STEPS:-1000}
-TUNE_LR=${TUNE_LR:-1e-4}  # phase `all` of the teacher
+TUNE_LR=${TUNE_LR:-1e-4}  # phase `all` of the teacher; several ("1e-4 2e-4 4e-4"): side by side, best on val kept
 TOTAL_STEPS=${TOTAL_STEPS:-240}
 BATCH=${BATCH:-64}
+TUNE_BATCH=${TUNE_BATCH:-$BATCH}  # task-suite samples a teacher step
 JOBS=${JOBS:-7}  # each row peaks near 17.5 GB at BATCH=64: 8 overfilled an H200 (two rows retried)
 SSD=${SSD:-auto}
 SUITE=${SUITE:-3000,40,100}  # task-suite samples per family: train, val, test
@@ -44,9 +45,22 @@ mkdir -p "$R"
 [ -f "$R/suite/test.jsonl" ] || mm data make --out "$R/suite" --seed "$DATA_SEED" \
   --train "${SUITE%%,*}" --val "$(echo "$SUITE" | cut -d, -f2)" --test "${SUITE##*,}"
 [ -f "$R/vlm/config.json" ] || mm teacher graft --llm "$R/llm" --out "$R/vlm" --vision fuyu
-[ -f "$R/teacher/teacher_report.json" ] || mm teacher tune --init "$R/vlm" --data "$R/suite" --text "$TEXT" \
-  --out "$R/teacher" --embed-steps "$EMBED_STEPS" --steps "$TUNE_STEPS" --batch-size "$BATCH" --text-batch-size 8 \
-  --lr "$TUNE_LR" --eval-every "${TUNE_EVAL_EVERY:-250}"
+tune() {  # $1: the rate of phase `all`, $2: the run folder
+  mm teacher tune --init "$R/vlm" --data "$R/suite" --text "$TEXT" --out "$2" --embed-steps "$EMBED_STEPS" \
+    --steps "$TUNE_STEPS" --batch-size "$TUNE_BATCH" --text-batch-size 8 --lr "$1" --eval-every "${TUNE_EVAL_EVERY:-250}"
+}
+read -ra RATES <<< "$TUNE_LR"
+if [ "${#RATES[@]}" -eq 1 ]; then
+  [ -f "$R/teacher/teacher_report.json" ] || tune "${RATES[0]}" "$R/teacher"
+elif [ ! -e "$R/teacher" ]; then  # several rates: tuned side by side, CPU threads split, the best on val kept
+  threads=$(( $(nproc) / ${#RATES[@]} )); [ "$threads" -ge 1 ] || threads=1
+  for lr in "${RATES[@]}"; do
+    (OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads tune "$lr" "$R/teacher_lr$lr" > "$R/tune_lr$lr.log" 2>&1 \
+      || echo "teacher tune at lr $lr failed: $R/tune_lr$lr.log" >&2) &
+  done
+  wait
+  "$PY" scripts/pick_teacher.py --runs "$R"/teacher_lr* --out "$R/teacher_choice.json" --link "$R/teacher"
+fi
 [ -f "$R/teacher_eval.json" ] || mm eval --model "$R/teacher" --data "$R/suite" --split test --json "$R/teacher_eval.json" \
   --answers "$R/teacher_answers.jsonl"
 [ "$STOP_AFTER" != teacher ] || exit 0

@@ -211,3 +211,20 @@ def test_teacher_training_writes_a_checkpoint_and_refuses_a_mismatched_resume(su
     assert (tmp_path / "train_log.csv").read_text().splitlines()[1].startswith("2,")
     with pytest.raises(MmmambaError, match="holds a run started with"):
         train_teacher("tiny", suite, tmp_path, steps=3, eval_every=2, device="cpu")
+
+
+def test_a_limited_split_spreads_over_every_family(suite):
+    """A val subset (teacher tune, distill validation, eval --limit) must not be the first families only:
+    a split is written family by family."""
+    from mmmamba.data.conversations import read_split, spread
+
+    full = read_split(suite, "val")
+    families = {s.family for s in full}
+    changes = sum(a.family != b.family for a, b in zip(full, full[1:]))
+    assert changes == len(families) - 1  # stored grouped: the first N would be the first families only
+    few = read_split(suite, "val", limit=len(families))
+    assert {s.family for s in few} == families
+    assert [s.id for s in few] == [s.id for s in full if s.id in {f.id for f in few}]  # file order kept
+    assert read_split(suite, "val", limit=10**9) == full
+    assert spread(list(range(10)), 4) == [0, 2, 5, 7]
+    assert spread(list(range(3)), None) == [0, 1, 2]

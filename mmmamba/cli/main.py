@@ -786,7 +786,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--cloze-items", type=int_in(0, 1 << 20), default=200, help="text corpus: cloze items made")
     p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=64)
-    p.add_argument("--limit", type=int_in(1, 1 << 40), default=None, help="evaluate only the first N samples")
+    p.add_argument(
+        "--limit",
+        type=int_in(1, 1 << 40),
+        default=None,
+        help="evaluate N samples: a suite split's spread evenly over it, a benchmark's first N",
+    )
     p.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
     p.add_argument(
         "--max-new-tokens", type=int_in(1, 1 << 20), default=None,

@@ -77,13 +77,23 @@ def read_jsonl(path, allow_outside: bool = False) -> list[Sample]:
     return samples
 
 
+def spread(items: list, limit: int | None) -> list:
+    """``limit`` items at evenly spaced positions (all of them when ``limit`` is None or not smaller)."""
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
 def read_split(data_dir, split: str, allow_outside: bool = False, limit: int | None = None) -> list[Sample]:
-    """``{data_dir}/{split}.jsonl``; an absent folder or an empty split is an error naming it."""
+    """``{data_dir}/{split}.jsonl``; an absent folder or an empty split is an error naming it.
+
+    ``limit`` keeps that many samples spread evenly over the file, in order: a split is written family
+    by family, so its first N would leave the later families out of a validation subset."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         what = "is a file" if data_dir.exists() else "does not exist"
         raise MmmambaError(f"--data {data_dir}: {what}; point it at a folder with train.jsonl / val.jsonl / test.jsonl")
-    samples = read_jsonl(data_dir / f"{split}.jsonl", allow_outside)[:limit]
+    samples = spread(read_jsonl(data_dir / f"{split}.jsonl", allow_outside), limit)
     if not samples:
         raise MmmambaError(f"{data_dir / f'{split}.jsonl'}: holds no samples; the {split} split must not be empty")
     return samples
