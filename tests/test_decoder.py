@@ -64,3 +64,42 @@ def test_left_padding_with_mask_matches_unpadded(teacher):
     padded = torch.cat([torch.full((1, 3), 7), ids], 1)
     mask = torch.tensor([[0, 0, 0] + [1] * 8])
     torch.testing.assert_close(model(padded, attention_mask=mask).logits[:, 3:], model(ids).logits)
+
+
+@pytest.mark.parametrize("b,L", [(1, 5), (3, 17), (2, 33)])
+def test_loss_from_predicting_positions_only_equals_full_logits_loss(teacher, b, L):
+    """``next_token_loss`` (head applied only where a target is predicted) = ``masked_ce`` of the full
+    logits, in value and in every parameter's gradient, float64, with images, padding-like holes and a
+    target at the last position."""
+    from mmmamba.training.losses import masked_ce, next_token_loss, predicting_positions
+
+    g = torch.Generator().manual_seed(b * 100 + L)
+    ids = torch.randint(0, 60, (b, L), generator=g)
+    ids[:, 1 : 1 + 4] = 60  # one 8-pixel image = 4 patch placeholders per row
+    pixels = torch.rand(b, 3, 8, 8, generator=g, dtype=torch.float64)
+    mask = torch.rand(b, L, generator=g) < 0.4
+    mask[:, :5] = False  # never a target inside the image
+    mask[0, -1] = True
+    total = mask[:, 1:].sum() + 3  # a global count larger than this piece's own
+    assert predicting_positions(mask).sum() == mask[:, 1:].sum()
+
+    def grads(loss):
+        teacher.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in teacher.parameters() if p.grad is not None]
+
+    full = masked_ce(teacher(ids, pixels).logits, ids, mask, total)
+    full_grads = grads(full)
+    rows = next_token_loss(teacher, ids, pixels, mask, total)
+    torch.testing.assert_close(rows, full, rtol=1e-12, atol=1e-12)
+    for a, c in zip(grads(rows), full_grads):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        next_token_loss(teacher, ids, pixels, mask), masked_ce(teacher(ids, pixels).logits, ids, mask)
+    )  # the piece's own count when no total is given
+
+
+def test_logits_at_and_logits_to_keep_are_exclusive(teacher):
+    ids = torch.randint(0, 60, (1, 6))
+    with pytest.raises(ValueError, match="not both"):
+        teacher(ids, logits_to_keep=1, logits_at=torch.ones(1, 6, dtype=torch.bool))

@@ -49,7 +49,7 @@ class DecoderLayer(nn.Module):
 
 @dataclass
 class DecoderOutput:
-    logits: Tensor  # (b, L, vocab)
+    logits: Tensor  # (b, L, vocab); (N, vocab) with forward's logits_at: the N selected positions, in order
     layer_inputs: list[Tensor] = field(default_factory=list)  # residual stream entering each layer
     mixer_outputs: list[Tensor] = field(default_factory=list)  # each mixer's output before o_proj
 
@@ -186,11 +186,15 @@ class Decoder(nn.Module):
         inputs_embeds: Tensor | None = None,
         logits_to_keep: int = 0,
         cu_seqlens: Tensor | None = None,
+        logits_at: Tensor | None = None,
     ) -> DecoderOutput:
         """input_ids (b, L); attention_mask (b, past+L) with 1 for real tokens (left padding).
 
         ``logits_to_keep`` > 0 computes logits for the last that many positions only (prefill needs
         one: at 100 K tokens the full logits would take more memory than the model).
+
+        ``logits_at`` (b, L) bool computes logits only where it is True, as (N, vocab) rows in row-major
+        order (training on answers: a 49 K-word head over every image and question token is mostly waste).
 
         ``inputs_embeds`` (b, L, d), from ``embed``, replaces ids and pixels (chunked prefill of images).
 
@@ -225,8 +229,12 @@ class Decoder(nn.Module):
                 out.mixer_outputs.append(mixed)
         if isinstance(cache, ModelCache):
             cache.after_prefill(attention_mask, positions, past, L)
+        if logits_to_keep and logits_at is not None:
+            raise ValueError("give logits_to_keep or logits_at, not both")
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
+        if logits_at is not None:
+            x = x[logits_at]  # (b, L, d) → (N, d)
         out.logits = self.lm_head(self.norm(x))
         return out
 

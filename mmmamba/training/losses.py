@@ -60,8 +60,24 @@ def masked_kl(
 
 def masked_ce(logits: Tensor, ids: Tensor, mask: Tensor, total: Tensor | None = None) -> Tensor:
     """Next-token cross-entropy (position t predicts ids[t+1]) over positions where mask[t+1] is 1."""
-    target = mask[:, 1:].bool()
+    return ce_rows(logits[:, :-1][mask[:, 1:].bool()], ids, mask, total)
+
+
+def predicting_positions(mask: Tensor) -> Tensor:
+    """(b, L) target mask → (b, L) bool: the positions whose logits predict a target (t, for target t+1)."""
+    return F.pad(mask[:, 1:].bool(), (0, 1))
+
+
+def ce_rows(rows: Tensor, ids: Tensor, mask: Tensor, total: Tensor | None = None) -> Tensor:
+    """``masked_ce`` from the logits of the predicting positions only: rows (N, vocab), row-major order,
+    as ``Decoder.forward(..., logits_at=predicting_positions(mask))`` returns them."""
+    targets = ids[:, 1:][mask[:, 1:].bool()]  # (N,)
     if total is None:
-        return F.cross_entropy(logits[:, :-1][target].float(), ids[:, 1:][target])
-    per = F.cross_entropy(logits[:, :-1][target].float(), ids[:, 1:][target], reduction="sum")
-    return per / total.float().clamp(min=1)
+        return F.cross_entropy(rows.float(), targets)
+    return F.cross_entropy(rows.float(), targets, reduction="sum") / total.float().clamp(min=1)
+
+
+def next_token_loss(model, input_ids: Tensor, pixel_values, mask: Tensor, total: Tensor | None = None) -> Tensor:
+    """``masked_ce`` of ``model`` on a batch, its head applied only where a target is predicted."""
+    rows = model(input_ids, pixel_values, logits_at=predicting_positions(mask)).logits
+    return ce_rows(rows, input_ids, mask, total)

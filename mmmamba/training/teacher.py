@@ -19,7 +19,7 @@ from ..evaluation.tasks import predict, score
 from ..io import check_free_space, check_output_dir, write_text_atomic
 from ..models import Decoder, DecoderConfig, VisionConfig, save_checkpoint
 from .loop import StepReport, train_loop
-from .losses import masked_ce
+from .losses import next_token_loss
 from .optim import NonFiniteGuard, OptimConfig, make_adamw
 from .state import batch_indices, load_state, save_state
 
@@ -136,8 +136,8 @@ def train_teacher(
         steps=steps,
         start=start,
         micro_batches=lambda step: [batch_at(step)],
-        loss=lambda batch: masked_ce(
-            model(batch.input_ids, batch.pixel_values).logits, batch.input_ids, batch.loss_mask, batch.totals[1]
+        loss=lambda batch: next_token_loss(
+            model, batch.input_ids, batch.pixel_values, batch.loss_mask, batch.totals[1]
         ),  # answers only
         guard=guard,
         last_good=lambda: f"{out / 'train_state.pt'}",

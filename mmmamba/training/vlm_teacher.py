@@ -35,7 +35,7 @@ from ..io import check_output_dir, read_json, write_json_atomic, write_text_atom
 from ..models import Decoder, VisionConfig, load_checkpoint, save_checkpoint
 from ..models.gguf import write_tokenizer
 from .loop import StepReport, train_loop
-from .losses import masked_ce
+from .losses import masked_ce, next_token_loss
 from .optim import NonFiniteGuard, OptimConfig, make_adamw
 from .state import batch_indices, load_state, save_state
 
@@ -255,8 +255,7 @@ def piece_loss(model: Decoder, piece: WeightedBatch) -> torch.Tensor:
     """The piece's mean next-token loss over its own targets, times its weight: every part keeps its share
     whatever its token count (512-token text windows would otherwise drown a few answer tokens)."""
     b = piece.batch
-    logits = model(b.input_ids, b.pixel_values).logits
-    return piece.weight * masked_ce(logits, b.input_ids, b.loss_mask, b.loss_mask[:, 1:].sum())
+    return piece.weight * next_token_loss(model, b.input_ids, b.pixel_values, b.loss_mask, b.loss_mask[:, 1:].sum())
 
 
 def _run_phase(model, tok, data: TuneData, phase: TunePhase, cfg: TuneConfig, out: Path, log: Path) -> None:
