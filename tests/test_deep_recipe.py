@@ -1,0 +1,50 @@
+"""scripts/vlm_teacher_tables.sh up to the teacher, on a tiny GGUF: several rates are tuned side by side,
+the best on validation becomes the teacher (a link), it is scored, and a rerun redoes nothing."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gguf")
+pytest.importorskip("transformers")
+
+from .gguf_files import hf_llama, write_gguf  # noqa: E402
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_teacher_sweep_picks_on_validation_links_and_resumes(tmp_path):
+    write_gguf(tmp_path / "tiny.gguf", hf_llama())
+    mm = [sys.executable, "-m", "mmmamba"]
+    run = dict(check=True, capture_output=True, text=True, cwd=ROOT)
+    subprocess.run([*mm, "import", "gguf", str(tmp_path / "tiny.gguf"), "--out", str(tmp_path / "R" / "llm")], **run)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    rng = random.Random(0)
+    words = "alpha beta gamma delta cat dog tree house river stone light dark".split()
+    for i in range(20):
+        (docs / f"d{i}.txt").write_text(" ".join(rng.choice(words) for _ in range(300)))
+    subprocess.run([*mm, "data", "text", "--inputs", str(docs), "--out", str(tmp_path / "text"), "--tokenizer",
+                    str(tmp_path / "R" / "llm"), "--seq-len", "64", "--near-duplicate", "2"], **run)  # fmt: skip
+    env = dict(os.environ, PY=sys.executable, R=str(tmp_path / "R"), GGUF=str(tmp_path / "tiny.gguf"),
+               TEXT=str(tmp_path / "text"), STOP_AFTER="teacher", SUITE="16,8,2", EMBED_STEPS="1", TUNE_STEPS="2",
+               TUNE_EVAL_EVERY="2", TUNE_LR="1e-4 3e-4", TUNE_BATCH="4", BATCH="4")  # fmt: skip
+    script = ["bash", str(ROOT / "scripts" / "vlm_teacher_tables.sh")]
+    first = subprocess.run(script, env=env, **run)
+    R = tmp_path / "R"
+    choice = json.loads((R / "teacher_choice.json").read_text())
+    assert sorted(Path(r["run"]).name for r in choice["runs"]) == ["teacher_lr1e-4", "teacher_lr3e-4"]
+    assert (R / "teacher").is_symlink() and (R / "teacher").resolve() == Path(choice["chosen"]).resolve()
+    best = max(r["val_accuracy"] for r in choice["runs"] if r["keeps_text"])
+    assert [r["val_accuracy"] for r in choice["runs"] if r["run"] == choice["chosen"]] == [best]
+    assert json.loads((R / "teacher_eval.json").read_text())["n"] == 16  # 2 test samples x 8 families
+    for lr in ("1e-4", "3e-4"):  # each tune's own log, side by side
+        assert "+ mmmamba teacher tune" in (R / f"tune_lr{lr}.log").read_text()
+    assert "+ mmmamba eval" in first.stderr
+    again = subprocess.run(script, env=env, **run)
+    assert "+ mmmamba" not in again.stderr  # everything was done: nothing is rerun
