@@ -16,6 +16,7 @@ and the two losses (equal up to float rounding).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -25,27 +26,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mmmamba.models import Decoder, DecoderConfig, VisionConfig  # noqa: E402
+from mmmamba.bench.speed import hovle_config  # noqa: E402
+from mmmamba.models import Decoder, VisionConfig  # noqa: E402
 from mmmamba.training.losses import masked_ce, next_token_loss  # noqa: E402
 from mmmamba.training.optim import OptimConfig, make_adamw  # noqa: E402
 
 
 def build(args) -> Decoder:
-    cfg = DecoderConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        num_layers=args.layers,
-        num_heads=args.heads,
-        num_kv_heads=args.kv_heads,
-        head_dim=args.hidden // args.heads,
-        intermediate_size=args.mlp,
-        rope_theta=100000.0,
-        max_position=2048,
-        vision=VisionConfig(image_size=32, patch_size=8, channels=3),
-        image_token_id=args.vocab - 1,
-    )
+    """The speed benchmark's decoder shape (``bench.speed.hovle_config``) with a Fuyu front-end added."""
+    shape = hovle_config(argparse.Namespace(**vars(args), ssd_backend="torch"), max_position=2048)
+    vision = VisionConfig(image_size=32, patch_size=8, channels=3)
     torch.manual_seed(0)
-    return Decoder(cfg).to(args.device)
+    return Decoder(dataclasses.replace(shape, vision=vision, image_token_id=args.vocab - 1)).to(args.device)
 
 
 def batches(args, vocab: int, image_id: int):
