@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from mmmamba.errors import MmmambaError  # noqa: E402
 from mmmamba.io import read_json, write_json_atomic  # noqa: E402
 
 
@@ -55,11 +56,18 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True, help="the record of the choice (JSON)")
     ap.add_argument("--link", type=Path, help="make this path a symbolic link to the chosen run")
     args = ap.parse_args()
-    found = [describe(r) for r in args.runs]
+    found = []
+    for run in args.runs:
+        try:
+            d = describe(run)
+        except (OSError, KeyError, ValueError, MmmambaError) as e:  # a damaged run must not hide the others
+            print(f"{run}: unreadable ({e}); left out", file=sys.stderr)
+            d = None
+        else:
+            if d is None:
+                print(f"{run}: not finished; left out", file=sys.stderr)
+        found.append(d)
     done = [d for d in found if d is not None]
-    for run, d in zip(args.runs, found):
-        if d is None:
-            print(f"{run}: not finished; left out", file=sys.stderr)
     if not done:
         print(f"--runs: none of the {len(args.runs)} runs finished; nothing to pick", file=sys.stderr)
         return 2

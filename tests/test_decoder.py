@@ -103,3 +103,7 @@ def test_logits_at_and_logits_to_keep_are_exclusive(teacher):
     ids = torch.randint(0, 60, (1, 6))
     with pytest.raises(ValueError, match="not both"):
         teacher(ids, logits_to_keep=1, logits_at=torch.ones(1, 6, dtype=torch.bool))
+    with pytest.raises(ValueError, match="bool mask of shape"):
+        teacher(ids, logits_at=torch.ones(1, 6))  # float: would index, wrongly
+    with pytest.raises(ValueError, match="bool mask of shape"):
+        teacher(ids, logits_at=torch.ones(1, 5, dtype=torch.bool))

@@ -42,6 +42,18 @@ def test_picks_best_val_among_runs_that_keep_text_never_reading_test(tmp_path):
     assert (tmp_path / "teacher").resolve() == e.resolve()
 
 
+def test_a_damaged_run_is_left_out_by_name(tmp_path):
+    good = fake_run(tmp_path / "good", 1e-4, 0.5, 9.0, 0.5)
+    bad = fake_run(tmp_path / "bad", 2e-4, 0.9, 9.0, 0.9)
+    (bad / "tune_log.csv").write_text(HEADER + "all,1000,2e-4,0.7,not-a-number,9.0\n")
+    gone = fake_run(tmp_path / "gone", 3e-4, 0.9, 9.0, 0.9)
+    (gone / "tune_log.csv").unlink()
+    r = pick(tmp_path, good, bad, gone)
+    assert r.returncode == 0, r.stderr
+    assert "bad: unreadable" in r.stderr and "gone: unreadable" in r.stderr
+    assert (tmp_path / "teacher").resolve() == good.resolve()
+
+
 def test_no_finished_run_is_an_error(tmp_path):
     r = pick(tmp_path, fake_run(tmp_path / "x", 1e-4, 0.5, 9.0, 0.5, finished=False))
     assert r.returncode == 2 and "none of the 1 runs finished" in r.stderr

@@ -234,6 +234,9 @@ class Decoder(nn.Module):
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         if logits_at is not None:
+            if logits_at.dtype != torch.bool or logits_at.shape != x.shape[:2]:
+                raise ValueError(f"logits_at: give a bool mask of shape {tuple(x.shape[:2])}, got {logits_at.dtype} "
+                                 f"{tuple(logits_at.shape)}")  # fmt: skip
             x = x[logits_at]  # (b, L, d) → (N, d)
         out.logits = self.lm_head(self.norm(x))
         return out
