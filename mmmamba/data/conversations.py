@@ -181,10 +181,12 @@ def pack(examples: list[Example]) -> Batch:
 
     The model restarts the scan, the conv window, attention and RoPE at every start, so each sample
     is computed exactly as alone; the losses are token sums, so the packed batch's loss equals the
-    padded batch's (tests/test_packing.py).
+    padded batch's (tests/test_packing.py). A sample's first token is never a target (nothing of its own
+    precedes it; in a padded row it sits at position 0), so it leaves the mask: else the previous
+    sample's last token would be trained to predict it.
     """
     ids = torch.tensor([t for e in examples for t in e.ids], dtype=torch.long)[None]
-    loss = torch.tensor([m for e in examples for m in e.loss_mask], dtype=torch.bool)[None]
+    loss = torch.tensor([m and i > 0 for e in examples for i, m in enumerate(e.loss_mask)], dtype=torch.bool)[None]
     lengths = torch.tensor([0] + [len(e.ids) for e in examples])
     pixels = [e.pixels for e in examples if e.pixels is not None]
     cu = lengths.cumsum(0).to(torch.int32)
