@@ -1,5 +1,6 @@
 """The research probes behind RESULTS.md's #15 findings measure what they say."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,26 @@ def test_layer_error_probe_ranks_each_layer_by_its_error_its_output_and_their_ra
         assert power > 0 and mse > 0 and abs(relative - mse / power) <= 1e-3 + 0.05 * relative  # printed rounded
     by_mse = sorted(sorted(rows, key=lambda i: -rows[i][1])[:2])
     assert f"top 2 by MSE (auto:2): {by_mse}" in out
+
+
+def test_answer_breakdown_splits_position_into_row_and_column_and_reverse_by_length(tmp_path):
+    rows = [
+        {"family": "position", "reference": "row 1 column 2", "answer": "row 1 column 3", "correct": False},
+        {"family": "position", "reference": "row 4 column 4", "answer": "row 4 column 4", "correct": True},
+        {"family": "position", "reference": "row 2 column 1", "answer": "row", "correct": False},
+        {"family": "reverse", "reference": "abc", "answer": "abc", "correct": True},
+        {"family": "reverse", "reference": "abcd", "answer": "abdc", "correct": False},
+        {"family": "reverse", "reference": "abcd", "answer": "abcd", "correct": True},
+        {"family": "color", "reference": "red", "answer": "red", "correct": True},
+    ]
+    f = tmp_path / "answers.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "answer_breakdown.py"), str(f)],
+                         check=True, capture_output=True, text=True).stdout  # fmt: skip
+    assert "position row 0.67 column 0.33 (n = 3)" in out
+    assert "reverse by length 3: 1.00 (1), 4: 0.50 (2)" in out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "answer_breakdown.py"), str(bad)],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and "not a readable answers file" in r.stderr
