@@ -33,6 +33,8 @@ TUNE_LR=${TUNE_LR:-1.5e-4 3e-4 6e-4}  # phase `all`; several: tuned side by side
 TOTAL_STEPS=${TOTAL_STEPS:-240}
 BATCH=${BATCH:-64}
 TUNE_BATCH=${TUNE_BATCH:-128}  # task-suite samples a teacher step
+TUNE_PACK=${TUNE_PACK:-0}  # 1: `teacher tune --pack` (one packed forward a step; the same loss; not yet timed on a GPU)
+PACK_ARG=(); [ "$TUNE_PACK" != 1 ] || PACK_ARG=(--pack)
 JOBS=${JOBS:-7}  # each row peaks near 17.5 GB at BATCH=64: 8 overfilled an H200 (two rows retried)
 SSD=${SSD:-auto}
 SUITE=${SUITE:-8000,40,100}  # task-suite samples per family: train, val, test
@@ -49,7 +51,8 @@ mkdir -p "$R"
 [ -f "$R/vlm/config.json" ] || mm teacher graft --llm "$R/llm" --out "$R/vlm" --vision fuyu
 tune() {  # $1: the rate of phase `all`, $2: the run folder
   mm teacher tune --init "$R/vlm" --data "$R/suite" --text "$TEXT" --out "$2" --embed-steps "$EMBED_STEPS" \
-    --steps "$TUNE_STEPS" --batch-size "$TUNE_BATCH" --text-batch-size 8 --lr "$1" --eval-every "${TUNE_EVAL_EVERY:-250}"
+    --steps "$TUNE_STEPS" --batch-size "$TUNE_BATCH" --text-batch-size 8 --lr "$1" --eval-every "${TUNE_EVAL_EVERY:-250}" \
+    "${PACK_ARG[@]}"
 }
 read -ra RATES <<< "$TUNE_LR"
 if [ "${#RATES[@]}" -eq 1 ]; then

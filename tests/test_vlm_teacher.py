@@ -136,6 +136,35 @@ def test_phase_loss_is_the_weighted_mean_of_suite_and_text(vlm_dir, suite_and_te
         assert ppl == pytest.approx(math.exp(float(mean_ce(data.text_val))), rel=1e-5)  # float32 sums
 
 
+def test_packed_step_has_the_padded_steps_loss_and_gradients(vlm_dir, suite_and_text):
+    """`tune --pack`: the step's suite and text samples in one packed row (one forward), each target
+    weighted by its part's share over the part's target count: the same loss and gradients, float64."""
+    suite, text = suite_and_text
+    model = load_checkpoint(vlm_dir).double().train()
+    tok = load_tokenizer(vlm_dir)
+    padded = TuneConfig(batch_size=3, text_batch_size=2, text_weight=0.25, seed=5)
+    packed = dataclasses.replace(padded, pack=True)
+    data = load_tune_data(suite, [text], tok, model, padded)
+    params = [p for p in model.parameters()]
+
+    def loss_and_grads(pieces):
+        model.zero_grad()
+        loss = sum(piece_loss(model, p) for p in pieces)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in params if p.grad is not None]
+
+    for phase in padded.phases():
+        for step in (0, 7):
+            one = step_pieces(data, phase, packed, step, tok.pad_id)
+            assert len(one) == 1 and one[0].batch.input_ids.shape[0] == 1 and one[0].batch.cu_seqlens is not None
+            a, ga = loss_and_grads(step_pieces(data, phase, padded, step, tok.pad_id))
+            b, gb = loss_and_grads(one)
+            torch.testing.assert_close(b, a, rtol=1e-11, atol=0)
+            assert len(ga) == len(gb)
+            for x, y in zip(gb, ga):
+                torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-13)
+
+
 def test_tune_trains_the_embedding_first_then_everything_and_resumes(vlm_dir, suite_and_text, tmp_path, monkeypatch):
     suite, text = suite_and_text
     out = tmp_path / "teacher"
@@ -164,6 +193,11 @@ def test_tune_trains_the_embedding_first_then_everything_and_resumes(vlm_dir, su
     assert again["suite_test"] == report["suite_test"]
     assert (out / "tune_log.csv").read_text().splitlines() == rows
     assert all(torch.equal(final[k], v) for k, v in load_checkpoint(out).state_dict().items())
+    # --pack changes how a step is computed, not what: it is not a setting a rerun must repeat
+    assert (
+        tune_vlm_teacher(vlm_dir, suite, [text], out, dataclasses.replace(cfg, pack=True))["suite_test"]
+        == (report["suite_test"])
+    )
     # other settings on the same folder: one line naming them, nothing changed
     other = dataclasses.replace(cfg, all_steps=3, text_weight=0.5)
     with pytest.raises(MmmambaError, match="all_steps, text_weight differ"):
@@ -174,6 +208,21 @@ def test_tune_trains_the_embedding_first_then_everything_and_resumes(vlm_dir, su
     assert tune_vlm_teacher(vlm_dir, suite, [text], out, cfg)["suite_test"] == report["suite_test"]
     with pytest.raises(MmmambaError, match="differ"):
         tune_vlm_teacher(vlm_dir, suite, [text], out, other)
+
+
+def test_tune_cli_packed_run_trains_and_reports(vlm_dir, suite_and_text, tmp_path):
+    suite, text = suite_and_text
+    out = tmp_path / "packed"
+    argv = ["teacher", "tune", "--init", str(vlm_dir), "--data", str(suite), "--text", str(text), "--out", str(out),
+            "--embed-steps", "1", "--steps", "2", "--batch-size", "3", "--text-batch-size", "2", "--pack",
+            "--device", "cpu"]  # fmt: skip
+    assert main(argv) in (0, None)
+    assert "pack" not in json.loads((out / "tune_config.json").read_text())
+    rows = (out / "tune_log.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[:2] for r in rows] == [["embed", "1"], ["all", "2"]]
+    assert all(math.isfinite(float(r.split(",")[3])) for r in rows)
+    start, final = load_checkpoint(vlm_dir).state_dict(), load_checkpoint(out).state_dict()
+    assert not torch.equal(start["layers.0.mlp.up_proj.weight"], final["layers.0.mlp.up_proj.weight"])
 
 
 def test_tune_refuses_a_text_only_model_before_any_work(llm_dir, suite_and_text, tmp_path, capsys):

@@ -298,6 +298,7 @@ def cmd_teacher_tune(args) -> None:
         seed=args.seed,
         device=resolve_device(args.device),
         allow_outside_images=args.allow_outside_images,
+        pack=args.pack,
     )
     tune_vlm_teacher(args.init, args.data, args.text, args.out, cfg)
 
@@ -760,6 +761,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=COUNT, default=250)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--pack", action="store_true",
+        help="each step's suite and text samples in one packed row (one forward and backward, the same loss)",
+    )  # fmt: skip
     p.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
     p.set_defaults(func=cmd_teacher_tune)
 

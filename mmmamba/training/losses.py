@@ -14,6 +14,11 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 
+def wide(t: Tensor) -> Tensor:
+    """At least float32 (bf16 / fp16 logits widened; float64 ones, in tests, kept)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _mean(per_token: Tensor, mask: Tensor, total: Tensor | None) -> Tensor:
     m = mask.to(per_token.dtype)
     total = m.sum().clamp(min=1) if total is None else total.to(per_token.dtype).clamp(min=1)
@@ -25,7 +30,7 @@ def masked_mse(student: Tensor, target: Tensor, mask: Tensor, total: Tensor | No
 
     student, target (b, L, d); mask (b, L).
     """
-    return _mean((student.float() - target.float()).pow(2).mean(-1), mask, total)  # per token (b, L)
+    return _mean((wide(student) - wide(target)).pow(2).mean(-1), mask, total)  # per token (b, L)
 
 
 KL_CHUNK_TOKENS = 2048  # tokens whose float32 log-probabilities exist at once in masked_kl
@@ -33,8 +38,8 @@ KL_CHUNK_TOKENS = 2048  # tokens whose float32 log-probabilities exist at once i
 
 def _kl_rows(teacher_logits: Tensor, student_logits: Tensor, temperature: float) -> Tensor:
     """(N, V) logits → (N,) KL(teacher ‖ student), in float32."""
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t = F.log_softmax(wide(teacher_logits) / temperature, dim=-1)
+    s = F.log_softmax(wide(student_logits) / temperature, dim=-1)
     return (t.exp() * (t - s)).sum(-1)
 
 
@@ -68,16 +73,32 @@ def predicting_positions(mask: Tensor) -> Tensor:
     return F.pad(mask[:, 1:].bool(), (0, 1))
 
 
-def ce_rows(rows: Tensor, ids: Tensor, mask: Tensor, total: Tensor | None = None) -> Tensor:
+def ce_rows(
+    rows: Tensor, ids: Tensor, mask: Tensor, total: Tensor | None = None, weight: Tensor | None = None
+) -> Tensor:
     """``masked_ce`` from the logits of the predicting positions only: rows (N, vocab), row-major order,
-    as ``Decoder.forward(..., logits_at=predicting_positions(mask))`` returns them."""
-    targets = ids[:, 1:][mask[:, 1:].bool()]  # (N,)
+    as ``Decoder.forward(..., logits_at=predicting_positions(mask))`` returns them. ``weight`` (b, L):
+    each target token's own weight (at the target's position), summed instead of dividing by a count."""
+    target = mask[:, 1:].bool()
+    targets = ids[:, 1:][target]  # (N,)
+    rows = wide(rows)
+    if weight is not None:
+        return (F.cross_entropy(rows, targets, reduction="none") * weight[:, 1:][target].to(rows.dtype)).sum()
     if total is None:
-        return F.cross_entropy(rows.float(), targets)
-    return F.cross_entropy(rows.float(), targets, reduction="sum") / total.float().clamp(min=1)
+        return F.cross_entropy(rows, targets)
+    return F.cross_entropy(rows, targets, reduction="sum") / total.to(rows.dtype).clamp(min=1)
 
 
-def next_token_loss(model, input_ids: Tensor, pixel_values, mask: Tensor, total: Tensor | None = None) -> Tensor:
-    """``masked_ce`` of ``model`` on a batch, its head applied only where a target is predicted."""
-    rows = model(input_ids, pixel_values, logits_at=predicting_positions(mask)).logits
-    return ce_rows(rows, input_ids, mask, total)
+def next_token_loss(
+    model,
+    input_ids: Tensor,
+    pixel_values,
+    mask: Tensor,
+    total: Tensor | None = None,
+    weight: Tensor | None = None,
+    cu_seqlens: Tensor | None = None,
+) -> Tensor:
+    """``masked_ce`` (or ``ce_rows``' weighted sum) of ``model`` on a batch, padded or packed
+    (``cu_seqlens``), its head applied only where a target is predicted."""
+    rows = model(input_ids, pixel_values, cu_seqlens=cu_seqlens, logits_at=predicting_positions(mask)).logits
+    return ce_rows(rows, input_ids, mask, total, weight)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..data.conversations import Batch, Example, collate, encode_sample, read_split
+from ..data.conversations import Batch, Example, collate, encode_sample, pack, read_split
 from ..data.hf_tokenizer import HFTokenizer
 from ..data.images import ImageProcessor
 from ..data.scenes import CELL, IMAGE_SIZE
@@ -125,6 +125,7 @@ class TuneConfig:
     seed: int = 0
     device: str = "cpu"
     allow_outside_images: bool = False
+    pack: bool = False  # a step's suite and text samples in one packed row: one forward, the same loss
 
     def phases(self) -> list[TunePhase]:
         return [
@@ -217,16 +218,19 @@ def _set_trainable(model: Decoder, phase: TunePhase) -> list[torch.nn.Parameter]
 
 @dataclass
 class WeightedBatch:
-    """A micro-batch and its share of the step's loss (``train_loop`` reads ``counts`` and ``totals``)."""
+    """A micro-batch and its share of the step's loss (``train_loop`` reads ``counts`` and ``totals``).
+    A packed one (``tune --pack``) holds samples of both parts, so each target carries its own weight."""
 
     batch: Batch
     weight: float
+    target_weight: torch.Tensor | None = None  # (1, L): the weight of the target token at each position
 
     def counts(self) -> torch.Tensor:
         return self.batch.counts()
 
     def to(self, device) -> WeightedBatch:
-        return WeightedBatch(self.batch.to(device), self.weight)
+        w = None if self.target_weight is None else self.target_weight.to(device)
+        return WeightedBatch(self.batch.to(device), self.weight, w)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -242,19 +246,30 @@ class WeightedBatch:
 
 
 def step_pieces(data: TuneData, phase: TunePhase, cfg: TuneConfig, step: int, pad_id: int) -> list[WeightedBatch]:
-    """The step's task-suite batch, plus (phase with text) its text batch; weights 1 − w and w."""
+    """The step's task-suite batch, plus (phase with text) its text batch; weights 1 − w and w. With
+    ``cfg.pack`` both are one packed row whose targets carry those weights over each part's target count."""
     suite = [data.suite_train[i] for i in batch_indices(len(data.suite_train), cfg.batch_size, cfg.seed, step)]
-    if phase.text_weight == 0 or not data.text_train:
-        return [WeightedBatch(collate(suite, pad_id), 1.0)]
-    idx = batch_indices(len(data.text_train), cfg.text_batch_size, cfg.seed + 1, step)
-    text = collate([data.text_train[i] for i in idx], pad_id)
-    return [WeightedBatch(collate(suite, pad_id), 1.0 - phase.text_weight), WeightedBatch(text, phase.text_weight)]
+    parts = [(suite, 1.0)]
+    if phase.text_weight > 0 and data.text_train:
+        idx = batch_indices(len(data.text_train), cfg.text_batch_size, cfg.seed + 1, step)
+        parts = [(suite, 1.0 - phase.text_weight), ([data.text_train[i] for i in idx], phase.text_weight)]
+    if not cfg.pack:
+        return [WeightedBatch(collate(examples, pad_id), w) for examples, w in parts]
+    weights = []
+    for examples, w in parts:
+        targets = sum(sum(e.loss_mask[1:]) for e in examples)  # a sample's first token is never a target
+        weights += [torch.full((len(e.ids),), w / max(targets, 1), dtype=torch.float64) for e in examples]
+    return [WeightedBatch(pack([e for examples, _ in parts for e in examples]), 1.0, torch.cat(weights)[None])]
 
 
 def piece_loss(model: Decoder, piece: WeightedBatch) -> torch.Tensor:
     """The piece's mean next-token loss over its own targets, times its weight: every part keeps its share
     whatever its token count (512-token text windows would otherwise drown a few answer tokens)."""
     b = piece.batch
+    if piece.target_weight is not None:  # packed: the parts' shares are in the targets' own weights
+        return next_token_loss(
+            model, b.input_ids, b.pixel_values, b.loss_mask, weight=piece.target_weight, cu_seqlens=b.cu_seqlens
+        )
     return piece.weight * next_token_loss(model, b.input_ids, b.pixel_values, b.loss_mask, b.loss_mask[:, 1:].sum())
 
 
@@ -330,7 +345,7 @@ def tune_vlm_teacher(init_dir, data_dir, text_dirs: list, out, cfg: TuneConfig) 
         "init": str(Path(init_dir).resolve()),
         "data": str(Path(data_dir).resolve()),
         "text": [str(d.resolve()) for d in text_dirs],
-        **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("device", "eval_every", "val_limit")},
+        **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("device", "eval_every", "val_limit", "pack")},
     }
     _check_settings(out / "tune_config.json", settings)  # before the data's long encode, as the finished check
     if (out / "teacher_report.json").is_file():  # written last: the run is finished

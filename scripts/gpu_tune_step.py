@@ -1,0 +1,112 @@
+"""`teacher tune` phase-`all` steps through the real code (``step_pieces``, ``piece_loss``), padded (a suite
+piece and a text piece: two forwards and backwards) against packed (`--pack`: one row, one forward),
+side by side: time a step (CUDA events after warm-up), peak memory, and the PyTorch operators a step
+issues (the step is host-bound, BENCHMARKS §5g, so fewer operators should mean a shorter step).
+
+Random weights in SmolLM2-135M's shape with a Fuyu front-end (``gpu_answer_logits.build``); suite-like
+samples (a 32-pixel image, a question, a short answer) and 512-token text windows.
+
+    python scripts/gpu_tune_step.py                                   # on the GPU
+    python scripts/gpu_tune_step.py --device cpu --layers 2 --hidden 64 --heads 4 --kv-heads 2 --mlp 128 \\
+        --vocab 1000 --suite 8 --text 2 --text-len 64 --steps 2 --warmup 1   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gpu_answer_logits import build  # noqa: E402  (this folder)
+
+from mmmamba.data.conversations import Example  # noqa: E402
+from mmmamba.training.optim import OptimConfig, make_adamw  # noqa: E402
+from mmmamba.training.vlm_teacher import TuneConfig, TuneData, TunePhase, piece_loss, step_pieces  # noqa: E402
+
+
+def tune_data(args, image_id: int) -> TuneData:
+    g = torch.Generator().manual_seed(1)
+    suite = []
+    for _ in range(4 * args.suite):
+        q = int(torch.randint(args.question - 4, args.question + 5, (1,), generator=g))
+        ids = [1] + [image_id] * 16 + torch.randint(2, args.vocab - 1, (q + args.answer,), generator=g).tolist()
+        mask = [False] * (len(ids) - args.answer) + [True] * args.answer
+        suite.append(Example(ids, mask, torch.rand(1, 3, 32, 32, generator=g)))
+    text = [
+        Example(torch.randint(2, args.vocab - 1, (args.text_len,), generator=g).tolist(), [True] * args.text_len, None)
+        for _ in range(4 * args.text)
+    ]
+    return TuneData(suite, [], [], text, [], [])
+
+
+def run(model, data: TuneData, cfg: TuneConfig, args) -> dict:
+    phase = TunePhase("all", 10**6, "all", 1e-5, 0.3)
+    opt = make_adamw(model.named_parameters(), OptimConfig(lr=1e-5))
+    cuda = args.device.startswith("cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+
+    def step(i: int) -> None:
+        for piece in step_pieces(data, phase, cfg, i, pad_id=0):
+            with autocast:
+                loss = piece_loss(model, piece.to(args.device))
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for i in range(args.warmup):
+        step(i)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+        step(args.warmup + i)
+    if cuda:
+        end.record()
+        torch.cuda.synchronize()
+        ms = start.elapsed_time(end) / args.steps
+    else:
+        ms = (time.perf_counter() - t0) * 1000 / args.steps
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step(0)
+    ops = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
+    return {"ms_per_step": round(ms, 2), "peak_gib": peak, "aten_ops_per_step": ops}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--layers", type=int, default=30)
+    ap.add_argument("--hidden", type=int, default=576)
+    ap.add_argument("--heads", type=int, default=9)
+    ap.add_argument("--kv-heads", type=int, default=3)
+    ap.add_argument("--mlp", type=int, default=1536)
+    ap.add_argument("--vocab", type=int, default=49155)
+    ap.add_argument("--suite", type=int, default=128, help="suite samples a step")
+    ap.add_argument("--question", type=int, default=14, help="mean question tokens a sample (±4)")
+    ap.add_argument("--answer", type=int, default=4, help="answer tokens a sample (the targets)")
+    ap.add_argument("--text", type=int, default=8, help="text windows a step")
+    ap.add_argument("--text-len", type=int, default=512)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    args = ap.parse_args()
+    model = build(args)
+    data = tune_data(args, model.config.image_token_id)
+    padded = TuneConfig(batch_size=args.suite, text_batch_size=args.text, text_weight=0.3, device=args.device)
+    for name, cfg in (("padded", padded), ("packed", dataclasses.replace(padded, pack=True)), ("padded again", padded)):
+        print(json.dumps({"variant": name, "device": args.device, **run(model, data, cfg, args)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
