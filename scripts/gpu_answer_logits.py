@@ -77,28 +77,34 @@ def time_variant(model, opt, loss_fn, pieces, args) -> dict:
         opt.zero_grad(set_to_none=True)
         return total
 
-    for _ in range(args.warmup):
-        step()
+    return time_steps(lambda i: step(), args)
+
+
+def time_steps(step, args) -> dict:
+    """``step(i)`` ``args.warmup`` times, then ``args.steps`` times timed (CUDA events on the GPU): ms a
+    step and the peak GiB allocated while timed (None on the CPU)."""
+    cuda = args.device.startswith("cuda")
+    for i in range(args.warmup):
+        step(i)
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
     t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if cuda:
-        end.record()
-        torch.cuda.synchronize()
-        ms = start.elapsed_time(end) / args.steps
-        peak = torch.cuda.max_memory_allocated() / 2**30
-    else:
-        ms, peak = (time.perf_counter() - t0) * 1000 / args.steps, None
-    return {"ms_per_step": round(ms, 2), "peak_gib": None if peak is None else round(peak, 2)}
+    for i in range(args.steps):
+        step(args.warmup + i)
+    if not cuda:
+        return {"ms_per_step": round((time.perf_counter() - t0) * 1000 / args.steps, 2), "peak_gib": None}
+    end.record()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    return {"ms_per_step": round(start.elapsed_time(end) / args.steps, 2), "peak_gib": round(peak, 2)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_arguments(doc: str) -> argparse.ArgumentParser:
+    """The model shape (SmolLM2-135M's) and the step's make-up, shared with gpu_tune_step.py."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--layers", type=int, default=30)
     ap.add_argument("--hidden", type=int, default=576)
@@ -113,6 +119,11 @@ def main() -> None:
     ap.add_argument("--text-len", type=int, default=512)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
+    return ap
+
+
+def main() -> None:
+    ap = step_arguments(__doc__)
     ap.add_argument("--profile", action="store_true", help="also profile the answer-head steps: top ops by device time")
     args = ap.parse_args()
     model = build(args)

@@ -13,11 +13,9 @@ samples (a 32-pixel image, a question, a short answer) and 512-token text window
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpu_answer_logits import build  # noqa: E402  (this folder)
+from gpu_answer_logits import build, step_arguments, time_steps  # noqa: E402  (this folder)
 
 from mmmamba.data.conversations import Example  # noqa: E402
 from mmmamba.training.optim import OptimConfig, make_adamw  # noqa: E402
@@ -50,8 +48,7 @@ def tune_data(args, image_id: int) -> TuneData:
 def run(model, data: TuneData, cfg: TuneConfig, args) -> dict:
     phase = TunePhase("all", 10**6, "all", 1e-5, 0.3)
     opt = make_adamw(model.named_parameters(), OptimConfig(lr=1e-5))
-    cuda = args.device.startswith("cuda")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.device.startswith("cuda"))
 
     def step(i: int) -> None:
         for piece in step_pieces(data, phase, cfg, i, pad_id=0):
@@ -61,46 +58,15 @@ def run(model, data: TuneData, cfg: TuneConfig, args) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for i in range(args.warmup):
-        step(i)
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-    t0 = time.perf_counter()
-    for i in range(args.steps):
-        step(args.warmup + i)
-    if cuda:
-        end.record()
-        torch.cuda.synchronize()
-        ms = start.elapsed_time(end) / args.steps
-    else:
-        ms = (time.perf_counter() - t0) * 1000 / args.steps
+    timed = time_steps(step, args)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step(0)
     ops = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
-    peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
-    return {"ms_per_step": round(ms, 2), "peak_gib": peak, "aten_ops_per_step": ops}
+    return {**timed, "aten_ops_per_step": ops}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda")
-    ap.add_argument("--layers", type=int, default=30)
-    ap.add_argument("--hidden", type=int, default=576)
-    ap.add_argument("--heads", type=int, default=9)
-    ap.add_argument("--kv-heads", type=int, default=3)
-    ap.add_argument("--mlp", type=int, default=1536)
-    ap.add_argument("--vocab", type=int, default=49155)
-    ap.add_argument("--suite", type=int, default=128, help="suite samples a step")
-    ap.add_argument("--question", type=int, default=14, help="mean question tokens a sample (±4)")
-    ap.add_argument("--answer", type=int, default=4, help="answer tokens a sample (the targets)")
-    ap.add_argument("--text", type=int, default=8, help="text windows a step")
-    ap.add_argument("--text-len", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
-    args = ap.parse_args()
+    args = step_arguments(__doc__).parse_args()  # question: the mean, ±4 a sample here
     model = build(args)
     data = tune_data(args, model.config.image_token_id)
     padded = TuneConfig(batch_size=args.suite, text_batch_size=args.text, text_weight=0.3, device=args.device)

@@ -68,3 +68,15 @@ def test_answer_breakdown_splits_position_into_row_and_column_and_reverse_by_len
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "answer_breakdown.py"), str(bad)],
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2 and "not a readable answers file" in r.stderr
+
+
+def test_tune_step_script_packs_into_fewer_operators_than_the_padded_step():
+    """scripts/gpu_tune_step.py (the device comparison of `teacher tune --pack`) on a small CPU shape."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "gpu_tune_step.py"), "--device", "cpu", "--layers", "2",
+           "--hidden", "32", "--heads", "4", "--kv-heads", "2", "--mlp", "48", "--vocab", "300", "--suite", "4",
+           "--text", "2", "--text-len", "32", "--steps", "1", "--warmup", "1"]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()
+    rows = {r["variant"]: r for r in map(json.loads, (line for line in out if line.startswith("{")))}
+    assert set(rows) == {"padded", "packed", "padded again"}
+    assert rows["packed"]["aten_ops_per_step"] < rows["padded"]["aten_ops_per_step"]
+    assert rows["padded"]["aten_ops_per_step"] == rows["padded again"]["aten_ops_per_step"]
