@@ -203,6 +203,12 @@ class Decoder(nn.Module):
         """
         x = self.embed(input_ids, pixel_values) if inputs_embeds is None else inputs_embeds
         b, L = x.shape[:2]
+        if logits_at is not None:  # checked before the layers run, not after
+            if logits_to_keep:
+                raise ValueError("give logits_to_keep or logits_at, not both")
+            if logits_at.dtype != torch.bool or logits_at.shape != (b, L):
+                raise ValueError(f"logits_at: give a bool mask of shape {(b, L)}, got {logits_at.dtype} "
+                                 f"{tuple(logits_at.shape)}")  # fmt: skip
         past = 0 if cache is None else cache[0].length
         if past + L > self.config.max_position:
             raise MmmambaError(
@@ -229,14 +235,9 @@ class Decoder(nn.Module):
                 out.mixer_outputs.append(mixed)
         if isinstance(cache, ModelCache):
             cache.after_prefill(attention_mask, positions, past, L)
-        if logits_to_keep and logits_at is not None:
-            raise ValueError("give logits_to_keep or logits_at, not both")
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         if logits_at is not None:
-            if logits_at.dtype != torch.bool or logits_at.shape != x.shape[:2]:
-                raise ValueError(f"logits_at: give a bool mask of shape {tuple(x.shape[:2])}, got {logits_at.dtype} "
-                                 f"{tuple(logits_at.shape)}")  # fmt: skip
             x = x[logits_at]  # (b, L, d) → (N, d)
         out.logits = self.lm_head(self.norm(x))
         return out

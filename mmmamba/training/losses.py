@@ -37,7 +37,7 @@ KL_CHUNK_TOKENS = 2048  # tokens whose float32 log-probabilities exist at once i
 
 
 def _kl_rows(teacher_logits: Tensor, student_logits: Tensor, temperature: float) -> Tensor:
-    """(N, V) logits → (N,) KL(teacher ‖ student), in float32."""
+    """(N, V) logits → (N,) KL(teacher ‖ student), in float32 (float64 for float64 logits)."""
     t = F.log_softmax(wide(teacher_logits) / temperature, dim=-1)
     s = F.log_softmax(wide(student_logits) / temperature, dim=-1)
     return (t.exp() * (t - s)).sum(-1)
