@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mmmamba.bench.speed import hovle_config  # noqa: E402
+from mmmamba.bench.speed import add_shape_arguments, hovle_config  # noqa: E402
 from mmmamba.models import Decoder, VisionConfig  # noqa: E402
 from mmmamba.training.losses import masked_ce, next_token_loss  # noqa: E402
 from mmmamba.training.optim import OptimConfig, make_adamw  # noqa: E402
@@ -106,12 +106,7 @@ def step_arguments(doc: str) -> argparse.ArgumentParser:
     """The model shape (SmolLM2-135M's) and the step's make-up, shared with gpu_tune_step.py."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--layers", type=int, default=30)
-    ap.add_argument("--hidden", type=int, default=576)
-    ap.add_argument("--heads", type=int, default=9)
-    ap.add_argument("--kv-heads", type=int, default=3)
-    ap.add_argument("--mlp", type=int, default=1536)
-    ap.add_argument("--vocab", type=int, default=49155)
+    add_shape_arguments(ap, layers=30, hidden=576, heads=9, kv_heads=3, mlp=1536, vocab=49155)
     ap.add_argument("--suite", type=int, default=128, help="suite rows a step")
     ap.add_argument("--question", type=int, default=14, help="question tokens a row (besides the image)")
     ap.add_argument("--answer", type=int, default=4, help="answer tokens a row (the targets)")

@@ -20,10 +20,11 @@ import time
 import torch
 import torch.distributed as dist
 
+from mmmamba.bench.speed import add_shape_arguments, hovle_config
 from mmmamba.convert import convert_to_mamba
 from mmmamba.data.conversations import Batch
 from mmmamba.distill.stages import STAGES, select_trainable, stage_loss
-from mmmamba.models import Decoder, DecoderConfig
+from mmmamba.models import Decoder
 from mmmamba.training.loop import train_loop
 from mmmamba.training.optim import NonFiniteGuard, make_adamw
 from mmmamba.training.parallel import init_from_env, layer_owners, shard_fsdp
@@ -32,12 +33,7 @@ from mmmamba.training.parallel import init_from_env, layer_owners, shard_fsdp
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--layers", type=int, default=8)
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--kv-heads", type=int, default=8)
-    p.add_argument("--mlp", type=int, default=8192)
-    p.add_argument("--vocab", type=int, default=32000)
+    add_shape_arguments(p, layers=8, hidden=2048, heads=16, kv_heads=8, mlp=8192, vocab=32000)
     p.add_argument("--global-batch", type=int, default=16, help="samples per step over all processes")
     p.add_argument("--seq-len", type=int, default=2048, help="longest sample")
     p.add_argument("--min-len", type=int, default=512, help="shortest sample (lengths uniform in between)")
@@ -76,12 +72,7 @@ def main() -> None:
     args = parse_args()
     comm, device = init_from_env(args.device)
     torch.manual_seed(0)
-    cfg = DecoderConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
-        num_kv_heads=args.kv_heads, head_dim=args.hidden // args.heads, intermediate_size=args.mlp,
-        rope_theta=1e6, max_position=args.global_batch * args.seq_len + 8,
-        mamba={"chunk_size": 64, "ssd_backend": args.ssd_backend},
-    )  # fmt: skip
+    cfg = hovle_config(args, max_position=args.global_batch * args.seq_len + 8)
     with torch.device(device):
         teacher = Decoder(cfg)
     first = convert_to_mamba(teacher, [])

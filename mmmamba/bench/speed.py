@@ -33,6 +33,17 @@ from .timing import cuda_time_ms, device_bandwidth
 MODELS = ("linear", "hybrid", "teacher", "hf")
 
 
+def add_shape_arguments(p, layers: int, hidden: int, heads: int, kv_heads: int, mlp: int, vocab: int) -> None:
+    """The decoder shape ``hovle_config`` reads (--layers --hidden --heads --kv-heads --mlp --vocab), with a
+    script's own defaults."""
+    p.add_argument("--layers", type=int, default=layers)
+    p.add_argument("--hidden", type=int, default=hidden)
+    p.add_argument("--heads", type=int, default=heads)
+    p.add_argument("--kv-heads", type=int, default=kv_heads)
+    p.add_argument("--mlp", type=int, default=mlp)
+    p.add_argument("--vocab", type=int, default=vocab)
+
+
 def hovle_config(args, max_position: int) -> DecoderConfig:
     return DecoderConfig(
         vocab_size=args.vocab,
@@ -285,12 +296,7 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="folder for speed.json")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--contexts", type=int, nargs="+", default=[4096, 16384, 32768, 65536, 103424, 131072])
-    p.add_argument("--layers", type=int, default=32)
-    p.add_argument("--hidden", type=int, default=2048)
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--kv-heads", type=int, default=8)
-    p.add_argument("--mlp", type=int, default=8192)
-    p.add_argument("--vocab", type=int, default=92553)
+    add_shape_arguments(p, layers=32, hidden=2048, heads=16, kv_heads=8, mlp=8192, vocab=92553)  # HoVLE's
     p.add_argument("--new-tokens", type=int, default=256, help="tokens generated for the tokens/s column")
     p.add_argument("--decode-steps", type=int, default=30, help="timed decode steps (median)")
     p.add_argument("--warmup", type=int, default=5)
