@@ -15,7 +15,9 @@
 # The machine keeps everything only while held: issue each next call within its 30 s idle window.
 # JOB=deep (given to `start`) runs issue #15 instead: scripts/vlm_teacher_tables.sh (graft SmolLM2 into a
 # VLM teacher, tune it, distil the deep ablation grid, report) with its budget variables (EMBED_STEPS,
-# TUNE_STEPS, TUNE_LR, TUNE_BATCH, TUNE_PACK, TUNE_EVAL_EVERY, TOTAL_STEPS, JOBS, SUITE, RUNS, START_WITHIN); results in $OUT/deep.tar.gz. The teacher
+# TUNE_STEPS, TUNE_LR, TUNE_BATCH, TUNE_PACK, TUNE_EVAL_EVERY, TOTAL_STEPS, JOBS, SUITE, RUNS, START_WITHIN;
+# RUNS2 with DISTILL_ARGS2 and JOBS2: a second recipe's rows beside them, in ablations_2/), then
+# scripts/gpu_tune_step.py (padded vs packed teacher step); results in $OUT/deep.tar.gz. The teacher
 # is tuned while fla warms up (it has no scan; the four warm-up processes get 2 CPU threads each, so
 # that they do not each start one per core beside it); the scale rows are skipped.
 #
@@ -40,14 +42,14 @@ SMOL=(--layers 30 --hidden 576 --heads 9 --kv-heads 3 --mlp 1536 --vocab 49152 -
 HOVLE=(--layers 32 --vocab 92553 --global-batch 8 --seq-len 2048 --min-len 512 --steps 6 --modes fsdp --pack 1
        --ssd-backend fla --checkpoint)
 collect() {
-  cp "$W"/queue.log "$W"/*.jsonl "$W"/warm_*.txt "$OUT"/ 2>/dev/null
+  cp "$W"/queue.log "$W"/*.jsonl "$W"/warm_*.txt "$W"/tune_step.txt "$OUT"/ 2>/dev/null
   [ -d "$W/run" ] && (cd "$W/run" && tar -czf "$OUT/smollm2.tar.gz" $(ls -d summary.md answers.md eval_*.json \
      */run/log.csv */run/loss.png */distill.log */student/config.json */run/after_stage*/config.json chat/meta.json \
      eval_*.log 2>/dev/null))
-  [ -d "$W/deep" ] && (cd "$W/deep" && tar -czf "$OUT/deep.tar.gz" $(ls -d RESULTS_deep.md deep_chart.png quality.json \
+  [ -d "$W/deep" ] && (cd "$W/deep" && tar -czf "$OUT/deep.tar.gz" $(ls -d RESULTS_deep*.md deep_chart*.png quality*.json \
      teacher_eval.json teacher_answers.jsonl teacher_choice.json teacher*/teacher_report.json teacher*/tune_log.csv \
-     teacher*/tune_config.json ablations/*/result.json \
-     ablations/*/run/log.csv ablations/*/stdout.log tune_lr*.log ablations/*/eval.json ablations/*/text.json ablations/*/answers.jsonl 2>/dev/null))
+     teacher*/tune_config.json tune_lr*.log ablations*/*/result.json ablations*/*/run/log.csv ablations*/*/stdout.log \
+     ablations*/*/eval.json ablations*/*/text.json ablations*/*/answers.jsonl 2>/dev/null))
 }
 case "${1:-}" in
 start)
@@ -58,7 +60,8 @@ start)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   echo "STEPS=${STEPS:-100,100,200} BATCH=${BATCH:-64} LR_SCALE=${LR_SCALE:-3} SSD=${SSD:-fla} EVAL_EVERY=${EVAL_EVERY:-50}" \
     > "$W/settings"
-  for v in JOB EMBED_STEPS TUNE_STEPS TUNE_LR TUNE_BATCH TUNE_PACK TUNE_EVAL_EVERY TOTAL_STEPS JOBS SUITE RUNS START_WITHIN; do  # JOB=deep: issue #15's queue
+  for v in JOB EMBED_STEPS TUNE_STEPS TUNE_LR TUNE_BATCH TUNE_PACK TUNE_EVAL_EVERY TOTAL_STEPS JOBS SUITE RUNS START_WITHIN \
+           RUNS2 JOBS2 DISTILL_ARGS2; do  # JOB=deep: issue #15's queue
     [ -z "${!v:-}" ] || printf '%s=%q\n' "$v" "${!v}" >> "$W/settings"
   done
   setsid nohup bash "$W/repo/scripts/gpu_smollm2_session.sh" queue > "$W/queue.log" 2>&1 < /dev/null &
@@ -99,7 +102,12 @@ queue)
     deep() { PY=python3 R=$W/deep GGUF=$G TEXT=$W/run/text BATCH=$BATCH SSD=$SSD bash scripts/vlm_teacher_tables.sh; }
     (STOP_AFTER=teacher deep; say "teacher rc $?")
     wait; say "warm-up done"
+    if [ -n "${RUNS2:-}" ]; then  # a second recipe (DISTILL_ARGS2) beside the first, on the same teacher
+      (ABL=ablations_2 DISTILL_ARGS="${DISTILL_ARGS2:-}" RUNS=$RUNS2 JOBS=${JOBS2:-$JOBS} deep; say "second recipe rc $?") &
+    fi
     deep; say "deep pipeline rc $?"
+    wait
+    timeout 120 python3 scripts/gpu_tune_step.py > "$W/tune_step.txt" 2>&1; say "tune step rc $?"
     touch "$W/queue.done"; exit 0
   fi
   # the teacher, prompts and chat set (bf16 generation) while the warm-up runs; the students wait for it
