@@ -6,6 +6,7 @@ import torch
 from mmmamba.convert import convert_to_mamba
 from mmmamba.data.conversations import Example, collate, pack
 from mmmamba.distill.stages import STAGES, select_trainable, stage_loss
+from mmmamba.errors import MmmambaError
 from mmmamba.layers import Mamba2Mixer
 from mmmamba.models import Decoder, DecoderConfig
 from mmmamba.ops import causal_conv1d
@@ -63,6 +64,22 @@ def test_packed_forward_equals_each_sample_alone():
             for e, s in zip(ex, starts):
                 alone = model(torch.tensor([e.ids])).logits
                 torch.testing.assert_close(out[:, s : s + len(e.ids)], alone, rtol=1e-10, atol=1e-10)
+
+
+def test_packed_row_longer_than_max_position_needs_only_its_samples_to_fit():
+    """Positions restart at each sample, so a packed row may exceed max_position; a sample may not."""
+    teacher, student = models()
+    for model in (teacher, student):
+        model.config.max_position = max(LENGTHS)  # the row holds sum(LENGTHS) = 25 tokens
+        ex = examples()
+        packed = pack(ex)
+        out = model(packed.input_ids, cu_seqlens=packed.cu_seqlens).logits
+        for e, s in zip(ex, packed.cu_seqlens.tolist()):
+            alone = model(torch.tensor([e.ids])).logits
+            torch.testing.assert_close(out[:, s : s + len(e.ids)], alone, rtol=1e-10, atol=1e-10)
+        model.config.max_position = max(LENGTHS) - 1
+        with pytest.raises(MmmambaError, match=f"sequence of {max(LENGTHS)} tokens exceeds the model's max_position"):
+            model(packed.input_ids, cu_seqlens=packed.cu_seqlens)
 
 
 def loss_and_grads(stage, teacher, student, params, batch):

@@ -210,9 +210,12 @@ class Decoder(nn.Module):
                 raise ValueError(f"logits_at: give a bool mask of shape {(b, L)}, got {logits_at.dtype} "
                                  f"{tuple(logits_at.shape)}")  # fmt: skip
         past = 0 if cache is None else cache[0].length
-        if past + L > self.config.max_position:
+        longest = past + L
+        if cu_seqlens is not None:  # a packed row's positions restart at each sample: its longest must fit
+            longest = int(cu_seqlens.diff().max()) if cu_seqlens.numel() > 1 else 0
+        if longest > self.config.max_position:
             raise MmmambaError(
-                f"sequence of {past + L} tokens exceeds the model's max_position {self.config.max_position}; "
+                f"sequence of {longest} tokens exceeds the model's max_position {self.config.max_position}; "
                 "shorten the prompt"
             )
         if cu_seqlens is not None:
