@@ -14,11 +14,12 @@
 # anything). Budget: EMBED_STEPS, TUNE_STEPS, TUNE_LR, TUNE_BATCH, TOTAL_STEPS (each distillation run; split 1:1:2 over the
 # stages it runs), BATCH, JOBS (runs side by side on one GPU), SUITE (samples per family), RUNS (a subset).
 # Resumable: finished steps are skipped.
-# Run on one H200 on 2026-11-29 in three sessions (RESULTS.md, BENCHMARKS §5d–5f, through
+# Run on one H200 on 2026-11-29 in four sessions (RESULTS.md, BENCHMARKS §5d–5h, through
 # scripts/gpu_smollm2_session.sh with JOB=deep): runs A and B tuned one teacher at lr 1e-4, batch 64 on
-# 3 000 samples a family (0.826, 0.819); run C, the defaults below, tuned three side by side at batch 128 on
+# 3 000 samples a family (0.826, 0.819); run C (the teacher defaults below) tuned three side by side at batch 128 on
 # 8 000 a family and kept lr 3e-4 by validation accuracy (test 0.944; 918 s from the queue's start), then
-# distilled seven rows side by side (464–526 s each).
+# distilled seven rows side by side (464–526 s each); run D tuned 3e-4 alone for 1 500 steps (test 0.944 again,
+# 670 s) and distilled five rows at TOTAL_STEPS=480 (532–608 s each).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -26,14 +27,14 @@ R=${R:-runs/deep}
 GGUF=${GGUF:?give GGUF=path/to/SmolLM2-135M-Instruct.Q4_1.gguf}
 TEXT=${TEXT:?give TEXT=a mmmamba data text folder built with the SmolLM2 tokenizer}
 DATA_SEED=${DATA_SEED:-1129}
-# Defaults: the settings of run C in RESULTS.md (H200, 2026-11-29): teacher 0.944 on test.
+# Defaults: run C's teacher recipe in RESULTS.md (H200, 2026-11-29; test 0.944) and run D's distillation budget.
 EMBED_STEPS=${EMBED_STEPS:-150}
 TUNE_STEPS=${TUNE_STEPS:-1000}
 TUNE_LR=${TUNE_LR:-1.5e-4 3e-4 6e-4}  # phase `all`; several: tuned side by side, best on val kept (pick_teacher.py)
-TOTAL_STEPS=${TOTAL_STEPS:-240}
+TOTAL_STEPS=${TOTAL_STEPS:-480}  # run D: every ratio rose from 240 to 480 (RESULTS.md)
 BATCH=${BATCH:-64}
 TUNE_BATCH=${TUNE_BATCH:-128}  # task-suite samples a teacher step
-TUNE_PACK=${TUNE_PACK:-0}  # 1: `teacher tune --pack` (one packed forward a step; the same loss; not yet timed on a GPU)
+TUNE_PACK=${TUNE_PACK:-0}  # 1: `teacher tune --pack`: the same loss, 1.3-1.5x faster a step, 2x peak memory (§5h)
 PACK_ARG=(); [ "$TUNE_PACK" != 1 ] || PACK_ARG=(--pack)
 JOBS=${JOBS:-7}  # each row peaks near 17.5 GB at BATCH=64: 8 overfilled an H200 (two rows retried)
 SSD=${SSD:-auto}
