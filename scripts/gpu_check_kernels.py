@@ -11,6 +11,8 @@ Checks, each at several shapes with odd lengths:
 3. ``DecodeStep`` (eager static step, CUDA graph, torch.compile + graph) against ``Decoder.forward``
    token by token, for a teacher, a linear and a hybrid model, fp32 and bf16, left-padded batch.
 4. The Mamba-2 mixer's parameter gradients with the fla backend against the torch backend.
+5. A packed row of mixed lengths through the attention teacher (SDPA on the row unpacked to one
+   sample a row) against each sample alone in float64: logits and parameter gradients, fp32 and bf16.
 Prints one PASS/FAIL line per check and exits 1 if any failed.
 """
 
@@ -186,9 +188,36 @@ def check_mixer_grads():
         check(f"mixer grad {n} fla+bf16 autocast vs torch fp32", rel(grads["fla"][n], grads["torch"][n]), 5e-2)
 
 
+def check_packed_attention():
+    """A packed row of samples of mixed lengths (SDPA on the row unpacked to one sample a row) against
+    each sample alone in float64: logits and the gradients of every parameter, fp32 and bf16 autocast."""
+    lengths = [35, 40, 512, 33, 1, 64, 65, 7]
+    torch.manual_seed(0)
+    cfg = DecoderConfig(vocab_size=97, hidden_size=128, num_layers=2, num_heads=8, num_kv_heads=2, head_dim=16,
+                        intermediate_size=256, max_position=512)  # fmt: skip
+    ref = Decoder(cfg).double()
+    ids = [torch.randint(0, 97, (n,)) for n in lengths]
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device="cuda")
+    alone = [ref(i[None]).logits[0] for i in ids]
+    sum(a.float().pow(2).mean() for a in alone).backward()
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
+        model = Decoder(cfg).cuda()
+        model.load_state_dict(ref.state_dict())
+        with torch.autocast("cuda", dtype, enabled=dtype != torch.float32):
+            logits = model(torch.cat(ids)[None].cuda(), cu_seqlens=cu).logits[0]
+        pieces = logits.float().cpu().split(lengths)
+        check(f"packed attention {str(dtype)[6:]} logits", max(rel(a, b) for a, b in zip(pieces, alone)), tol)
+        sum(a.pow(2).mean() for a in pieces).backward()
+        worst = max(rel(p.grad.cpu(), r.grad) for p, r in zip(model.parameters(), ref.parameters()))
+        check(f"packed attention {str(dtype)[6:]} grads", worst, tol * 4)
+
+
 if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = False
-    groups = {f.__name__: f for f in (check_scan, check_decode_attention, check_decode_steps, check_mixer_grads)}
+    groups = {
+        f.__name__: f
+        for f in (check_scan, check_decode_attention, check_decode_steps, check_mixer_grads, check_packed_attention)
+    }
     only = [a for a in sys.argv[2:]]  # optional: the groups to run, e.g. check_decode_steps
     for fn in (groups[name] for name in only) if only else groups.values():
         print(f"-- {fn.__name__}", flush=True)

@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import MmmambaError
 from ..layers import Attention, DecodeContext, Mamba2Mixer, RMSNorm, SwiGLU
 from ..ops.decode_attention import BACKENDS as ATTENTION_BACKENDS
-from ..ops.packing import sample_positions
+from ..ops.packing import Unpacker
 from ..ops.ssd import BACKENDS as SSD_BACKENDS
 from .cache import ModelCache
 from .checkpoint import MAX_SHARD_BYTES, save_checkpoint
@@ -212,14 +212,15 @@ class Decoder(nn.Module):
         past = 0 if cache is None else cache[0].length
         longest = past + L
         if cu_seqlens is not None:  # a packed row's positions restart at each sample: its longest must fit
-            longest = int(cu_seqlens.diff().max()) if cu_seqlens.numel() > 1 else 0
+            rows = Unpacker.of(cu_seqlens, L, x.device)  # built once a batch, shared with the layers
+            longest = rows.width
         if longest > self.config.max_position:
             raise MmmambaError(
                 f"sequence of {longest} tokens exceeds the model's max_position {self.config.max_position}; "
                 "shorten the prompt"
             )
         if cu_seqlens is not None:
-            positions = sample_positions(cu_seqlens, L, x.device)[1].expand(b, L)
+            positions = rows.pos.expand(b, L)
         elif attention_mask is not None:
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
         else:
