@@ -46,6 +46,7 @@ TEXT_WINDOWS=${TEXT_WINDOWS:-200}
 DISTILL_ARGS=${DISTILL_ARGS:-}  # more `mmmamba distill` flags for every row, e.g. "--ce-weight 1"
 ABL=${ABL:-ablations}  # the rows' folder under $R; another ABL (with DISTILL_ARGS) is a second recipe beside it
 TAG=${ABL#ablations}  # its report: RESULTS_deep$TAG.md, deep_chart$TAG.png, quality$TAG.json
+if [ -n "$TAG" ] && [ "$TAG" = "$ABL" ]; then TAG=_$ABL; fi  # a name not starting with "ablations"
 mm() { echo "+ mmmamba $*" >&2; "$PY" -m mmmamba "$@"; }
 mkdir -p "$R"
 
