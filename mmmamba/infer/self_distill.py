@@ -10,7 +10,6 @@ empty, is dropped (counted in ``meta.json``): training on it would teach the stu
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 
 from ..data.tokenizer import ChatTokenizer
 from ..errors import MmmambaError
-from ..io import parse_json, write_json_atomic, write_text_atomic
+from ..io import parse_json, write_json_atomic, write_jsonl_atomic
 from ..models import Decoder
 from .generate import generate_in_batches
 from .sampling import SamplingConfig
@@ -136,19 +135,16 @@ def self_distill(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for split, recs in splits.items():
-        lines = [
-            json.dumps(
-                {
-                    "id": f"{split}-{i:06d}",
-                    "family": "chat",
-                    "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": a}],
-                }
-                | ({"cut": True} if was_cut else {}),
-                ensure_ascii=False,
-            )
+        rows = [
+            {
+                "id": f"{split}-{i:06d}",
+                "family": "chat",
+                "conversations": [{"from": "human", "value": p}, {"from": "gpt", "value": a}],
+            }
+            | ({"cut": True} if was_cut else {})
             for i, (p, a, was_cut) in enumerate(recs)
         ]
-        write_text_atomic(out / f"{split}.jsonl", "".join(line + "\n" for line in lines))
+        write_jsonl_atomic(out / f"{split}.jsonl", rows)
     s = sampling or SamplingConfig()
     meta = {
         "format": "mmmamba-chat",
