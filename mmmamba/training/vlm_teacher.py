@@ -255,11 +255,14 @@ def step_pieces(data: TuneData, phase: TunePhase, cfg: TuneConfig, step: int, pa
         parts = [(suite, 1.0 - phase.text_weight), ([data.text_train[i] for i in idx], phase.text_weight)]
     if not cfg.pack:
         return [WeightedBatch(collate(examples, pad_id), w) for examples, w in parts]
-    weights = []
-    for examples, w in parts:
-        targets = sum(sum(e.loss_mask[1:]) for e in examples)  # a sample's first token is never a target
-        weights += [torch.full((len(e.ids),), w / max(targets, 1), dtype=torch.float64) for e in examples]
-    return [WeightedBatch(pack([e for examples, _ in parts for e in examples]), 1.0, torch.cat(weights)[None])]
+    batch = pack([e for examples, _ in parts for e in examples])
+    weights, start = [], 0
+    for examples, w in parts:  # each part's share over its own targets, as pack() masked them
+        n = sum(len(e.ids) for e in examples)
+        targets = int(batch.loss_mask[0, start : start + n].sum())
+        weights.append(torch.full((n,), w / max(targets, 1), dtype=torch.float64))
+        start += n
+    return [WeightedBatch(batch, 1.0, torch.cat(weights)[None])]
 
 
 def piece_loss(model: Decoder, piece: WeightedBatch) -> torch.Tensor:
