@@ -12,7 +12,8 @@
 # scripts/gpu_smollm2_session.sh); it is mixed into the teacher's training and distillation, and its test
 # split gives every model's text perplexity. DATA_SEED: the task suite's seed (1129: never used to tune
 # anything). Budget: EMBED_STEPS, TUNE_STEPS, TUNE_LR, TUNE_BATCH, TOTAL_STEPS (each distillation run; split 1:1:2 over the
-# stages it runs), BATCH, JOBS (runs side by side on one GPU), SUITE (samples per family), RUNS (a subset).
+# stages it runs), BATCH, JOBS (runs side by side on one GPU), SUITE (samples per family), FAMILY_TRAIN (another
+# train size for a family: the teacher and every row train on it; val and test do not change), RUNS (a subset).
 # Resumable: finished steps are skipped.
 # Run on one H200 on 2026-11-29 in four sessions (RESULTS.md, BENCHMARKS §5d–5h, through
 # scripts/gpu_smollm2_session.sh with JOB=deep): runs A and B tuned one teacher at lr 1e-4, batch 64 on
@@ -39,6 +40,8 @@ PACK_ARG=(); [ "$TUNE_PACK" != 1 ] || PACK_ARG=(--pack)
 JOBS=${JOBS:-7}  # each row peaks near 17.5 GB at BATCH=64: 8 overfilled an H200 (two rows retried)
 SSD=${SSD:-auto}
 SUITE=${SUITE:-8000,40,100}  # task-suite samples per family: train, val, test
+FAMILY_TRAIN=${FAMILY_TRAIN:-}  # other train sizes, e.g. "reverse=32000": more distinct words of the hard family
+FAMILY_ARGS=(); for f in $FAMILY_TRAIN; do FAMILY_ARGS+=(--family-train "$f"); done
 RUNS=${RUNS:-}  # a subset of the deep grid's runs (default: all)
 STOP_AFTER=${STOP_AFTER:-}  # "teacher": stop once the teacher is tuned and scored
 START_WITHIN=${START_WITHIN:-}  # seconds after the grid starts: no row starts later (a device budget)
@@ -52,7 +55,7 @@ mkdir -p "$R"
 
 [ -f "$R/llm/config.json" ] || mm import gguf "$GGUF" --out "$R/llm"
 [ -f "$R/suite/test.jsonl" ] || mm data make --out "$R/suite" --seed "$DATA_SEED" \
-  --train "${SUITE%%,*}" --val "$(echo "$SUITE" | cut -d, -f2)" --test "${SUITE##*,}"
+  --train "${SUITE%%,*}" --val "$(echo "$SUITE" | cut -d, -f2)" --test "${SUITE##*,}" "${FAMILY_ARGS[@]}"
 [ -f "$R/vlm/config.json" ] || mm teacher graft --llm "$R/llm" --out "$R/vlm" --vision fuyu
 tune() {  # $1: the rate of phase `all`, $2: the run folder
   mm teacher tune --init "$R/vlm" --data "$R/suite" --text "$TEXT" --out "$2" --embed-steps "$EMBED_STEPS" \

@@ -228,3 +228,31 @@ def test_a_limited_split_spreads_over_every_family(suite):
     assert read_split(suite, "val", limit=10**9) == full
     assert spread(list(range(10)), 4) == [0, 2, 5, 7]
     assert spread(list(range(3)), None) == [0, 1, 2]
+
+
+def test_family_train_sizes_change_train_only(suite, tmp_path):
+    """`data make --family-train reverse=N`: more distinct samples of one family in train; val and test
+    are the same bytes as without it (train is drawn last), and every train sample is still unique."""
+    out = tmp_path / "more"
+    manifest = make_suite(out, seed=3, sizes=SIZES, family_train={"reverse": 75, "digit": 5})
+    assert manifest["family_train"] == {"reverse": 75, "digit": 5}
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    per_family = {}
+    for r in train:
+        per_family[r["family"]] = per_family.get(r["family"], 0) + 1
+    assert per_family == {f: {"reverse": 75, "digit": 5}.get(f, SIZES["train"]) for f in per_family}
+    assert len({json.dumps([r["family"], r["scenes"], r["conversations"][0]["value"]]) for r in train}) == len(train)
+    for split in ("val", "test"):
+        assert (out / f"{split}.jsonl").read_bytes() == (suite / f"{split}.jsonl").read_bytes()
+    with pytest.raises(ValueError, match="unknown families"):
+        make_suite(tmp_path / "bad", seed=3, sizes=SIZES, family_train={"spelling": 3})
+
+
+@pytest.mark.parametrize("item", ["reverse", "reverse=0", "spelling=10", "reverse=x", "reverse=2000000"])
+def test_family_train_bad_input_is_one_line_exit_2(tmp_path, capsys, item):
+    from mmmamba.cli.main import main
+
+    assert main(["data", "make", "--out", str(tmp_path / "s"), "--family-train", item]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--family-train" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s").exists()

@@ -34,7 +34,8 @@ def test_teacher_sweep_picks_on_validation_links_and_resumes(tmp_path):
                     str(tmp_path / "R" / "llm"), "--seq-len", "64", "--near-duplicate", "2"], **run)  # fmt: skip
     env = dict(os.environ, PY=sys.executable, R=str(tmp_path / "R"), GGUF=str(tmp_path / "tiny.gguf"),
                TEXT=str(tmp_path / "text"), STOP_AFTER="teacher", SUITE="16,8,2", EMBED_STEPS="1", TUNE_STEPS="2",
-               TUNE_EVAL_EVERY="2", TUNE_LR="1e-4 3e-4", TUNE_BATCH="4", BATCH="4")  # fmt: skip
+               TUNE_EVAL_EVERY="2", TUNE_LR="1e-4 3e-4", TUNE_BATCH="4", BATCH="4",
+               FAMILY_TRAIN="reverse=20 digit=3")  # fmt: skip
     script = ["bash", str(ROOT / "scripts" / "vlm_teacher_tables.sh")]
     first = subprocess.run(script, env=env, **run)
     R = tmp_path / "R"
@@ -44,6 +45,7 @@ def test_teacher_sweep_picks_on_validation_links_and_resumes(tmp_path):
     best = max(r["val_accuracy"] for r in choice["runs"] if r["keeps_text"])
     assert [r["val_accuracy"] for r in choice["runs"] if r["run"] == choice["chosen"]] == [best]
     assert json.loads((R / "teacher_eval.json").read_text())["n"] == 16  # 2 test samples x 8 families
+    assert json.loads((R / "suite" / "suite.json").read_text())["family_train"] == {"reverse": 20, "digit": 3}
     for lr in ("1e-4", "3e-4"):  # each tune's own log, side by side
         assert "+ mmmamba teacher tune" in (R / f"tune_lr{lr}.log").read_text()
     assert "+ mmmamba eval" in first.stderr

@@ -189,10 +189,29 @@ def cmd_data_make(args) -> None:
         recall = ()
     if not recall or any(not 1 <= k <= 8 for k in recall):
         raise MmmambaError(f"--recall-images {args.recall_images!r}: give image counts from 1 to 8, e.g. 2,3,4")
+    family_train = _family_sizes(args.family_train or [])
     out = check_output_dir(args.out)
-    check_free_space(out, 8 * 2048 * sum(sizes.values()), "the task suite")  # ~2 KB per PNG, up to 8 families
-    make_suite(out, args.seed, sizes, recall)
-    print(f"wrote {args.out}: train/val/test JSONL + images (seed {args.seed}, per family {sizes})")
+    n = 8 * sum(sizes.values()) + sum(family_train.values())  # up to 8 families
+    check_free_space(out, 2048 * n, "the task suite")  # ~2 KB per PNG
+    make_suite(out, args.seed, sizes, recall, family_train)
+    more = f", train {family_train}" if family_train else ""
+    print(f"wrote {args.out}: train/val/test JSONL + images (seed {args.seed}, per family {sizes}{more})")
+
+
+def _family_sizes(items: list[str]) -> dict[str, int]:
+    """``--family-train reverse=32000`` (repeatable) -> {"reverse": 32000}, each checked."""
+    from ..data.tasks import FAMILIES
+
+    out: dict[str, int] = {}
+    for item in items:
+        family, _, n = item.partition("=")
+        if family not in FAMILIES or not n.isdigit() or not 1 <= int(n) <= 1_000_000 or family in out:
+            raise MmmambaError(
+                f"--family-train {item!r}: give FAMILY=N once per family, N from 1 to 1000000, "
+                f"FAMILY one of {', '.join(FAMILIES)}"
+            )
+        out[family] = int(n)
+    return out
 
 
 def cmd_data_text(args) -> None:
@@ -670,6 +689,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int_in(1, 100_000), default=40, help="validation samples per family")
     p.add_argument("--test", type=int_in(1, 100_000), default=100, help="test samples per family")
     p.add_argument("--recall-images", default="2,3,4", help="image counts of the multi-image recall family")
+    p.add_argument(
+        "--family-train", action="append", metavar="FAMILY=N",
+        help="another train size for one family (repeatable), e.g. reverse=32000: more distinct samples of a "
+        "hard family; val and test do not change",
+    )  # fmt: skip
     p.set_defaults(func=cmd_data_make)
 
     p = dsub.add_parser("text", help="plain text / Markdown / HTML files -> tokenised text corpus (train/val/test)")

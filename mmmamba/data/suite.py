@@ -26,9 +26,18 @@ def digit_pools(n_digits: int, seed: int) -> dict[str, np.ndarray]:
     return {s: np.sort(perm[int(a * n_digits) : int(b * n_digits)]) for s, (a, b) in DIGIT_SHARE.items()}
 
 
-def make_suite(out, seed: int = 0, sizes: dict[str, int] | None = None, recall_images=(2, 3, 4)) -> dict:
-    """Write ``{split}.jsonl`` and ``images/{split}/*.png`` under ``out``; returns the manifest."""
+def make_suite(
+    out, seed: int = 0, sizes: dict[str, int] | None = None, recall_images=(2, 3, 4), family_train=None
+) -> dict:
+    """Write ``{split}.jsonl`` and ``images/{split}/*.png`` under ``out``; returns the manifest.
+
+    ``family_train`` ({family: n}) gives a family another train size than ``sizes["train"]`` (more
+    distinct samples of a hard family). Train is drawn last, so val and test do not change with it."""
     sizes = {"train": 4000, "val": 40, "test": 100, **(sizes or {})}
+    family_train = dict(family_train or {})
+    unknown = sorted(set(family_train) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown families {unknown}; known: {list(FAMILIES)}")
     out = Path(out)
     digit_images, labels = load_uci_digits()
     pools = digit_pools(len(labels), seed)
@@ -37,11 +46,11 @@ def make_suite(out, seed: int = 0, sizes: dict[str, int] | None = None, recall_i
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng([seed, split_index])
         records = []
-        total = sizes[split] * len(FAMILIES)
-        with tqdm(total=total, desc=f"data {split}", unit="sample") as bar:
+        per_family = {f: family_train.get(f, sizes[split]) if split == "train" else sizes[split] for f in FAMILIES}
+        with tqdm(total=sum(per_family.values()), desc=f"data {split}", unit="sample") as bar:
             for family, make in FAMILIES.items():
                 made = 0
-                while made < sizes[split]:
+                while made < per_family[family]:
                     k = {"k": recall_images[made % len(recall_images)]} if family == "recall" else {}
                     scenes, question, answer = make(rng, pools[split], labels, **k)
                     signature = json.dumps([family, scenes, question], sort_keys=True)
@@ -66,6 +75,7 @@ def make_suite(out, seed: int = 0, sizes: dict[str, int] | None = None, recall_i
     manifest = {
         "seed": seed,
         "sizes": sizes,
+        "family_train": family_train,
         "families": list(FAMILIES),
         "recall_images": list(recall_images),
         "digit_pools": {s: p.tolist() for s, p in pools.items()},
