@@ -15,12 +15,13 @@
 # stages it runs), BATCH, JOBS (runs side by side on one GPU), SUITE (samples per family), FAMILY_TRAIN (another
 # train size for a family: the teacher and every row train on it; val and test do not change), RUNS (a subset).
 # Resumable: finished steps are skipped.
-# Run on one H200 on 2026-11-29 in four sessions (RESULTS.md, BENCHMARKS §5d–5h, through
+# Run on one H200 on 2026-11-29 in five sessions (RESULTS.md, BENCHMARKS §5d–5i, through
 # scripts/gpu_smollm2_session.sh with JOB=deep): runs A and B tuned one teacher at lr 1e-4, batch 64 on
-# 3 000 samples a family (0.826, 0.819); run C (the teacher defaults below) tuned three side by side at batch 128 on
-# 8 000 a family and kept lr 3e-4 by validation accuracy (test 0.944; 918 s from the queue's start), then
-# distilled seven rows side by side (464–526 s each); run D tuned 3e-4 alone for 1 500 steps (test 0.944 again,
-# 670 s) and distilled five rows at TOTAL_STEPS=480 (532–608 s each).
+# 3 000 samples a family (0.826, 0.819); run C tuned three side by side at batch 128 on 8 000 a family and
+# kept lr 3e-4 by validation accuracy (test 0.944); run D tuned 3e-4 alone for 1 500 steps (test 0.944
+# again) and distilled five rows at 480 steps; run E (the defaults below) added 24 000 more distinct
+# `reverse` words to train (FAMILY_TRAIN) and packed the tune: test 0.958, the scored teacher 562 s from
+# the queue's start; three rows at 960 steps, 683-749 s each side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -28,19 +29,21 @@ R=${R:-runs/deep}
 GGUF=${GGUF:?give GGUF=path/to/SmolLM2-135M-Instruct.Q4_1.gguf}
 TEXT=${TEXT:?give TEXT=a mmmamba data text folder built with the SmolLM2 tokenizer}
 DATA_SEED=${DATA_SEED:-1129}
-# Defaults: run C's teacher recipe in RESULTS.md (H200, 2026-11-29; test 0.944) and run D's distillation budget.
+# Defaults: run E in RESULTS.md (H200, 2026-11-29): teacher test 0.958; linear 0.924 of it, auto:8 0.944.
 EMBED_STEPS=${EMBED_STEPS:-150}
-TUNE_STEPS=${TUNE_STEPS:-1000}
-TUNE_LR=${TUNE_LR:-1.5e-4 3e-4 6e-4}  # phase `all`; several: tuned side by side, best on val kept (pick_teacher.py)
-TOTAL_STEPS=${TOTAL_STEPS:-480}  # run D: every ratio rose from 240 to 480 (RESULTS.md)
+TUNE_STEPS=${TUNE_STEPS:-1500}
+TUNE_LR=${TUNE_LR:-3e-4}  # phase `all` (run C's pick on val); several, e.g. "1.5e-4 3e-4 6e-4": tuned side by side,
+# the best on val kept (pick_teacher.py)
+TOTAL_STEPS=${TOTAL_STEPS:-960}  # run E; every ratio rose from 240 to 480 steps in run D (RESULTS.md)
 BATCH=${BATCH:-64}
 TUNE_BATCH=${TUNE_BATCH:-128}  # task-suite samples a teacher step
-TUNE_PACK=${TUNE_PACK:-0}  # 1: `teacher tune --pack`: the same loss, 1.3-1.5x faster a step, 2x peak memory (§5h)
+TUNE_PACK=${TUNE_PACK:-1}  # `teacher tune --pack`: the same loss, 1.3-1.5x faster a step, 2x peak memory (§5h, §5i)
 PACK_ARG=(); [ "$TUNE_PACK" != 1 ] || PACK_ARG=(--pack)
 JOBS=${JOBS:-7}  # each row peaks near 17.5 GB at BATCH=64: 8 overfilled an H200 (two rows retried)
 SSD=${SSD:-auto}
 SUITE=${SUITE:-8000,40,100}  # task-suite samples per family: train, val, test
-FAMILY_TRAIN=${FAMILY_TRAIN:-}  # other train sizes, e.g. "reverse=32000": more distinct words of the hard family
+FAMILY_TRAIN=${FAMILY_TRAIN-reverse=32000}  # other train sizes: more distinct words of the hard family (run E:
+# teacher reverse 0.64 -> 0.80); FAMILY_TRAIN= (empty) for runs A-D's uniform suite
 FAMILY_ARGS=(); for f in $FAMILY_TRAIN; do FAMILY_ARGS+=(--family-train "$f"); done
 RUNS=${RUNS:-}  # a subset of the deep grid's runs (default: all)
 STOP_AFTER=${STOP_AFTER:-}  # "teacher": stop once the teacher is tuned and scored
