@@ -45,6 +45,13 @@ SUITE=${SUITE:-8000,40,100}  # task-suite samples per family: train, val, test
 FAMILY_TRAIN=${FAMILY_TRAIN-reverse=32000}  # other train sizes: more distinct words of the hard family (run E:
 # teacher reverse 0.64 -> 0.80); FAMILY_TRAIN= (empty) for runs A-D's uniform suite
 FAMILY_ARGS=(); for f in $FAMILY_TRAIN; do FAMILY_ARGS+=(--family-train "$f"); done
+DISTILL_FAMILY_TRAIN=${DISTILL_FAMILY_TRAIN:-}  # the rows' own train sizes, e.g. "reverse=32000 position=32000":
+# a second suite of the same seed (val and test the same bytes, so every score is on the same test split) that
+# the rows distil on; the teacher's suite is untouched. Made beside the teacher's tune. "none": the teacher's suite.
+[ "$DISTILL_FAMILY_TRAIN" != none ] || DISTILL_FAMILY_TRAIN=
+ROW_SUITE=$R/suite
+ROW_ARGS=(); for f in $DISTILL_FAMILY_TRAIN; do ROW_ARGS+=(--family-train "$f"); done
+[ -z "$DISTILL_FAMILY_TRAIN" ] || ROW_SUITE=$R/suite_$(echo "$DISTILL_FAMILY_TRAIN" | tr ' =' '_-')
 RUNS=${RUNS:-}  # a subset of the deep grid's runs (default: all)
 STOP_AFTER=${STOP_AFTER:-}  # "teacher": stop once the teacher is tuned and scored
 START_WITHIN=${START_WITHIN:-}  # seconds after the grid starts: no row starts later (a device budget)
@@ -57,8 +64,14 @@ mm() { echo "+ mmmamba $*" >&2; "$PY" -m mmmamba "$@"; }
 mkdir -p "$R"
 
 [ -f "$R/llm/config.json" ] || mm import gguf "$GGUF" --out "$R/llm"
-[ -f "$R/suite/test.jsonl" ] || mm data make --out "$R/suite" --seed "$DATA_SEED" \
+[ -f "$R/suite/suite.json" ] || mm data make --out "$R/suite" --seed "$DATA_SEED" \
   --train "${SUITE%%,*}" --val "$(echo "$SUITE" | cut -d, -f2)" --test "${SUITE##*,}" "${FAMILY_ARGS[@]}"
+rows_suite=
+if [ "$ROW_SUITE" != "$R/suite" ] && [ ! -f "$ROW_SUITE/suite.json" ]; then
+  mm data make --out "$ROW_SUITE" --seed "$DATA_SEED" --train "${SUITE%%,*}" --val "$(echo "$SUITE" | cut -d, -f2)" \
+    --test "${SUITE##*,}" "${ROW_ARGS[@]}" > "$ROW_SUITE.log" 2>&1 &
+  rows_suite=$!
+fi
 [ -f "$R/vlm/config.json" ] || mm teacher graft --llm "$R/llm" --out "$R/vlm" --vision fuyu
 tune() {  # $1: the rate of phase `all`, $2: the run folder
   mm teacher tune --init "$R/vlm" --data "$R/suite" --text "$TEXT" --out "$2" --embed-steps "$EMBED_STEPS" \
@@ -79,10 +92,11 @@ elif [ ! -e "$R/teacher" ]; then  # several rates: tuned side by side, CPU threa
 fi
 [ -f "$R/teacher_eval.json" ] || mm eval --model "$R/teacher" --data "$R/suite" --split test --json "$R/teacher_eval.json" \
   --answers "$R/teacher_answers.jsonl"
+[ -z "$rows_suite" ] || wait "$rows_suite" || { echo "the rows' suite failed: $ROW_SUITE.log" >&2; exit 1; }
 [ "$STOP_AFTER" != teacher ] || exit 0
 
 rc=0  # rows that failed every attempt: the report still covers the finished ones, then the exit says so
-"$PY" scripts/ablations.py --grid deep --teacher "$R/teacher" --data "$R/suite" "$TEXT" --text "$TEXT" \
+"$PY" scripts/ablations.py --grid deep --teacher "$R/teacher" --data "$ROW_SUITE" "$TEXT" --text "$TEXT" \
   --out "$R/$ABL" --total-steps "$TOTAL_STEPS" --batch-size "$BATCH" --lr-scale 3 --jobs "$JOBS" \
   --distill-args "--pack --micro-batch 32 --ssd-backend $SSD $DISTILL_ARGS" --teacher-eval "$R/teacher_eval.json" \
   --text-windows "$TEXT_WINDOWS" ${RUNS:+--runs $RUNS} ${START_WITHIN:+--start-within $START_WITHIN} || rc=$?

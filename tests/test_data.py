@@ -244,6 +244,7 @@ def test_family_train_sizes_change_train_only(suite, tmp_path):
     assert len({json.dumps([r["family"], r["scenes"], r["conversations"][0]["value"]]) for r in train}) == len(train)
     for split in ("val", "test"):
         assert (out / f"{split}.jsonl").read_bytes() == (suite / f"{split}.jsonl").read_bytes()
+        assert folder_digest(out / "images" / split) == folder_digest(suite / "images" / split)
     with pytest.raises(ValueError, match="unknown families"):
         make_suite(tmp_path / "bad", seed=3, sizes=SIZES, family_train={"spelling": 3})
 
