@@ -50,7 +50,7 @@ collect() {
      eval_*.log 2>/dev/null))
   [ -d "$W/deep" ] && (cd "$W/deep" && tar -czf "$OUT/deep.tar.gz" $(ls -d RESULTS_deep*.md deep_chart*.png quality*.json \
      teacher_eval.json teacher_answers.jsonl teacher_choice.json teacher*/teacher_report.json teacher*/tune_log.csv \
-     teacher*/tune_config.json tune_lr*.log ablations*/*/result.json ablations*/*/run/log.csv ablations*/*/stdout.log \
+     teacher*/tune_val_families.jsonl teacher*/tune_config.json tune_lr*.log ablations*/*/result.json ablations*/*/run/log.csv ablations*/*/stdout.log \
      ablations*/*/eval.json ablations*/*/text.json ablations*/*/answers.jsonl 2>/dev/null))
 }
 case "${1:-}" in

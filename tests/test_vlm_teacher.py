@@ -188,10 +188,16 @@ def test_tune_trains_the_embedding_first_then_everything_and_resumes(vlm_dir, su
     assert json.loads((out / "teacher_report.json").read_text())["phases"][0]["trainable"] == "vision"
     rows = (out / "tune_log.csv").read_text().splitlines()
     assert [r.split(",")[:2] for r in rows[1:]] == [["embed", "1"], ["embed", "2"], ["all", "1"], ["all", "2"]]
+    families = [json.loads(line) for line in (out / "tune_val_families.jsonl").read_text().splitlines()]
+    assert [[f["phase"], str(f["step"])] for f in families] == [r.split(",")[:2] for r in rows[1:]]
+    for f, r in zip(families, rows[1:]):  # the val mean in the CSV is the mean of these per-family accuracies
+        mean = sum(f["per_family"].values()) / len(f["per_family"])
+        assert float(r.split(",")[4]) == pytest.approx(mean, abs=1e-4)
     # a second run finds both phases done: no step is taken, the weights stay
     again = tune_vlm_teacher(vlm_dir, suite, [text], out, cfg)
     assert again["suite_test"] == report["suite_test"]
     assert (out / "tune_log.csv").read_text().splitlines() == rows
+    assert len((out / "tune_val_families.jsonl").read_text().splitlines()) == len(families)
     assert all(torch.equal(final[k], v) for k, v in load_checkpoint(out).state_dict().items())
     # --pack changes how a step is computed, not what: it is not a setting a rerun must repeat
     assert (

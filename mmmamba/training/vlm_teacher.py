@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -290,11 +291,18 @@ def _run_phase(model, tok, data: TuneData, phase: TunePhase, cfg: TuneConfig, ou
 
     def after_step(r: StepReport) -> bool:
         if r.step % cfg.eval_every == 0 or r.step == phase.steps:
-            acc = score(data.suite_val, predict(model, tok, data.suite_val, progress=False))["mean_accuracy"]
+            val = score(data.suite_val, predict(model, tok, data.suite_val, progress=False))
+            acc, families = val["mean_accuracy"], val["per_family"]
             ppl = text_perplexity(model, data.text_val[: cfg.val_limit], device, progress=False)
-            tqdm.write(f"{phase.name} step {r.step}: loss {r.loss:.4f}, val accuracy {acc:.3f}, text val ppl {ppl}")
+            lowest = min(families, key=families.get)
+            tqdm.write(
+                f"{phase.name} step {r.step}: loss {r.loss:.4f}, val accuracy {acc:.3f} "
+                f"(lowest: {lowest} {families[lowest]:.3f}), text val ppl {ppl}"
+            )
             with log.open("a") as f:
                 csv.writer(f).writerow([phase.name, r.step, f"{r.lr:.3e}", f"{r.loss:.5f}", f"{acc:.4f}", ppl or ""])
+            with (out / "tune_val_families.jsonl").open("a") as f:  # per family: levers chosen on val, not test
+                f.write(json.dumps({"phase": phase.name, "step": r.step, "per_family": families}) + "\n")
             save_state(state_dir, model, opt, r.step)
         return False
 
