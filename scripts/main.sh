@@ -15,7 +15,7 @@ fi
 OUT=${OUT:-runs/main}
 STEPS=${STEPS:-600}
 mkdir -p "$OUT"
-[ -f "$OUT/suite/test.jsonl" ] || mmmamba data make --out "$OUT/suite" --seed 0 --train 500 --val 16 --test 50
+[ -f "$OUT/suite/suite.json" ] || mmmamba data make --out "$OUT/suite" --seed 0 --train 500 --val 16 --test 50
 mmmamba eval --model models/tiny-teacher --data "$OUT/suite" --split test --json "$OUT/teacher_eval.json"
 python scripts/ablations.py --teacher models/tiny-teacher --data "$OUT/suite" --out "$OUT/runs" \
   --runs linear hybrid_every4 --total-steps "$STEPS" --batch-size 16 --lr-scale 10 --eval-every 100 \
