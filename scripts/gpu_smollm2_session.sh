@@ -14,7 +14,7 @@
 # fla, packed rows, activation checkpointing) and at SmolLM2 shape, each alone on the GPU.
 # The machine keeps everything only while held: issue each next call within its 30 s idle window.
 # JOB=deep (given to `start`) runs issue #15 instead: scripts/vlm_teacher_tables.sh (graft SmolLM2 into a
-# VLM teacher, tune it, distil the deep ablation grid, report) with its budget variables (EMBED_STEPS,
+# VLM teacher, tune it, distil the deep ablation grid, report) with its variables (DATA_SEED, EMBED_STEPS,
 # TUNE_STEPS, TUNE_LR, TUNE_BATCH, TUNE_PACK, TUNE_EVAL_EVERY, TOTAL_STEPS, JOBS, SUITE, FAMILY_TRAIN,
 # DISTILL_FAMILY_TRAIN, RUNS, START_WITHIN;
 # RUNS2 with DISTILL_ARGS2, JOBS2 and DISTILL_FAMILY_TRAIN2 (default: the first's; "none": the teacher's suite):
@@ -62,7 +62,7 @@ start)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   echo "STEPS=${STEPS:-100,100,200} BATCH=${BATCH:-64} LR_SCALE=${LR_SCALE:-3} SSD=${SSD:-fla} EVAL_EVERY=${EVAL_EVERY:-50}" \
     > "$W/settings"
-  for v in JOB EMBED_STEPS TUNE_STEPS TUNE_LR TUNE_BATCH TUNE_PACK TUNE_EVAL_EVERY TOTAL_STEPS JOBS SUITE FAMILY_TRAIN \
+  for v in JOB DATA_SEED EMBED_STEPS TUNE_STEPS TUNE_LR TUNE_BATCH TUNE_PACK TUNE_EVAL_EVERY TOTAL_STEPS JOBS SUITE FAMILY_TRAIN \
            DISTILL_FAMILY_TRAIN RUNS START_WITHIN RUNS2 JOBS2 DISTILL_ARGS2 DISTILL_FAMILY_TRAIN2 STEP_BENCH; do  # JOB=deep: issue #15's queue
     [ -z "${!v:-}" ] || printf '%s=%q\n' "$v" "${!v}" >> "$W/settings"
   done
@@ -101,7 +101,7 @@ queue)
   echo "$SHA  $G" | sha256sum -c || { rm -f "$G"; say "GGUF checksum failed"; touch "$W/queue.done"; exit 3; }
   if [ "${JOB:-}" = deep ]; then  # issue #15: the teacher has no scan, so it is tuned while fla warms up
     export EMBED_STEPS TUNE_STEPS TUNE_LR TUNE_BATCH TUNE_PACK TUNE_EVAL_EVERY TOTAL_STEPS JOBS SUITE FAMILY_TRAIN RUNS \
-      START_WITHIN DISTILL_FAMILY_TRAIN
+      START_WITHIN DISTILL_FAMILY_TRAIN DATA_SEED
     deep() { PY=python3 R=$W/deep GGUF=$G TEXT=$W/run/text BATCH=$BATCH SSD=$SSD bash scripts/vlm_teacher_tables.sh; }
     (STOP_AFTER=teacher deep; say "teacher rc $?")
     wait; say "warm-up done"
