@@ -133,7 +133,8 @@ def run_one(name: str, args) -> dict | None:
     if keep.startswith("AUTO_RELATIVE:"):  # auto:K ranked by relative error (convert --auto-rank relative)
         keep_args = ["--keep-attention", "auto:" + keep.split(":")[1], "--auto-rank", "relative"]
     commands = [
-        ["convert", "--teacher", args.teacher, *keep_args, "--init", init, "--out", f"{out}/student"],
+        ["convert", "--teacher", args.teacher, *keep_args, "--init", init, "--out", f"{out}/student",
+         *shlex.split(args.convert_args)],  # fmt: skip
         [
             "distill",
             "--teacher",
@@ -256,6 +257,7 @@ def main():
     p.add_argument("--lr-scale", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--distill-args", default="", help="more distill flags, e.g. '--pack --ssd-backend fla'")
+    p.add_argument("--convert-args", default="", help="more convert flags for every row, e.g. '--conv-kernel 4'")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (small models leave a GPU idle)")
     p.add_argument(
         "--retries",

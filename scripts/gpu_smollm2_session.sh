@@ -16,8 +16,9 @@
 # JOB=deep (given to `start`) runs issue #15 instead: scripts/vlm_teacher_tables.sh (graft SmolLM2 into a
 # VLM teacher, tune it, distil the deep ablation grid, report) with its variables (DATA_SEED, EMBED_STEPS,
 # TUNE_STEPS, TUNE_LR, TUNE_BATCH, TUNE_PACK, TUNE_EVAL_EVERY, TOTAL_STEPS, JOBS, SUITE, FAMILY_TRAIN,
-# DISTILL_FAMILY_TRAIN, RUNS, START_WITHIN;
-# RUNS2 with DISTILL_ARGS2, JOBS2 and DISTILL_FAMILY_TRAIN2 (default: the first's; "none": the teacher's suite):
+# DISTILL_FAMILY_TRAIN, CONVERT_ARGS, RUNS, START_WITHIN;
+# RUNS2 with DISTILL_ARGS2, CONVERT_ARGS2, JOBS2 and DISTILL_FAMILY_TRAIN2 (default: the first's; "none": the
+# teacher's suite):
 # a second recipe's rows beside them, in ablations_2/), then
 # scripts/gpu_tune_step.py (padded vs packed teacher step; STEP_BENCH=0 skips it); results in $OUT/deep.tar.gz. The teacher
 # is tuned while fla warms up (it has no scan; the four warm-up processes get 2 CPU threads each, so
@@ -63,7 +64,8 @@ start)
   echo "STEPS=${STEPS:-100,100,200} BATCH=${BATCH:-64} LR_SCALE=${LR_SCALE:-3} SSD=${SSD:-fla} EVAL_EVERY=${EVAL_EVERY:-50}" \
     > "$W/settings"
   for v in JOB DATA_SEED EMBED_STEPS TUNE_STEPS TUNE_LR TUNE_BATCH TUNE_PACK TUNE_EVAL_EVERY TOTAL_STEPS JOBS SUITE FAMILY_TRAIN \
-           DISTILL_FAMILY_TRAIN RUNS START_WITHIN RUNS2 JOBS2 DISTILL_ARGS2 DISTILL_FAMILY_TRAIN2 STEP_BENCH; do  # JOB=deep: issue #15's queue
+           DISTILL_FAMILY_TRAIN CONVERT_ARGS RUNS START_WITHIN RUNS2 JOBS2 DISTILL_ARGS2 DISTILL_FAMILY_TRAIN2 CONVERT_ARGS2 \
+           STEP_BENCH; do  # JOB=deep: issue #15's queue
     [ -z "${!v:-}" ] || printf '%s=%q\n' "$v" "${!v}" >> "$W/settings"
   done
   setsid nohup bash "$W/repo/scripts/gpu_smollm2_session.sh" queue > "$W/queue.log" 2>&1 < /dev/null &
@@ -101,12 +103,12 @@ queue)
   echo "$SHA  $G" | sha256sum -c || { rm -f "$G"; say "GGUF checksum failed"; touch "$W/queue.done"; exit 3; }
   if [ "${JOB:-}" = deep ]; then  # issue #15: the teacher has no scan, so it is tuned while fla warms up
     export EMBED_STEPS TUNE_STEPS TUNE_LR TUNE_BATCH TUNE_PACK TUNE_EVAL_EVERY TOTAL_STEPS JOBS SUITE FAMILY_TRAIN RUNS \
-      START_WITHIN DISTILL_FAMILY_TRAIN DATA_SEED
+      START_WITHIN DISTILL_FAMILY_TRAIN DATA_SEED CONVERT_ARGS
     deep() { PY=python3 R=$W/deep GGUF=$G TEXT=$W/run/text BATCH=$BATCH SSD=$SSD bash scripts/vlm_teacher_tables.sh; }
     (STOP_AFTER=teacher deep; say "teacher rc $?")
     wait; say "warm-up done"
     if [ -n "${RUNS2:-}" ]; then  # a second recipe (DISTILL_ARGS2) beside the first, on the same teacher
-      (ABL=ablations_2 DISTILL_ARGS="${DISTILL_ARGS2:-}" RUNS=$RUNS2 JOBS=${JOBS2:-$JOBS} \
+      (ABL=ablations_2 DISTILL_ARGS="${DISTILL_ARGS2:-}" CONVERT_ARGS="${CONVERT_ARGS2:-}" RUNS=$RUNS2 JOBS=${JOBS2:-$JOBS} \
         DISTILL_FAMILY_TRAIN="${DISTILL_FAMILY_TRAIN2-${DISTILL_FAMILY_TRAIN:-}}" deep; say "second recipe rc $?") &
     fi
     deep; say "deep pipeline rc $?"

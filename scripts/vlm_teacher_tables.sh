@@ -57,6 +57,7 @@ STOP_AFTER=${STOP_AFTER:-}  # "teacher": stop once the teacher is tuned and scor
 START_WITHIN=${START_WITHIN:-}  # seconds after the grid starts: no row starts later (a device budget)
 TEXT_WINDOWS=${TEXT_WINDOWS:-200}
 DISTILL_ARGS=${DISTILL_ARGS:-}  # more `mmmamba distill` flags for every row, e.g. "--ce-weight 1"
+CONVERT_ARGS=${CONVERT_ARGS:-}  # more `mmmamba convert` flags for every row, e.g. "--conv-kernel 4"
 ABL=${ABL:-ablations}  # the rows' folder under $R; another ABL (with DISTILL_ARGS) is a second recipe beside it
 TAG=${ABL#ablations}  # its report: RESULTS_deep$TAG.md, deep_chart$TAG.png, quality$TAG.json
 if [ -n "$TAG" ] && [ "$TAG" = "$ABL" ]; then TAG=_$ABL; fi  # a name not starting with "ablations"
@@ -98,7 +99,8 @@ fi
 rc=0  # rows that failed every attempt: the report still covers the finished ones, then the exit says so
 "$PY" scripts/ablations.py --grid deep --teacher "$R/teacher" --data "$ROW_SUITE" "$TEXT" --text "$TEXT" \
   --out "$R/$ABL" --total-steps "$TOTAL_STEPS" --batch-size "$BATCH" --lr-scale 3 --jobs "$JOBS" \
-  --distill-args "--pack --micro-batch 32 --ssd-backend $SSD $DISTILL_ARGS" --teacher-eval "$R/teacher_eval.json" \
+  --distill-args "--pack --micro-batch 32 --ssd-backend $SSD $DISTILL_ARGS" --convert-args "$CONVERT_ARGS" \
+  --teacher-eval "$R/teacher_eval.json" \
   --text-windows "$TEXT_WINDOWS" ${RUNS:+--runs $RUNS} ${START_WITHIN:+--start-within $START_WITHIN} || rc=$?
 mm report --runs "$R/$ABL"/*/result.json --teacher-eval "$R/teacher_eval.json" --out "$R/RESULTS_deep$TAG.md" \
   --chart "$R/deep_chart$TAG.png" --quality "$R/quality$TAG.json"

@@ -1,7 +1,7 @@
 """scripts/vlm_teacher_tables.sh up to the teacher, on a tiny GGUF: several rates are tuned side by side,
 the best on validation becomes the teacher (a link), it is scored, and a rerun redoes nothing; then a row of a
-second recipe (ABL, DISTILL_ARGS, its own train mix DISTILL_FAMILY_TRAIN) is distilled beside the first recipe's
-folder and reported on its own."""
+second recipe (ABL, DISTILL_ARGS, CONVERT_ARGS, its own train mix DISTILL_FAMILY_TRAIN) is distilled beside the
+first recipe's folder and reported on its own."""
 
 import json
 import os
@@ -57,12 +57,15 @@ def test_teacher_sweep_picks_on_validation_links_and_resumes(tmp_path):
     scored["mean_accuracy"] = 0.5  # `mmmamba report` refuses (a ratio to 0): a score to report against
     (R / "teacher_eval.json").write_text(json.dumps(scored))
     rows = dict(env, STOP_AFTER="", RUNS="linear", TOTAL_STEPS="4", JOBS="1", SSD="torch", TEXT_WINDOWS="4",
-                ABL="ablations_2", DISTILL_ARGS="--ce-weight 1", DISTILL_FAMILY_TRAIN="position=5")  # fmt: skip
+                ABL="ablations_2", DISTILL_ARGS="--ce-weight 1", DISTILL_FAMILY_TRAIN="position=5",
+                CONVERT_ARGS="--conv-kernel 3")  # fmt: skip
     subprocess.run(script, env=rows, **run)
     result = json.loads((R / "ablations_2" / "linear" / "result.json").read_text())
     assert result["steps"] == [1, 1, 2] and not (R / "ablations").exists()
     distill = [c for c in result["commands"] if c.startswith("mmmamba distill")]
     assert len(distill) == 1 and distill[0].endswith("--ce-weight 1")
+    student = json.loads((R / "ablations_2" / "linear" / "student" / "config.json").read_text())
+    assert student["mamba"]["conv_kernel"] == 3  # CONVERT_ARGS reached `mmmamba convert`
     rows_suite = R / "suite_position-5"  # the rows' own mix; scored on the same test split as the teacher
     assert f"--data {rows_suite} " in distill[0]
     assert json.loads((rows_suite / "suite.json").read_text())["family_train"] == {"position": 5}

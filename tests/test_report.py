@@ -132,7 +132,7 @@ def _grid_args(tmp_path, **kw):
     base = dict(
         grid="deep", out=str(tmp_path / "rows"), start_by=None, teacher=str(tmp_path / "teacher"),
         data=[str(tmp_path / "suite")], total_steps=8, batch_size=2, lr_scale=1.0, eval_every=4,
-        distill_args="", text=None, text_windows=4, jobs=4, retries=1,
+        distill_args="", convert_args="", text=None, text_windows=4, jobs=4, retries=1,
     )  # fmt: skip
     return ablations.argparse.Namespace(**{**base, **kw})
 
