@@ -132,9 +132,9 @@ def run_one(name: str, args) -> dict | None:
     keep_args = ["--keep-attention", keep]
     if keep.startswith("AUTO_RELATIVE:"):  # auto:K ranked by relative error (convert --auto-rank relative)
         keep_args = ["--keep-attention", "auto:" + keep.split(":")[1], "--auto-rank", "relative"]
+    convert = ["convert", "--teacher", args.teacher, *keep_args, "--init", init, "--out", f"{out}/student"]
     commands = [
-        ["convert", "--teacher", args.teacher, *keep_args, "--init", init, "--out", f"{out}/student",
-         *shlex.split(args.convert_args)],  # fmt: skip
+        [*convert, *shlex.split(args.convert_args)],
         [
             "distill",
             "--teacher",
