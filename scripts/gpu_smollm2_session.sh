@@ -91,7 +91,7 @@ watch)
 queue)
   cd "$W/repo"
   t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-  source "$W/settings"
+  set -a; source "$W/settings"; set +a  # every setting given to `start` reaches the scripts the queue runs
   say "warming fla"
   warm=(train64_packed infer64 infer64_fp32 train128_packed)
   [ "${JOB:-}" != deep ] || warm=(train64_packed train64 infer64 infer64_fp32)  # deep: train64 (padded) for validation
@@ -102,8 +102,6 @@ queue)
   if [ ! -f "$G" ]; then cat "$W/gguf.part0" "$W/gguf.part1" > "$G.tmp" && mv "$G.tmp" "$G"; fi
   echo "$SHA  $G" | sha256sum -c || { rm -f "$G"; say "GGUF checksum failed"; touch "$W/queue.done"; exit 3; }
   if [ "${JOB:-}" = deep ]; then  # issue #15: the teacher has no scan, so it is tuned while fla warms up
-    export EMBED_STEPS TUNE_STEPS TUNE_LR TUNE_BATCH TUNE_PACK TUNE_EVAL_EVERY TOTAL_STEPS JOBS SUITE FAMILY_TRAIN RUNS \
-      START_WITHIN DISTILL_FAMILY_TRAIN DATA_SEED CONVERT_ARGS
     deep() { PY=python3 R=$W/deep GGUF=$G TEXT=$W/run/text BATCH=$BATCH SSD=$SSD bash scripts/vlm_teacher_tables.sh; }
     (STOP_AFTER=teacher deep; say "teacher rc $?")
     wait; say "warm-up done"

@@ -44,13 +44,11 @@ SSD=${SSD:-auto}
 SUITE=${SUITE:-8000,40,100}  # task-suite samples per family: train, val, test
 FAMILY_TRAIN=${FAMILY_TRAIN-reverse=32000}  # other train sizes: more distinct words of the hard family (run E:
 # teacher reverse 0.64 -> 0.80); FAMILY_TRAIN= (empty) for runs A-D's uniform suite
-FAMILY_ARGS=(); for f in $FAMILY_TRAIN; do FAMILY_ARGS+=(--family-train "$f"); done
 DISTILL_FAMILY_TRAIN=${DISTILL_FAMILY_TRAIN:-}  # the rows' own train sizes, e.g. "reverse=32000 position=32000":
 # a second suite of the same seed (val and test the same bytes, so every score is on the same test split) that
 # the rows distil on; the teacher's suite is untouched. Made beside the teacher's tune. "none": the teacher's suite.
 [ "$DISTILL_FAMILY_TRAIN" != none ] || DISTILL_FAMILY_TRAIN=
 ROW_SUITE=$R/suite
-ROW_ARGS=(); for f in $DISTILL_FAMILY_TRAIN; do ROW_ARGS+=(--family-train "$f"); done
 [ -z "$DISTILL_FAMILY_TRAIN" ] || ROW_SUITE=$R/suite_$(echo "$DISTILL_FAMILY_TRAIN" | tr ' =' '_-')
 RUNS=${RUNS:-}  # a subset of the deep grid's runs (default: all)
 STOP_AFTER=${STOP_AFTER:-}  # "teacher": stop once the teacher is tuned and scored
@@ -65,12 +63,15 @@ mm() { echo "+ mmmamba $*" >&2; "$PY" -m mmmamba "$@"; }
 mkdir -p "$R"
 
 [ -f "$R/llm/config.json" ] || mm import gguf "$GGUF" --out "$R/llm"
-[ -f "$R/suite/suite.json" ] || mm data make --out "$R/suite" --seed "$DATA_SEED" \
-  --train "${SUITE%%,*}" --val "$(echo "$SUITE" | cut -d, -f2)" --test "${SUITE##*,}" "${FAMILY_ARGS[@]}"
+make_suite() {  # $1: the folder, $2: its other train sizes ("family=N ..."); val and test do not depend on $2
+  local sizes=(); for f in $2; do sizes+=(--family-train "$f"); done
+  mm data make --out "$1" --seed "$DATA_SEED" --train "${SUITE%%,*}" --val "$(echo "$SUITE" | cut -d, -f2)" \
+    --test "${SUITE##*,}" "${sizes[@]}"
+}
+[ -f "$R/suite/suite.json" ] || make_suite "$R/suite" "$FAMILY_TRAIN"
 rows_suite=
 if [ "$ROW_SUITE" != "$R/suite" ] && [ ! -f "$ROW_SUITE/suite.json" ]; then
-  mm data make --out "$ROW_SUITE" --seed "$DATA_SEED" --train "${SUITE%%,*}" --val "$(echo "$SUITE" | cut -d, -f2)" \
-    --test "${SUITE##*,}" "${ROW_ARGS[@]}" > "$ROW_SUITE.log" 2>&1 &
+  make_suite "$ROW_SUITE" "$DISTILL_FAMILY_TRAIN" > "$ROW_SUITE.log" 2>&1 &
   rows_suite=$!
 fi
 [ -f "$R/vlm/config.json" ] || mm teacher graft --llm "$R/llm" --out "$R/vlm" --vision fuyu
