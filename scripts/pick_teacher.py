@@ -56,18 +56,17 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True, help="the record of the choice (JSON)")
     ap.add_argument("--link", type=Path, help="make this path a symbolic link to the chosen run")
     args = ap.parse_args()
-    found = []
+    done = []
     for run in args.runs:
         try:
             d = describe(run)
         except (OSError, KeyError, ValueError, MmmambaError) as e:  # a damaged run must not hide the others
             print(f"{run}: unreadable ({e}); left out", file=sys.stderr)
-            d = None
+            continue
+        if d is None:
+            print(f"{run}: not finished; left out", file=sys.stderr)
         else:
-            if d is None:
-                print(f"{run}: not finished; left out", file=sys.stderr)
-        found.append(d)
-    done = [d for d in found if d is not None]
+            done.append(d)
     if not done:
         print(f"--runs: none of the {len(args.runs)} runs finished; nothing to pick", file=sys.stderr)
         return 2
