@@ -19,7 +19,7 @@
 # VLM teacher, tune it, distil the deep ablation grid, report) with its variables (DATA_SEED, EMBED_STEPS,
 # TUNE_STEPS, TUNE_LR, TUNE_BATCH, TUNE_PACK, TUNE_EVAL_EVERY, TOTAL_STEPS, JOBS, SUITE, FAMILY_TRAIN,
 # DISTILL_FAMILY_TRAIN, CONVERT_ARGS, RUNS, START_WITHIN;
-# RUNS2 with DISTILL_ARGS2, CONVERT_ARGS2, JOBS2 and DISTILL_FAMILY_TRAIN2 (default: the first's; "none": the
+# RUNS2 with DISTILL_ARGS2, CONVERT_ARGS2, JOBS2 and DISTILL_FAMILY_TRAIN2 (each unset: the first's; "none": the
 # teacher's suite):
 # a second recipe's rows beside them, in ablations_2/), then
 # scripts/gpu_tune_step.py (padded vs packed teacher step; STEP_BENCH=0 skips it); results in $OUT/deep.tar.gz. The teacher
@@ -109,8 +109,10 @@ queue)
     (STOP_AFTER=teacher deep; say "teacher rc $?")
     wait; say "warm-up done"
     if [ -n "${RUNS2:-}" ]; then  # a second recipe (DISTILL_ARGS2) beside the first, on the same teacher
-      (ABL=ablations_2 DISTILL_ARGS="${DISTILL_ARGS2:-}" CONVERT_ARGS="${CONVERT_ARGS2:-}" RUNS=$RUNS2 JOBS=${JOBS2:-$JOBS} \
-        DISTILL_FAMILY_TRAIN="${DISTILL_FAMILY_TRAIN2-${DISTILL_FAMILY_TRAIN:-}}" deep; say "second recipe rc $?") &
+      (export ABL=ablations_2 DISTILL_ARGS="${DISTILL_ARGS2:-}" RUNS=$RUNS2 JOBS=${JOBS2:-$JOBS}
+       [ -z "${CONVERT_ARGS2+set}" ] || export CONVERT_ARGS=$CONVERT_ARGS2  # unset: the first recipe's (or the default)
+       [ -z "${DISTILL_FAMILY_TRAIN2+set}" ] || export DISTILL_FAMILY_TRAIN=$DISTILL_FAMILY_TRAIN2
+       deep; say "second recipe rc $?") &
     fi
     deep; say "deep pipeline rc $?"
     wait

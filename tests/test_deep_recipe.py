@@ -36,7 +36,7 @@ def test_teacher_sweep_picks_on_validation_links_and_resumes(tmp_path):
     env = dict(os.environ, PY=sys.executable, R=str(tmp_path / "R"), GGUF=str(tmp_path / "tiny.gguf"),
                TEXT=str(tmp_path / "text"), STOP_AFTER="teacher", SUITE="16,8,2", EMBED_STEPS="1", TUNE_STEPS="2",
                TUNE_EVAL_EVERY="2", TUNE_LR="1e-4 3e-4", TUNE_BATCH="4", BATCH="4",
-               FAMILY_TRAIN="reverse=20 digit=3")  # fmt: skip
+               FAMILY_TRAIN="reverse=20 digit=3", DISTILL_FAMILY_TRAIN="none")  # fmt: skip
     script = ["bash", str(ROOT / "scripts" / "vlm_teacher_tables.sh")]
     first = subprocess.run(script, env=env, **run)
     R = tmp_path / "R"
