@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The device-tool calls behind RESULTS.md "SmolLM2-135M" and BENCHMARKS.md §5: the GGUF (98 MB) is larger
-# than one call may carry (64 MiB), so it travels in two halves on two consecutive calls of one held machine,
+# than one call may carry (64 MiB), so it travels in three parts on consecutive calls of one held machine,
 # and the work runs as one detached queue (setsid) that outlives each call, so no call's time limit cuts it:
 #
 #   start  (carry .xfer: gguf.part0, the fla-core/gguf/einops wheels, smol_text.tar.xz = `mmmamba data text`
