@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..ops.decode_attention import decode_attention
 from ..ops.packing import Unpacker, sample_positions
+from ..ops.prefill_attention import prefill_attention
 from .projections import add_qkvo_projections, fuse_linears
 from .rope import apply_rope, rope_cos_sin
 
@@ -23,6 +24,7 @@ class AttentionConfig:
     qkv_bias: bool = False
     rope_theta: float = 10000.0
     decode_backend: str = "auto"  # decode attention kernel: auto | torch | triton (ops.decode_attention)
+    prefill_backend: str = "auto"  # later prefill chunks: auto | torch | flash (ops.prefill_attention)
 
 
 @dataclass
@@ -66,22 +68,18 @@ class KVCache(nn.Module):
         self.v.index_copy_(2, index, v[:, :, None])
 
 
-def attention_mask_for(valid: Tensor | None, q_len: int, past: int, device) -> Tensor | None:
-    """Boolean (b, 1, q_len, past+q_len) mask: causal, minus invalid (padded) keys.
+def attention_mask_for(valid: Tensor | None, q_len: int, device) -> Tensor | None:
+    """Boolean (b, 1, q_len, q_len) training mask: causal, minus invalid (padded) keys.
 
-    valid (b, past+q_len) marks real tokens. A query always sees itself, so padded rows stay finite.
-    Returns None when plain causal attention suffices (no padding, no past).
+    valid (b, q_len) marks real tokens. A query always sees itself, so padded rows stay finite.
+    Returns None when plain causal attention suffices (no padding).
     """
-    if valid is None and past == 0:
+    if valid is None:
         return None
-    total = past + q_len
-    q_pos = torch.arange(past, total, device=device)[:, None]
-    k_pos = torch.arange(total, device=device)[None, :]
-    mask = (k_pos <= q_pos)[None, None]  # (1, 1, q_len, total)
-    if valid is not None:
-        mask = mask & valid[:, None, None, :].bool()
-        mask = mask | (k_pos == q_pos)[None, None]
-    return mask
+    pos = torch.arange(q_len, device=device)
+    causal = pos[None, :] <= pos[:, None]  # (q_len, q_len)
+    mask = causal[None, None] & valid[:, None, None, :].bool()
+    return mask | torch.eye(q_len, dtype=torch.bool, device=device)[None, None]
 
 
 def packed_mask(cu_seqlens: Tensor, length: int, device) -> Tensor:
@@ -122,18 +120,19 @@ class Attention(nn.Module):
         v = v.view(b, L, kvh, hd).transpose(1, 2)
         cos, sin = rope_cos_sin(positions, hd, self.cfg.rope_theta, q.dtype)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        past = 0
         if cu_seqlens is not None and cache is not None:  # before the cache is written
             raise ValueError("packed sequences (cu_seqlens) are for training; decode one sample per row")
-        if cache is not None:
+        if cache is not None:  # prefill: the cached past and the chunk, merged by LSE; no (L × S) mask
             past = cache.length
-            k, v = cache.update(k, v)
+            k_all, v_all = cache.update(k, v)
+            y = prefill_attention(q, k_all[:, :, :past], v_all[:, :, :past], k, v, valid, self.cfg.prefill_backend)
+            return y.transpose(1, 2).reshape(b, L, h * hd)
         if cu_seqlens is not None and valid is None:  # one sample a row: causal SDPA over Σ width², not L²
             rows = Unpacker.of(cu_seqlens, L, u.device)
             q, k, v = (rows.unpack(t.transpose(1, 2)).transpose(1, 2) for t in (q, k, v))  # (n, ·, width, hd)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=rows.width > 1, enable_gqa=kvh != h)
             return rows.repack(y.transpose(1, 2)).reshape(b, L, h * hd)
-        mask = attention_mask_for(valid, L, past, u.device)
+        mask = attention_mask_for(valid, L, u.device)
         if cu_seqlens is not None:  # padding inside a packed row: the block-diagonal mask, L × L
             mask = mask & packed_mask(cu_seqlens, L, u.device)
         y = F.scaled_dot_product_attention(

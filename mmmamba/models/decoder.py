@@ -225,15 +225,17 @@ class Decoder(nn.Module):
             positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -L:]
         else:
             positions = torch.arange(past, past + L, device=x.device).expand(b, L)
+        # an all-ones mask masks nothing: the layers get None, so attention stays on the flash path
+        valid = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
         out = DecoderOutput(logits=x)
         for i, layer in enumerate(self.layers):
             if return_layer_io:
                 out.layer_inputs.append(x)
             if self.checkpoint_layers and cache is None and torch.is_grad_enabled():
                 # activation checkpointing: keep only the layer's input, recompute the rest in backward
-                x, mixed = checkpoint(layer, x, positions, attention_mask, None, cu_seqlens, use_reentrant=False)
+                x, mixed = checkpoint(layer, x, positions, valid, None, cu_seqlens, use_reentrant=False)
             else:
-                x, mixed = layer(x, positions, attention_mask, None if cache is None else cache[i], cu_seqlens)
+                x, mixed = layer(x, positions, valid, None if cache is None else cache[i], cu_seqlens)
             x = self.between_layers(i, x)
             if return_layer_io:
                 out.mixer_outputs.append(mixed)

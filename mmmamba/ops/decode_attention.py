@@ -54,8 +54,8 @@ if triton is not None:
     ):  # fmt: skip
         pid_bk = tl.program_id(0)  # one (row, KV head)
         split = tl.program_id(1)
-        b = pid_bk // KVH
-        kv = pid_bk % KVH
+        b = (pid_bk // KVH).to(tl.int64)  # 64-bit: b * stride_kb passes 2^31 at large batch × long context
+        kv = (pid_bk % KVH).to(tl.int64)
         g = tl.arange(0, G_PAD)  # the KV head's query heads, padded to a tensor-core tile
         dd = tl.arange(0, D)
         g_ok = g < GROUP
@@ -91,7 +91,7 @@ if triton is not None:
 
     @triton.jit
     def _merge_kernel(ACC, M, L, OUT, D: tl.constexpr, SPLITS: tl.constexpr):
-        head = tl.program_id(0)  # one (row, query head)
+        head = tl.program_id(0).to(tl.int64)  # one (row, query head); 64-bit offsets
         sp = tl.arange(0, SPLITS)
         dd = tl.arange(0, D)
         m = tl.load(M + head * SPLITS + sp)
