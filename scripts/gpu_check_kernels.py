@@ -11,6 +11,10 @@ Checks, each at several shapes with odd lengths:
 3. ``DecodeStep`` (eager static step, CUDA graph, torch.compile + graph) against ``Decoder.forward``
    token by token, for a teacher, a linear and a hybrid model, fp32 and bf16, left-padded batch.
 4. The Mamba-2 mixer's parameter gradients with the fla backend against the torch backend.
+6. Decode attention on a KV cache of more than 2^31 elements per tensor (64-bit offsets), against the
+   reference on single-row slices: the first, a middle and the last row.
+7. Chunked prefill attention (``prefill_attention``: flash and memory-efficient kernels, past + chunk
+   merged by log-sum-exp) against the float64 masked softmax: GQA, odd chunk sizes, left padding.
 5. A packed row of mixed lengths through the attention teacher (SDPA on the row unpacked to one
    sample a row) against each sample alone in float64: logits and parameter gradients, fp32 and bf16.
 Prints one PASS/FAIL line per check and exits 1 if any failed.
@@ -30,6 +34,7 @@ from mmmamba.layers import Mamba2Config, Mamba2Mixer
 from mmmamba.models import Decoder, DecoderConfig
 from mmmamba.ops import ssd_chunked_scan, ssd_naive_scan
 from mmmamba.ops.decode_attention import decode_attention_reference, decode_attention_triton
+from mmmamba.ops.prefill_attention import prefill_attention
 from mmmamba.ops.ssd import ssd_scan
 from mmmamba.ops.ssd_fla import ssd_fla_scan
 
@@ -115,6 +120,67 @@ def check_decode_attention():
         ref = decode_attention_reference(q.double(), k.double(), v.double(), valid, n)
         tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
         check(f"decode attention b{b} h{h}/{kvh} S{S} len{length} {str(dtype)[6:]}", rel(out, ref), tol)
+
+
+def check_decode_attention_large():
+    """More than 2^31 elements per cache tensor: b·stride_kb passes int32 from the second third of the rows."""
+    b, h, kvh, S, d = 17, 16, 8, 130_000, 128  # 17·8·130 000·128 = 2.26e9 elements, 4.5 GB
+    assert b * kvh * S * d > 2**31
+    g = torch.Generator(device="cuda").manual_seed(5)
+    k = torch.empty(b, kvh, S, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.empty_like(k)
+    for r in range(b):  # filled a row at a time: no float32 temporary of the whole cache
+        k[r].normal_(generator=g)
+        v[r].normal_(generator=g)
+    q = torch.randn(b, h, d, device="cuda", generator=g).to(torch.bfloat16)
+    valid = torch.rand(b, S, device="cuda", generator=g) > 0.2
+    length = torch.tensor(S - 7, device="cuda")
+    valid[:, S - 8] = True
+    out = decode_attention_triton(q, k, v, valid, length)
+    for r in (0, b // 2, b - 1):
+        sl = slice(r, r + 1)
+        ref = decode_attention_reference(q[sl].double(), k[sl].double(), v[sl].double(), valid[sl], length)
+        check(f"decode attention past 2^31 elements, row {r} of {b}", rel(out[sl], ref), 2e-2)
+    del k, v
+    torch.cuda.empty_cache()
+
+
+def masked_softmax_reference(q, k_all, v_all, valid, past):
+    b, h, L, d = q.shape
+    g = h // k_all.shape[1]
+    k_all, v_all = (t.repeat_interleave(g, 1).double() for t in (k_all, v_all))
+    scores = torch.einsum("bhld,bhsd->bhls", q.double(), k_all) / d**0.5
+    S = k_all.shape[2]
+    mask = torch.arange(S, device=q.device)[None, :] <= torch.arange(past, past + L, device=q.device)[:, None]
+    mask = mask[None, None] if valid is None else mask[None, None] & valid[:, None, None, :]
+    w = torch.nan_to_num(scores.masked_fill(~mask, float("-inf")).softmax(-1), nan=0.0)
+    return torch.einsum("bhls,bhsd->bhld", w, v_all)
+
+
+def check_prefill_attention():
+    g = torch.Generator(device="cuda").manual_seed(7)
+    for b, h, kvh, past, L, d, padded, dtype in [
+        (1, 16, 8, 12_003, 3_001, 128, False, torch.bfloat16),
+        (2, 12, 4, 1001, 333, 64, False, torch.float16),
+        (3, 8, 8, 77, 129, 128, True, torch.bfloat16),
+        (2, 9, 3, 5, 1, 64, True, torch.bfloat16),
+        (1, 4, 2, 0, 517, 32, True, torch.float16),
+    ]:
+        q = torch.randn(b, h, L, d, device="cuda", generator=g).to(dtype)
+        k_all = torch.randn(b, kvh, past + L, d, device="cuda", generator=g).to(dtype)
+        v_all = torch.randn(b, kvh, past + L, d, device="cuda", generator=g).to(dtype)
+        valid = None
+        if padded:
+            pad = torch.randint(0, past + L, (b,), device="cuda", generator=g)
+            valid = torch.arange(past + L, device="cuda")[None, :] >= pad[:, None]
+        out = prefill_attention(q, k_all[:, :, :past], v_all[:, :, :past], k_all[:, :, past:], v_all[:, :, past:],
+                                valid, "flash")  # fmt: skip
+        ref = masked_softmax_reference(q, k_all, v_all, valid, past)
+        real = (torch.ones(b, L, dtype=torch.bool, device="cuda") if valid is None else valid[:, past:])[:, None]
+        real = real.expand(b, h, L)
+        tol = 2e-2
+        check(f"prefill attention b{b} h{h}/{kvh} past{past} L{L} d{d} {'padded ' if padded else ''}"
+              f"{str(dtype)[6:]}", rel(out[real], ref[real]), tol)  # fmt: skip
 
 
 def tiny(kind: str, dtype) -> Decoder:
@@ -216,7 +282,15 @@ if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = False
     groups = {
         f.__name__: f
-        for f in (check_scan, check_decode_attention, check_decode_steps, check_mixer_grads, check_packed_attention)
+        for f in (
+            check_scan,
+            check_decode_attention,
+            check_decode_attention_large,
+            check_prefill_attention,
+            check_decode_steps,
+            check_mixer_grads,
+            check_packed_attention,
+        )
     }
     only = [a for a in sys.argv[2:]]  # optional: the groups to run, e.g. check_decode_steps
     for fn in (groups[name] for name in only) if only else groups.values():

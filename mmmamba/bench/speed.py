@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import subprocess
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -125,13 +127,14 @@ def measure_ours(model: Decoder, context: int, args, decode: str) -> dict:
     mask = torch.ones(1, context, dtype=torch.long, device="cuda")
     torch.cuda.synchronize()
     t0 = time.perf_counter()
-    logits = prefill_ids(model, ids, None, mask, cache, args.prefill_chunk)
+    chunk = min(args.prefill_chunk, context)
+    logits = prefill_ids(model, ids, None, mask, cache, chunk)
     torch.cuda.synchronize()
-    row = {"prefill_s": time.perf_counter() - t0, "cache_bytes": kv_bytes(cache)}
+    row = {"prefill_s": time.perf_counter() - t0, "cache_bytes": kv_bytes(cache), "prefill_chunk": chunk}
     step = DecodeStep(model, cache, decode)
     token = logits.argmax(-1)
     if args.profile:
-        profile(model, cache, step, token, args.prefill_chunk)
+        profile(model, cache, step, token, chunk)
     row["decode_ms"] = cuda_time_ms(lambda: step(token), warmup=args.warmup, iters=args.decode_steps)
     row["tokens_per_s"] = tokens_per_s(step, token, args.new_tokens)
     row["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
@@ -143,7 +146,7 @@ def profile(model: Decoder, cache, step, token, chunk: int) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    ids = torch.randint(0, 1000, (1, chunk), device="cuda")
+    ids = torch.randint(0, 1000, (1, chunk), device="cuda")  # chunk ≤ the context, so within max_position
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
         probe = model.make_cache(1, chunk + 8)
         model(ids, cache=probe, logits_to_keep=1)
@@ -168,7 +171,7 @@ def measure_hf(model, context: int, args) -> dict:
     with torch.no_grad():
         out = model(ids, use_cache=True, logits_to_keep=1)
     torch.cuda.synchronize()
-    row = {"prefill_s": time.perf_counter() - t0}
+    row = {"prefill_s": time.perf_counter() - t0, "prefill_chunk": context}  # HF: the whole prompt at once
     cache = out.past_key_values
     token = out.logits[:, -1].argmax(-1)
 
@@ -185,7 +188,7 @@ def measure_hf(model, context: int, args) -> dict:
 
 def warm_up_prefill(model, name: str, args) -> None:
     """One short untimed prefill: kernel autotuning (fla, cuBLAS) is not a prefill cost."""
-    ids = torch.randint(0, args.vocab, (1, min(args.prefill_chunk, 4096)), device="cuda")
+    ids = torch.randint(0, args.vocab, (1, min(args.prefill_chunk, 4096, *args.contexts)), device="cuda")
     with torch.no_grad():
         if name == "hf":
             model(ids, logits_to_keep=1)
@@ -207,20 +210,34 @@ def synthetic_cache(model: Decoder, batch: int, context: int):
     return cache
 
 
-def largest_batch(time_step_ms, max_batch: int) -> dict:
-    """Double the batch from 1 until out of memory (or ``max_batch``); the last that ran, with its step time."""
-    best, batch = {}, 1
-    while batch <= max_batch:
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA allocation failures: PyTorch's own, and the ones cuBLAS and Triton raise as RuntimeError."""
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "CUBLAS_STATUS_ALLOC_FAILED" in text
+
+
+def batch_candidates(row_bytes: int, free_bytes: int, max_batch: int, margin: float = 0.9) -> list[int]:
+    """Batches to try, largest first: what fits ``margin`` of the free memory at ``row_bytes`` a row, then
+    the powers of two below it."""
+    fit = max(1, min(max_batch, int(free_bytes * margin) // max(row_bytes, 1)))
+    return [fit] + [1 << i for i in range(fit.bit_length() - 1, -1, -1) if 1 << i < fit]
+
+
+def largest_batch(time_step_ms, candidates: list[int]) -> dict:
+    """The first batch of ``candidates`` that runs, with its step time; an out-of-memory moves to the next."""
+    tried = []
+    for batch in candidates:
         try:
             ms = time_step_ms(batch)
-            best = {"batch": batch, "step_ms": ms, "tokens_per_s": batch / ms * 1e3}
-        except torch.OutOfMemoryError:
-            break
+            return {"batch": batch, "step_ms": ms, "tokens_per_s": batch / ms * 1e3, "out_of_memory_at": tried}
+        except Exception as e:
+            if not is_out_of_memory(e):
+                raise
+            tried.append(batch)
         finally:
             gc.collect()
             torch.cuda.empty_cache()
-        batch *= 2
-    return best
+    return {"error": f"out of memory at every batch tried: {tried}"}
 
 
 def batch_step_ms_ours(model: Decoder, context: int, decode: str, batch: int) -> float:
@@ -300,66 +317,120 @@ def parse_args(argv=None):
     p.add_argument("--new-tokens", type=int, default=256, help="tokens generated for the tokens/s column")
     p.add_argument("--decode-steps", type=int, default=30, help="timed decode steps (median)")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--prefill-chunk", type=int, default=16384)
+    p.add_argument("--prefill-chunk", type=int, default=8192, help="prefill chunk (capped by each context)")
     p.add_argument("--decode", default="compile", choices=["eager", "graph", "compile"], help="our decode step")
     p.add_argument("--ssd-backend", default="auto", choices=["auto", "torch", "fla"])
     p.add_argument("--batch-context", type=int, default=0, help="also find the largest batch at this context")
-    p.add_argument("--max-batch", type=int, default=256)
-    p.add_argument("--train", action="store_true", help="also measure distillation tokens/s per stage")
+    p.add_argument("--max-batch", type=int, default=256, help="largest batch the batch search tries")
+    p.add_argument(
+        "--train",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also measure distillation tokens/s per stage",
+    )
+    p.add_argument(
+        "--isolate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="measure each model in a process of its own (a crash loses only its rows)",
+    )
     p.add_argument("--profile", action="store_true", help="print the top CUDA kernels of prefill and decode")
     p.add_argument("--train-tokens", type=int, default=16384, help="tokens per training batch")
     p.add_argument("--train-seq", type=int, default=2048)
     return p.parse_args(argv)
 
 
+def batch_row_bytes(model, name: str, context: int, args) -> int:
+    """Cache bytes of one row at ``context``: what each more row of the batch costs."""
+    if name == "hf":
+        return 2 * args.layers * context * args.kv_heads * (args.hidden // args.heads) * 2  # K and V, bf16
+    return kv_bytes(model.make_cache(1, context + 64))
+
+
+def measure_model(name: str, args, result: dict, out: Path) -> None:
+    """Every context of one model, then its largest batch; rows are appended to ``result`` as they come."""
+    bw = result["bandwidth"]
+    max_position = max(args.contexts + [args.batch_context]) + args.new_tokens + args.decode_steps + args.warmup + 128
+    model = build_hf(args, max_position) if name == "hf" else build_ours(name, args, max_position)
+    weights = weight_bytes_read(model)
+    warm_up_prefill(model, name, args)
+    for context in args.contexts:
+        try:
+            row = measure_hf(model, context, args) if name == "hf" else measure_ours(model, context, args, args.decode)
+        except Exception as e:  # noqa: BLE001 — one failed row must not lose the others
+            row = {"error": f"{type(e).__name__}: {e}"[:300]}
+        row.update(model=name, context=context, weight_bytes=weights)
+        if "cache_bytes" in row:
+            row["floor_ms"] = (weights + row["cache_bytes"]) / bw * 1e3
+        result["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        atomic_write_json(out / "speed.json", result)  # partial results survive a kill
+        gc.collect()
+        torch.cuda.empty_cache()
+    if args.batch_context:
+        c = args.batch_context
+        try:
+            row_bytes = batch_row_bytes(model, name, c, args)
+            gc.collect()
+            torch.cuda.empty_cache()
+            candidates = batch_candidates(row_bytes, torch.cuda.mem_get_info()[0], args.max_batch)
+            time_step = (
+                partial(batch_step_ms_hf, model, c, args)
+                if name == "hf"
+                else partial(batch_step_ms_ours, model, c, args.decode)
+            )
+            best = largest_batch(time_step, candidates)
+            best["row_bytes"] = row_bytes
+            if "batch" in best:
+                best["floor_ms"] = (weights + best["batch"] * row_bytes) / bw * 1e3
+        except Exception as e:  # noqa: BLE001
+            best = {"error": f"{type(e).__name__}: {e}"[:300]}
+        best.update(model=name, context=c)
+        result["batch"].append(best)
+        print(json.dumps(best), flush=True)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def measure_isolated(name: str, argv: list[str], out: Path) -> dict:
+    """One model in a process of its own: a sticky CUDA error or a leak there cannot touch the others."""
+    part = out / "parts" / name
+    cmd = [sys.executable, "-m", "mmmamba.bench.speed", *argv, "--models", name, "--out", str(part),
+           "--no-isolate", "--no-train"]  # fmt: skip
+    code = subprocess.run(cmd).returncode
+    try:
+        return json.loads((part / "speed.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"rows": [{"model": name, "error": f"its process exited with {code} before writing a row"}]}
+
+
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    bw = device_bandwidth()
-    result = {"device": torch.cuda.get_device_name(), "bandwidth": bw, "args": vars(args), "rows": [], "batch": []}
-    result["torch"] = torch.__version__
-    max_position = max(args.contexts) + args.new_tokens + args.decode_steps + args.warmup + 128
+    result = {"device": torch.cuda.get_device_name(), "bandwidth": device_bandwidth(), "args": vars(args)}
+    torch.cuda.empty_cache()  # the copy test's buffers go back before the models are measured
+    result.update(torch=torch.__version__, rows=[], batch=[])
     for name in args.models:
-        model = build_hf(args, max_position) if name == "hf" else build_ours(name, args, max_position)
-        weights = weight_bytes_read(model)
-        warm_up_prefill(model, name, args)
-        for context in args.contexts:
-            try:
-                row = (
-                    measure_hf(model, context, args)
-                    if name == "hf"
-                    else measure_ours(model, context, args, args.decode)
-                )
-            except Exception as e:  # noqa: BLE001 — one failed row must not lose the others
-                row = {"error": f"{type(e).__name__}: {e}"[:300]}
-            row.update(model=name, context=context, weight_bytes=weights)
-            if "cache_bytes" in row:
-                row["floor_ms"] = (weights + row["cache_bytes"]) / bw * 1e3
-            result["rows"].append(row)
-            print(json.dumps(row), flush=True)
-            (out / "speed.json").write_text(json.dumps(result, indent=2))  # partial results survive a kill
-            gc.collect()
-            torch.cuda.empty_cache()
-        if args.batch_context:
-            c = args.batch_context
-            try:
-                if name == "hf":
-                    best = largest_batch(partial(batch_step_ms_hf, model, c, args), args.max_batch)
-                else:
-                    best = largest_batch(partial(batch_step_ms_ours, model, c, args.decode), args.max_batch)
-            except Exception as e:  # noqa: BLE001
-                best = {"error": f"{type(e).__name__}: {e}"[:300]}
-            best.update(model=name, context=c)
-            result["batch"].append(best)
-            print(json.dumps(best), flush=True)
-        del model
-        gc.collect()
-        torch.cuda.empty_cache()
+        if args.isolate:
+            part = measure_isolated(name, argv, out)
+            result["rows"] += part.get("rows", [])
+            result["batch"] += part.get("batch", [])
+            atomic_write_json(out / "speed.json", result)
+        else:
+            measure_model(name, args, result, out)
     if args.train:
         result["train"] = train_throughput(args, args.train_tokens, args.train_seq)
-    (out / "speed.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(out / "speed.json", result)
     print(f"wrote {out / 'speed.json'}")
 
 
