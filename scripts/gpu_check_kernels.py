@@ -173,14 +173,14 @@ def check_prefill_attention():
         if padded:
             pad = torch.randint(0, past + L, (b,), device="cuda", generator=g)
             valid = torch.arange(past + L, device="cuda")[None, :] >= pad[:, None]
-        out = prefill_attention(q, k_all[:, :, :past], v_all[:, :, :past], k_all[:, :, past:], v_all[:, :, past:],
-                                valid, "flash")  # fmt: skip
         ref = masked_softmax_reference(q, k_all, v_all, valid, past)
         real = (torch.ones(b, L, dtype=torch.bool, device="cuda") if valid is None else valid[:, past:])[:, None]
         real = real.expand(b, h, L)
-        tol = 2e-2
-        check(f"prefill attention b{b} h{h}/{kvh} past{past} L{L} d{d} {'padded ' if padded else ''}"
-              f"{str(dtype)[6:]}", rel(out[real], ref[real]), tol)  # fmt: skip
+        for backend in ("flash", "cudnn"):
+            out = prefill_attention(q, k_all[:, :, :past], v_all[:, :, :past], k_all[:, :, past:],
+                                    v_all[:, :, past:], valid, backend)  # fmt: skip
+            check(f"prefill attention {backend} b{b} h{h}/{kvh} past{past} L{L} d{d} "
+                  f"{'padded ' if padded else ''}{str(dtype)[6:]}", rel(out[real], ref[real]), 2e-2)  # fmt: skip
 
 
 def tiny(kind: str, dtype) -> Decoder:

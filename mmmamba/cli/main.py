@@ -923,6 +923,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action, what in (
         ("speed", "prefill, next-token latency, tokens/s, memory: HF teacher, our teacher, linear, hybrid (GPU)"),
         ("scan", "one layer's SSD scan and decode step: PyTorch vs fla (GPU)"),
+        ("attention", "one layer's prefill attention over a long prompt: whole vs chunked, flash vs cuDNN (GPU)"),
         ("report", "merge speed.json runs into a markdown table and a PNG plot"),
     ):
         bp = bsub.add_parser(action, help=what, add_help=False)  # main() hands its arguments to the benchmark
@@ -957,7 +958,7 @@ def _not_yet(name: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command; a bad input is one line on stderr and exit code 2 (argparse's too)."""
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("speed", "scan", "report"):
+    if len(argv) >= 2 and argv[0] == "bench" and argv[1] in ("speed", "scan", "attention", "report"):
         args = argparse.Namespace(command="bench", action=argv[1], argv=argv[2:], func=cmd_bench)
         argv = None  # parsed by the benchmark itself
     try:

@@ -24,7 +24,7 @@ class AttentionConfig:
     qkv_bias: bool = False
     rope_theta: float = 10000.0
     decode_backend: str = "auto"  # decode attention kernel: auto | torch | triton (ops.decode_attention)
-    prefill_backend: str = "auto"  # later prefill chunks: auto | torch | flash (ops.prefill_attention)
+    prefill_backend: str = "auto"  # prefill with a cache: auto | torch | flash | cudnn (ops.prefill_attention)
 
 
 @dataclass

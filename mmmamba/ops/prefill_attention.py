@@ -12,8 +12,10 @@ mask; instead the two parts run separately and are merged by their log-sum-exps:
 
 ``flash`` runs PyTorch's fused kernels that also return the log-sum-exp: flash attention (CUDA, fp16 or
 bf16, head_dim ≤ 256 and a multiple of 8), memory-efficient attention where a key mask is needed, and
-the tiled CPU kernel. ``torch`` is the plain reference: explicit scores in at least float32. ``auto``
-picks ``flash`` where it applies.
+the tiled CPU kernel. ``cudnn`` is ``flash`` with cuDNN's attention for the unmasked parts (on Hopper
+about twice flash attention's rate; what SDPA itself picks there). ``torch`` is the plain reference:
+explicit scores in at least float32. ``auto`` picks ``cudnn`` on Hopper and newer, else ``flash``, where
+they apply.
 
 Shapes: q (b, h, L, d); k_past, v_past (b, kvh, P, d); k, v (b, kvh, L, d); valid (b, P+L) bool or
 None (every key real). Returns (b, h, L, d) in q's dtype; a query that sees no real key (padding)
@@ -27,7 +29,7 @@ import math
 import torch
 from torch import Tensor
 
-BACKENDS = ("auto", "torch", "flash")
+BACKENDS = ("auto", "torch", "flash", "cudnn")
 
 
 def attention_lse_reference(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -59,10 +61,21 @@ def _key_bias(key_mask: Tensor, q: Tensor, S: int) -> Tensor:
     return bias[..., :S].expand(q.shape[0], q.shape[1], q.shape[2], S)
 
 
-def _attention_lse(q: Tensor, k: Tensor, v: Tensor, causal: bool, key_mask: Tensor | None, flash: bool):
+def _auto_backend(q: Tensor) -> str:
+    if not _flash_applies(q):
+        return "torch"
+    if q.is_cuda and torch.backends.cudnn.is_available() and torch.cuda.get_device_capability(q.device)[0] >= 9:
+        return "cudnn"
+    return "flash"
+
+
+def _attention_lse(q: Tensor, k: Tensor, v: Tensor, causal: bool, key_mask: Tensor | None, backend: str):
     """One part: (out, lse). key_mask (b, 1, 1, S) bool, True = attend; causal = square, upper-left."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    if not flash:
+    if backend == "cudnn" and key_mask is None:
+        out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, scale=scale)[:2]
+        return out, lse.reshape(q.shape[:3])  # cuDNN's lse is (b, h, L, 1)
+    if backend == "torch":
         mask = key_mask
         if causal:
             L, S = q.shape[2], k.shape[2]
@@ -114,7 +127,7 @@ def prefill_attention(
     """Softmax attention of the chunk's queries over [past keys; chunk keys], causal inside the chunk."""
     if backend not in BACKENDS:
         raise ValueError(f"prefill attention backend {backend!r}: use one of {list(BACKENDS)}")
-    flash = _flash_applies(q) if backend == "auto" else backend == "flash"
+    backend = _auto_backend(q) if backend == "auto" else backend
     b, h, L, d = q.shape
     kvh, P = k_past.shape[1], k_past.shape[2]
     g = h // kvh
@@ -125,12 +138,12 @@ def prefill_attention(
         chunk_mask = valid[:, None, None, P:]  # (b, 1, 1, L), causal on top
     # chunk: square causal, the L keys repeated to the query heads (chunk-sized, cheap)
     k_rep, v_rep = (t.repeat_interleave(g, dim=1) if g > 1 else t for t in (k, v))
-    out_chunk, lse_chunk = _attention_lse(q, k_rep, v_rep, True, chunk_mask, flash)
+    out_chunk, lse_chunk = _attention_lse(q, k_rep, v_rep, True, chunk_mask, backend)
     if P == 0:
         no_past = torch.full_like(lse_chunk, float("-inf"))
         return merge_by_lse(out_chunk, no_past, out_chunk, lse_chunk).to(q.dtype)  # zeroes unseeing rows
     # past: a KV group's g query heads fold into the query axis, (b, kvh, g·L, d)
     q_folded = q.reshape(b, kvh, g * L, d)
-    out_past, lse_past = _attention_lse(q_folded, k_past, v_past, False, past_mask, flash)
+    out_past, lse_past = _attention_lse(q_folded, k_past, v_past, False, past_mask, backend)
     out_past, lse_past = out_past.reshape(b, h, L, d), lse_past.reshape(b, h, L)
     return merge_by_lse(out_past, lse_past, out_chunk, lse_chunk).to(q.dtype)
