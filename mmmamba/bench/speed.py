@@ -190,7 +190,7 @@ def warm_up_prefill(model, name: str, args) -> None:
     """An untimed prefill of two chunks of the timed size (the second one over a past): kernel autotuning
     (fla, cuBLAS, cuDNN) keyed on those shapes is not a prefill cost."""
     chunk = min(args.prefill_chunk, *args.contexts)
-    ids = torch.randint(0, args.vocab, (1, 2 * chunk), device="cuda")
+    ids = torch.randint(0, args.vocab, (1, min(2 * chunk, max(args.contexts))), device="cuda")  # ≤ max_position
     with torch.no_grad():
         if name == "hf":
             model(ids[:, :chunk], logits_to_keep=1)
