@@ -500,6 +500,8 @@ def cmd_distill(args) -> None:
             f"{human_bytes(e['disk_bytes'])} ({human_bytes(e['free_disk_bytes'])} free), time ~ {e['seconds']:.0f} s "
             f"on {cfg.device}; nothing written"
         )
+        if len(e["data_shares"]) > 1:
+            print("batch shares of the --data folders: " + ", ".join(f"{x:.3f}" for x in e["data_shares"]))
         return
     distill(args.teacher, args.student, args.data, args.out, cfg)
     print(f"wrote {args.out}/after_stage{stages[-1]} (log.csv, loss.png beside it)")
@@ -894,7 +896,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True, help="student folder from `mmmamba convert`")
     p.add_argument(
         "--data", required=True, nargs="+",
-        help="chat / task-suite folder, or a `mmmamba data text` corpus (train/val.jsonl); several are pooled",
+        help="chat / task-suite folder, or a `mmmamba data text` corpus (train/val.jsonl); several are pooled, "
+        "uniformly by sample; DIR:WEIGHT draws each of DIR's samples WEIGHT times as often (plain DIR: 1)",
     )  # fmt: skip
     p.add_argument("--out", required=True, help="run folder: after_stageS/ checkpoints, log.csv, loss.png")
     p.add_argument("--stages", default="1,2,3", help="stages to run, in order (any subset of 1,2,3)")
