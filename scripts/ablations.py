@@ -140,7 +140,7 @@ def run_one(name: str, args) -> dict | None:
         return None
     cfg = json.loads((Path(args.teacher) / "config.json").read_text())
     keep = resolve_keep(keep, cfg["num_layers"])
-    steps = split_steps(stages, args.total_steps, parse_shares(args.stage_shares))
+    steps = split_steps(stages, args.total_steps, parse_shares(getattr(args, "stage_shares", "1,1,2")))
     mm = [sys.executable, "-m", "mmmamba"]
     keep_args = ["--keep-attention", keep]
     if keep.startswith("AUTO_RELATIVE:"):  # auto:K ranked by relative error (convert --auto-rank relative)
