@@ -8,7 +8,7 @@ equivalent CLI commands); a rerun skips finished rows, and ``--start-within S`` 
 S seconds (a device budget);
 `mmmamba report --runs OUT/* --out RESULTS.md` turns them into tables and a chart.
 Stage ablations keep the total number of optimizer steps equal: the steps are split over the
-stages a row runs in the ratio 1 : 1 : 2 (stage 1 : stage 2 : stage 3).
+stages a row runs in the ratio 1 : 1 : 2 (stage 1 : stage 2 : stage 3; ``--stage-shares`` changes it).
 
 Grids: ``tiny`` (the 4-layer shipped teacher: 1 or 2 layers kept) and ``deep`` (a deep teacher such as
 the 30-layer grafted SmolLM2 VLM of scripts/vlm_teacher_tables.sh: 2, 4 and 8 kept, six placements of
@@ -30,6 +30,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from mmmamba.data.mixture import parse_source
 
 TINY_RUNS = {
     # name: (group, --keep-attention, --init, stages)
@@ -87,9 +89,20 @@ def resolve_keep(spec: str, num_layers: int) -> str:
     return spec
 
 
-def split_steps(stages, total: int) -> list[int]:
-    w = sum(WEIGHTS[s] for s in stages)
-    return [total * WEIGHTS[s] // w for s in stages]
+def split_steps(stages, total: int, weights: dict[int, float] = WEIGHTS) -> list[int]:
+    w = sum(weights[s] for s in stages)
+    return [int(total * weights[s] // w) for s in stages]
+
+
+def parse_shares(text: str) -> dict[int, float]:
+    """``--stage-shares 1,1,2`` → {1: 1, 2: 1, 3: 2}: each stage's share of the total steps."""
+    try:
+        shares = [float(x) for x in text.split(",")]
+    except ValueError:
+        shares = []
+    if len(shares) != 3 or any(not x > 0 for x in shares):
+        raise SystemExit(f"--stage-shares {text!r}: give three shares above 0, e.g. 1,1,2")
+    return dict(zip((1, 2, 3), shares))
 
 
 def _trained_tokens(log_csv: Path) -> int | None:
@@ -127,7 +140,7 @@ def run_one(name: str, args) -> dict | None:
         return None
     cfg = json.loads((Path(args.teacher) / "config.json").read_text())
     keep = resolve_keep(keep, cfg["num_layers"])
-    steps = split_steps(stages, args.total_steps)
+    steps = split_steps(stages, args.total_steps, parse_shares(getattr(args, "stage_shares", "1,1,2")))
     mm = [sys.executable, "-m", "mmmamba"]
     keep_args = ["--keep-attention", keep]
     if keep.startswith("AUTO_RELATIVE:"):  # auto:K ranked by relative error (convert --auto-rank relative)
@@ -162,7 +175,7 @@ def run_one(name: str, args) -> dict | None:
             "--model",
             f"{out}/run/after_stage{stages[-1]}",
             "--data",
-            args.data[0],
+            parse_source(args.data[0])[0],  # DIR:WEIGHT → DIR
             "--split",
             "test",
             "--json",
@@ -254,6 +267,9 @@ def main():
     p.add_argument("--text-windows", type=int, default=200, help="text test windows scored per run")
     p.add_argument("--total-steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--stage-shares", default="1,1,2", help="the stages' shares of --total-steps (S1,S2,S3; default 1,1,2)"
+    )
     p.add_argument("--lr-scale", type=float, default=1.0)
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--distill-args", default="", help="more distill flags, e.g. '--pack --ssd-backend fla'")

@@ -267,6 +267,33 @@ def cmd_data_self_distill(args) -> None:
     )
 
 
+def cmd_data_teacher_text(args) -> None:
+    from ..data.tokenizer import load_tokenizer
+    from ..infer.teacher_text import TeacherTextConfig, plan_rows, write_teacher_text
+    from ..io import check_output_dir, same_or_inside
+    from ..models import load_checkpoint
+
+    out = check_output_dir(args.out)
+    for flag, src in (("--teacher", args.teacher), ("--prefixes", args.prefixes), ("--prompts", args.prompts)):
+        if src is not None and Path(src).exists() and same_or_inside(src, out):
+            raise MmmambaError(f"--out {out} is or contains {flag} {src}; write the teacher text to a new folder")
+    cfg = TeacherTextConfig(
+        args.prefix_tokens, args.new_tokens, args.text_rows, args.per_prompt, args.batch_size, args.temperature,
+        args.top_p, args.candidates, args.seed, args.val_frac, args.test_frac, args.decode,
+    )  # fmt: skip
+    cfg.check()
+    device = resolve_device(args.device)
+    tok = load_tokenizer(args.teacher)
+    teacher = load_checkpoint(args.teacher).to(device=device, dtype=resolve_dtype(args.dtype, device)).eval()
+    rows = plan_rows(args.prefixes, args.prompts, tok, cfg, teacher.config.vocab_size)
+    sources = {"teacher": args.teacher, "prefixes": args.prefixes, "prompts": args.prompts}
+    info = write_teacher_text(teacher, tok, rows, out, cfg, sources)
+    t = info["teacher_text"]
+    sizes = ", ".join(f"{k} {v['chunks']} rows / {v['tokens']} tokens" for k, v in info["splits"].items())
+    speed = f" ({t['new_tokens_per_s_this_call']:.0f} new tokens/s)" if t["new_tokens_per_s_this_call"] else ""
+    print(f"wrote {out}: {t['rows']} rows, {t['new_tokens']} teacher tokens{speed} -> {sizes}")
+
+
 def cmd_import_gguf(args) -> None:
     import torch
 
@@ -473,6 +500,8 @@ def cmd_distill(args) -> None:
             f"{human_bytes(e['disk_bytes'])} ({human_bytes(e['free_disk_bytes'])} free), time ~ {e['seconds']:.0f} s "
             f"on {cfg.device}; nothing written"
         )
+        if len(e["data_shares"]) > 1:
+            print("batch shares of the --data folders: " + ", ".join(f"{x:.3f}" for x in e["data_shares"]))
         return
     distill(args.teacher, args.student, args.data, args.out, cfg)
     print(f"wrote {args.out}/after_stage{stages[-1]} (log.csv, loss.png beside it)")
@@ -733,6 +762,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=cmd_data_self_distill)
 
+    p = dsub.add_parser(
+        "teacher-text",
+        help="the teacher continues train-document prefixes and answers prompts (top-p) -> text corpus",
+    )
+    p.add_argument("--teacher", required=True, help="teacher checkpoint folder (or .gguf)")
+    p.add_argument("--prefixes", default=None, help="a `mmmamba data text` corpus: prefixes from its train split")
+    p.add_argument("--prompts", default=None, help="prompts file (.txt/.jsonl) or chat folder (its train split)")
+    p.add_argument("--out", required=True, help="folder to write train/val/test.jsonl + corpus.json to")
+    p.add_argument("--text-rows", type=int_in(0, 1 << 31), default=1000, help="rows from corpus prefixes")
+    p.add_argument("--prefix-tokens", type=int_in(1, 1 << 20), default=64, help="tokens of real text per row")
+    p.add_argument("--new-tokens", type=int_in(1, 1 << 20), default=192, help="tokens the teacher writes per row")
+    p.add_argument("--per-prompt", type=int_in(1, 1 << 16), default=1, help="answers per prompt")
+    p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=256, help="rows decoded at once")
+    p.add_argument("--temperature", type=float_in(0.0, 1e4, low_open=True), default=1.0)
+    p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=0.95)
+    p.add_argument(
+        "--candidates", type=int_in(1, 1 << 24), default=1024,
+        help="top tokens sorted for top-p; a row whose nucleus is larger is sorted in full (exact either way)",
+    )  # fmt: skip
+    p.add_argument("--val-frac", type=float_in(0.0, 0.9), default=0.02, help="share of source documents/prompts")
+    p.add_argument("--test-frac", type=float_in(0.0, 0.9), default=0.02, help="share of source documents/prompts")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--decode", default="auto", choices=["auto", "eager", "graph", "compile"], help="auto: CUDA graph")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto: bf16 on CUDA")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.set_defaults(func=cmd_data_teacher_text)
+
     p = sub.add_parser("import", help="bring a model in from another format (gguf: a llama.cpp file)")
     isub = p.add_subparsers(dest="action", required=True, metavar="FORMAT")
     p = isub.add_parser("gguf", help="dequantize a .gguf file into a checkpoint folder (weights + tokenizer)")
@@ -840,7 +896,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True, help="student folder from `mmmamba convert`")
     p.add_argument(
         "--data", required=True, nargs="+",
-        help="chat / task-suite folder, or a `mmmamba data text` corpus (train/val.jsonl); several are pooled",
+        help="chat / task-suite folder, or a `mmmamba data text` corpus (train/val.jsonl); several are pooled, "
+        "uniformly by sample; DIR:WEIGHT draws each of DIR's samples WEIGHT times as often (plain DIR: 1)",
     )  # fmt: skip
     p.add_argument("--out", required=True, help="run folder: after_stageS/ checkpoints, log.csv, loss.png")
     p.add_argument("--stages", default="1,2,3", help="stages to run, in order (any subset of 1,2,3)")

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from ..data.conversations import Batch, Example, check_images_match, collate, encode_sample, read_split
 from ..data.conversations import pack as pack_examples
 from ..data.images import image_processor
+from ..data.mixture import MixtureSampler, parse_sources, shares
 from ..data.text_corpus import is_text_corpus, text_examples
 from ..data.tokenizer import ChatTokenizer, copy_tokenizer, load_tokenizer
 from ..errors import MmmambaError
@@ -56,7 +57,6 @@ from ..training.state import (
     DCP_DIR,
     STATE_FILE,
     apply_state,
-    batch_indices,
     full_optimizer_state,
     load_sharded_state,
     read_sharded_meta,
@@ -208,11 +208,13 @@ class Prepared:
     train: list[Example]
     val: list[Batch]
     estimate: dict
+    sizes: list[int] = field(default_factory=list)  # train samples per --data folder, in order
 
 
 def data_dirs(data_dir) -> list:
-    """``--data``: one folder, or several whose train samples are pooled (e.g. a chat set and a text corpus)."""
-    dirs = list(data_dir) if isinstance(data_dir, (list, tuple)) else [data_dir]
+    """``--data``: one folder, or several whose train samples are pooled (e.g. a chat set and a text corpus);
+    ``DIR:WEIGHT`` weights a folder (``data/mixture.py``); the folders are returned without weights."""
+    dirs = parse_sources(data_dir)[0]
     if not dirs:
         raise MmmambaError("--data: name at least one data folder")
     seen: dict[Path, str] = {}
@@ -290,8 +292,8 @@ def prepare(teacher_dir, student_dir, data_dir, out: Path, cfg: DistillConfig, p
     check_pair(teacher, student.config, teacher_dir, student_dir)
     tok = load_tokenizer(teacher_dir)
     limit = teacher.config.max_position
-    train, val_examples = [], []
-    for folder in data_dirs(data_dir):  # pooled: a step samples uniformly over all train samples
+    train, val_examples, sizes = [], [], []
+    for folder in data_dirs(data_dir):  # pooled: uniformly by sample, or as DIR:WEIGHT says (data/mixture.py)
         if is_text_corpus(folder):  # `mmmamba data text`: token windows, every token a target
             vocab = teacher.config.vocab_size
             train += text_examples(folder, "train", vocab, limit)
@@ -299,6 +301,7 @@ def prepare(teacher_dir, student_dir, data_dir, out: Path, cfg: DistillConfig, p
         else:
             t, v = _chat_examples(folder, teacher, teacher_dir, tok, cfg, progress)
             train, val_examples = train + t, val_examples + v
+        sizes.append(len(train) - sum(sizes))
     if len(train) < cfg.batch_size:
         raise MmmambaError(
             f"--batch-size {cfg.batch_size}: the train split has only {len(train)} samples; lower the batch size"
@@ -326,6 +329,7 @@ def prepare(teacher_dir, student_dir, data_dir, out: Path, cfg: DistillConfig, p
         "teacher_params": n_t,
         "student_params": n_s,
         "train_samples": len(train),
+        "data_shares": [round(x, 4) for x in shares(sizes, parse_sources(data_dir)[1])],
         "val_samples": len(val_examples),
         "longest_sequence": longest,
         "memory_bytes": memory,
@@ -333,7 +337,7 @@ def prepare(teacher_dir, student_dir, data_dir, out: Path, cfg: DistillConfig, p
         "free_disk_bytes": free_bytes(out),
     }
     teacher.to(device)
-    return Prepared(teacher, student, tok, train, val, estimate)
+    return Prepared(teacher, student, tok, train, val, estimate, sizes)
 
 
 def time_steps(prep: Prepared, cfg: DistillConfig) -> dict[int, float]:
@@ -502,6 +506,9 @@ def distill(
     settings = asdict(cfg) | {"teacher": str(teacher_dir), "student": str(student_dir)}
     settings = {k: v for k, v in settings.items() if k not in RESUMABLE_WITH_OTHER}
     settings["steps"] = {str(k): v for k, v in settings["steps"].items()}
+    folders, weights = parse_sources(data_dir)
+    if any(w != 1 for w in weights):  # recorded only when weighted: unweighted runs resume as before
+        settings["data_weights"] = {str(d): w for d, w in zip(folders, weights)}
     _check_settings(out, settings)
     if out.is_dir():
         if lead:
@@ -587,9 +594,10 @@ def distill(
             f"stage {stage_id}", cfg.max_bad_steps, extra.get("skipped", 0), extra.get("in_a_row", 0)
         )
         seed = cfg.seed + 1000 * stage_id
+        sampler = MixtureSampler(prep.sizes, parse_sources(data_dir)[1], cfg.batch_size, seed)
 
         def micro_batches(step: int) -> list[Batch]:
-            idx = batch_indices(len(train), cfg.batch_size, seed, step)  # noqa: B023
+            idx = sampler.indices(step)  # noqa: B023
             mine = _rank_slice(idx, comm, cfg, stage)  # noqa: B023
             return _micro_batches(train, mine, cfg, tok.pad_id, device, teacher.config.max_position)
 

@@ -30,3 +30,51 @@ def sample_next(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator 
         drop = probs.cumsum(-1) - probs > cfg.top_p  # keep the smallest prefix reaching top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+
+
+def nucleus_sample(logits: Tensor, temperature: float, top_p: float, u: Tensor, candidates: int = 1024) -> Tensor:
+    """Top-p sampling by inverse CDF: logits (b, vocab), uniforms u (b,) in [0, 1) → token ids (b,).
+
+    The nucleus is the smallest run of the most probable tokens (in descending order) whose mass
+    reaches ``top_p``; the token is the first of that run whose cumulative mass exceeds ``u`` times
+    the nucleus's mass. A pure function of (logits, u), so ``nucleus_sample_reference`` (float64)
+    reproduces it from the same uniforms. Only the ``candidates`` most probable tokens are sorted;
+    a row whose nucleus is larger is sorted in full (exact either way)."""
+    probs = (logits.float() / temperature).softmax(-1)  # (b, V)
+    k = min(candidates, probs.shape[-1])
+    top, order = probs.topk(k, dim=-1)  # (b, k), descending
+    out = _pick(top, order, top_p, u)
+    short = (top.sum(-1) < top_p).nonzero()[:, 0]  # rows whose nucleus is larger than k tokens
+    if short.numel():
+        full, full_order = probs[short].sort(dim=-1, descending=True)
+        out[short] = _pick(full, full_order, top_p, u[short])
+    return out
+
+
+def _pick(sorted_probs: Tensor, order: Tensor, top_p: float, u: Tensor) -> Tensor:
+    cum = sorted_probs.cumsum(-1)  # (b, k)
+    size = ((cum - sorted_probs) < top_p).sum(-1, keepdim=True)  # tokens in the nucleus (≥ 1)
+    mass = cum.gather(-1, size - 1)  # (b, 1)
+    i = (cum <= u[:, None].to(cum.dtype) * mass).sum(-1, keepdim=True).clamp(max=size - 1)
+    return order.gather(-1, i)[:, 0]
+
+
+def nucleus_sample_reference(logits: Tensor, temperature: float, top_p: float, u: Tensor) -> Tensor:
+    """The plain float64 definition of ``nucleus_sample``, one row at a time (for tests)."""
+    out = []
+    for row, ur in zip(logits.double(), u.double()):
+        p = (row / temperature).softmax(-1)
+        ps, order = p.sort(descending=True)
+        kept, total = [], 0.0
+        for pi in ps.tolist():
+            if total >= top_p:
+                break
+            kept.append(pi)
+            total += pi
+        target, acc = float(ur) * total, 0.0
+        for j, pi in enumerate(kept):
+            acc += pi
+            if acc > target or j == len(kept) - 1:
+                out.append(int(order[j]))
+                break
+    return torch.tensor(out, dtype=torch.long)

@@ -1,0 +1,102 @@
+"""Teacher-text throughput (``mmmamba data teacher-text``'s inner loop) at SmolLM2-135M's shape with random
+weights: new tokens/s per batch size, through the same ``Writer`` (one cache, the static decode step
+replayed from a CUDA graph, exact top-p). Prints one JSON object a line, then a summary.
+
+    python recipes/bench_teacher_text.py                                   # one H200, ~2-4 min
+    python recipes/bench_teacher_text.py --device cpu --decode eager --layers 2 --hidden 64 --heads 4 \\
+        --kv-heads 2 --mlp 128 --vocab 256 --batch-sizes 4 --new-tokens 8   # a smoke test
+
+Random weights give flatter next-token distributions than a trained model, so more rows overflow the
+``--candidates`` pre-sort and are sorted in full: ``full_sort_rows`` reports the share, and
+``--logit-scale`` sharpens the logits (a trained SmolLM2's top-p 0.95 nucleus is mostly under 1 K tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from mmmamba.infer.teacher_text import TeacherTextConfig, Writer
+from mmmamba.models import Decoder, DecoderConfig
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--hidden", type=int, default=576)
+    p.add_argument("--heads", type=int, default=9)
+    p.add_argument("--kv-heads", type=int, default=3)
+    p.add_argument("--mlp", type=int, default=1536)
+    p.add_argument("--vocab", type=int, default=49152)
+    p.add_argument("--batch-sizes", default="256,512,1024,2048")
+    p.add_argument("--prefix-tokens", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=192)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--candidates", type=int, default=1024)
+    p.add_argument("--decode", default="auto", help="auto (graph on CUDA) | eager | graph | compile")
+    p.add_argument("--logit-scale", type=float, default=1.0, help="multiply the output head (sharper logits)")
+    p.add_argument("--batches", type=int, default=2, help="timed batches per size (after one untimed)")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.manual_seed(0)
+    cfg = DecoderConfig(
+        vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads,
+        num_kv_heads=args.kv_heads, head_dim=args.hidden // args.heads, intermediate_size=args.mlp,
+        rope_theta=1e5, max_position=args.prefix_tokens + args.new_tokens + 8,
+    )  # fmt: skip
+    with torch.device(device):
+        model = Decoder(cfg)
+    model = model.to(torch.bfloat16 if cuda else torch.float32).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(args.logit_scale)
+    stop = args.vocab - 1
+    rows = []
+    for b in [int(x) for x in args.batch_sizes.split(",")]:
+        tc = TeacherTextConfig(prefix_tokens=args.prefix_tokens, new_tokens=args.new_tokens, batch_size=b,
+                               top_p=args.top_p, candidates=args.candidates, decode=args.decode)  # fmt: skip
+        g = torch.Generator().manual_seed(b)
+        prefixes = torch.randint(0, args.vocab - 1, (b, args.prefix_tokens), generator=g).tolist()
+        t0 = time.perf_counter()
+        try:
+            writer = Writer(model, tc, args.prefix_tokens + args.new_tokens, (stop,), 0)
+            writer.write(prefixes, 0)  # untimed: capture, allocation, first kernels
+            if cuda:
+                torch.cuda.synchronize()
+            first = time.perf_counter() - t0
+            t1, new = time.perf_counter(), 0
+            for k in range(args.batches):
+                new += sum(len(n) for n in writer.write(prefixes, k + 1))
+            if cuda:
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t1
+            with torch.no_grad():  # how many rows the candidates pre-sort could not settle (at the prefix's end)
+                logits = model(torch.tensor(prefixes[: min(b, 256)], device=device)).logits[:, -1].float()
+                top = logits.softmax(-1).topk(min(args.candidates, args.vocab), -1).values.sum(-1)
+            row = {"batch": b, "decode": writer.step.mode, "first_batch_s": round(first, 2),
+                   "new_tokens_per_s": round(new / seconds),
+                   "ms_per_step": seconds / args.batches / args.new_tokens * 1e3,
+                   "full_sort_rows": float((top < args.top_p).float().mean()),
+                   "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}  # fmt: skip
+            del writer
+        except torch.OutOfMemoryError as e:
+            row = {"batch": b, "error": f"out of memory: {e}"[:200]}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
+    best = max((r for r in rows if "new_tokens_per_s" in r), key=lambda r: r["new_tokens_per_s"], default=None)
+    print(json.dumps({"summary": {"device": torch.cuda.get_device_name() if cuda else "cpu", "best": best,
+                                  "target_new_tokens_per_s": 100_000}}), flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""English prose from Debian documentation packages → one pooled, near-duplicate-filtered text corpus.
+
+    python recipes/debian_docs.py --work runs/debdocs --tokenizer runs/smollm2/teacher \
+        [--packages python3.11-doc postgresql-doc-15 ...] [--count-only]
+
+Runs on any Debian 12 machine that reaches Debian's archive (``apt-get download``: no root, nothing
+installed). Steps, each skipped when its output exists: download the .deb files into WORK/debs,
+unpack them (``dpkg-deb -x``) into WORK/x/PACKAGE, count each package's English documents (after the
+near-duplicate filter within the package: words, and tokens under --tokenizer), write the table to
+WORK/packages.json, then build WORK/corpus with ``mmmamba data text`` over every package's folders
+at once, so that the near-duplicate filter also runs across packages. Without --tokenizer the
+token counts are estimated as words × --tokens-per-word. Folders are listed per package (below):
+only the English prose a package holds (HTML / text / Markdown), never its translations or its
+generated API indexes; packages whose docs are in formats the corpus reader does not take
+(perl-doc's POD, glibc-doc's info, ruby's ri) are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from mmmamba.data.text_corpus import collect_files, drop_near_duplicates, read_document
+from mmmamba.io import write_json_atomic
+
+# package → its English documentation folders inside the unpacked package
+FOLDERS = {
+    "python3.11-doc": ["usr/share/doc/python3.11/html"],
+    "postgresql-doc-15": ["usr/share/doc/postgresql-doc-15/html"],
+    "python-django-doc": ["usr/share/doc/python-django-doc/html"],
+    "sqlite3-doc": ["usr/share/doc/sqlite3"],
+    "git-doc": ["usr/share/doc/git-doc"],
+    "cmake-doc": ["usr/share/doc/cmake-data/html"],
+    "nodejs-doc": ["usr/share/doc/nodejs/api"],
+    "debian-reference-en": ["usr/share/doc/debian-reference-en"],
+    "gnucash-docs": ["usr/share/doc/gnucash-docs/gnucash-guide-en", "usr/share/doc/gnucash-docs/gnucash-help-en"],
+    "rust-doc": [  # the books, not the generated std/core API pages
+        f"usr/share/doc/rust-doc/html/{b}"
+        for b in (
+            "book",
+            "reference",
+            "nomicon",
+            "edition-guide",
+            "embedded-book",
+            "rust-by-example",
+            "rustc",
+            "rustdoc",
+            "unstable-book",
+        )
+    ],  # fmt: skip
+}
+
+
+def run(cmd: list[str], cwd=None) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=cwd)
+
+
+def fetch(work: Path, packages: list[str]) -> dict[str, list[Path]]:
+    debs = work / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    missing = [p for p in packages if not list(debs.glob(f"{p}_*.deb"))]
+    if missing:
+        run(["apt-get", "download", *missing], cwd=debs)
+    folders = {}
+    for p in packages:
+        root = work / "x" / p
+        if not root.is_dir():
+            (deb,) = debs.glob(f"{p}_*.deb")
+            tmp = root.with_name(root.name + ".tmp")
+            tmp.mkdir(parents=True, exist_ok=True)
+            run(["dpkg-deb", "-x", str(deb), str(tmp)])
+            tmp.rename(root)
+        folders[p] = [root / f for f in FOLDERS[p] if (root / f).is_dir()]
+    return folders
+
+
+def count(folders: list[Path], tok, tokens_per_word: float, threshold: float) -> dict:
+    docs = []
+    for f in collect_files([str(d) for d in folders]):
+        try:
+            text = read_document(f)
+        except Exception as e:  # noqa: BLE001 - a file the reader refuses is counted and left out
+            print(f"  skip {f}: {e}", file=sys.stderr)
+            continue
+        if len(text) >= 200:
+            docs.append((str(f), text))
+    kept, dropped = drop_near_duplicates(docs, threshold)
+    words = sum(len(re.findall(r"\S+", t)) for _, t in kept)
+    row = {"files": len(docs), "documents": len(kept), "near_duplicates": len(dropped), "words": words}
+    if tok is not None:
+        row["tokens"] = sum(len(tok.encode_text(t)) + 2 for _, t in kept)
+    else:
+        row["tokens_estimated"] = round(words * tokens_per_word)
+    return row
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", required=True, help="folder for the .deb files, unpacked packages, table and corpus")
+    p.add_argument("--packages", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
+    p.add_argument("--tokenizer", default=None, help="model folder whose tokenizer counts and builds the corpus")
+    p.add_argument("--tokens-per-word", type=float, default=1.4, help="estimate without --tokenizer")
+    p.add_argument("--near-duplicate", type=float, default=0.3)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--count-only", action="store_true", help="write packages.json, build no corpus")
+    args = p.parse_args()
+    work = Path(args.work)
+    folders = fetch(work, args.packages)
+    tok = None
+    if args.tokenizer:
+        from mmmamba.data.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(args.tokenizer)
+    table_file = work / "packages.json"
+    table = json.loads(table_file.read_text()) if table_file.exists() else {}
+    for pkg in args.packages:
+        if pkg not in table or (tok is not None and "tokens" not in table[pkg]):
+            table[pkg] = {"folders": [str(f.relative_to(work)) for f in folders[pkg]]}
+            table[pkg] |= count(folders[pkg], tok, args.tokens_per_word, args.near_duplicate)
+            write_json_atomic(table_file, table)
+        print(f"{pkg:<22} {json.dumps({k: v for k, v in table[pkg].items() if k != 'folders'})}", flush=True)
+    key = "tokens" if tok is not None else "tokens_estimated"
+    print(f"all packages: {sum(table[p].get(key, 0) for p in args.packages):,} {key} (before cross-package filter)")
+    if args.count_only:
+        return
+    if tok is None:
+        raise SystemExit("--tokenizer: needed to build the corpus (or pass --count-only)")
+    inputs = [str(f) for pkg in args.packages for f in folders[pkg]]
+    cmd = [sys.executable, "-m", "mmmamba", "data", "text", "--inputs", *inputs, "--out", str(work / "corpus")]
+    cmd += ["--tokenizer", args.tokenizer, "--seq-len", str(args.seq_len), "--near-duplicate", str(args.near_duplicate)]
+    if not (work / "corpus" / "corpus.json").exists():
+        run(cmd)
+
+
+if __name__ == "__main__":
+    main()
