@@ -559,12 +559,10 @@ def distill(
         start, extra = 0, {}
         if pending is not None and pending["extra"].get("stage") == stage_id:
             if "dcp" in pending:
-                start, extra = load_sharded_state(pending, student, opt)
+                start, extra = load_sharded_state(pending, student, opt, steps)
             else:
-                start, extra = apply_state(pending, student, opt, out / STATE_FILE)
+                start, extra = apply_state(pending, student, opt, out / STATE_FILE, steps)
             pending = None
-            if start > steps:
-                raise MmmambaError(f"{_state_files(out)[0]}: at step {start}, beyond this stage's {steps} steps")
             last_good = f"{_state_files(out)[0]} (stage {stage_id}, step {start})"
         sharded = comm.on and not layer_mode
         plain = student
