@@ -81,3 +81,34 @@ def encodable(obj, where: str) -> None:
             stack += list(o.keys()) + list(o.values())
         elif isinstance(o, list):
             stack += o
+
+
+def scrub(s: str) -> tuple[str, int]:
+    """Text typed by a user (chat): each character UTF-8 cannot encode (an undecodable byte read as a
+    surrogate) replaced by U+FFFD, and how many were."""
+    out = [c if not 0xD800 <= ord(c) <= 0xDFFF else "\ufffd" for c in s]
+    n = sum(1 for a, b in zip(s, out) if a != b)
+    return ("".join(out) if n else s), n
+
+
+def readable_stdin() -> None:
+    """Undecodable bytes on stdin arrive as surrogates (then ``scrub``) instead of a UnicodeDecodeError."""
+    import sys
+
+    if hasattr(sys.stdin, "reconfigure"):
+        try:
+            sys.stdin.reconfigure(errors="surrogateescape")
+        except (ValueError, OSError):  # already read from, or not a text stream
+            pass
+
+
+def safe_stdout() -> None:
+    """Printing never raises UnicodeEncodeError: what stdout cannot encode is written escaped."""
+    import sys
+
+    for stream in (sys.stdout,):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):
+                pass

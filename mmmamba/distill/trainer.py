@@ -56,6 +56,7 @@ from ..training.state import (
     DCP_DIR,
     STATE_FILE,
     apply_state,
+    check_step,
     batch_indices,
     full_optimizer_state,
     load_sharded_state,
@@ -412,6 +413,7 @@ def _pending_state(out: Path, cfg: DistillConfig, lead: bool = True) -> dict | N
             f"{f}: is for stage {stage} but stage {earlier[0]} has no checkpoint "
             f"({out / f'after_stage{earlier[0]}'}); restore it or delete {f.name} to restart"
         )
+    check_step(state["step"], f, cfg.steps[stage])  # before anything is built or written
     return state
 
 

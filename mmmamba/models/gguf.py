@@ -277,13 +277,14 @@ def load_gguf_decoder(path, dtype: torch.dtype | None = None) -> Decoder:
 def gguf_hf_tokenizer(path):
     """The file's tokenizer and chat template as a transformers tokenizer (built from metadata only)."""
     path = Path(path)
+    gguf_config(open_gguf(path), path)  # the header checked by our rules before transformers reads it
     try:
         from transformers import AutoTokenizer
     except ImportError:
         raise MmmambaError("a GGUF file's tokenizer needs transformers: pip install 'mmmamba[gguf]'") from None
     try:
         return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
-    except (ValueError, OSError, KeyError, TypeError, NotImplementedError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever transformers raises on a file it cannot read, one line
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         raise MmmambaError(f"{path}: transformers cannot build a tokenizer from its metadata ({reason})") from None
 
