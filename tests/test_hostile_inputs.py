@@ -372,12 +372,11 @@ def test_a_well_behaved_template_still_renders_as_transformers_does(tmp_path):
 
 
 def _run(args, stdin: bytes = b"", timeout: float = 120, mem_gb: int = 4):
-    """The CLI in a fresh process, under an address-space limit of ``mem_gb`` (on top of what torch maps)."""
+    """The CLI in a fresh process whose whole address space (torch's libraries included) is ``mem_gb``."""
     import resource
 
     def limit():
-        extra = mem_gb * 1024**3 + 3 * 1024**3  # the interpreter, torch and its libraries map about 2-3 GB
-        resource.setrlimit(resource.RLIMIT_AS, (extra, extra))
+        resource.setrlimit(resource.RLIMIT_AS, (mem_gb * 1024**3, mem_gb * 1024**3))
 
     env = os.environ | {"PYTHONPATH": str(REPO)}
     return subprocess.run(
