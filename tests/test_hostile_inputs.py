@@ -148,6 +148,18 @@ def world(tmp_path_factory):
         shutil.copytree(root / "teacher", bad / f"cfg_{name}")
         raw = (bad / f"cfg_{name}" / "config.json").read_text().replace('"rope_theta": 10000.0', '"rope_theta": 1e4')
         (bad / f"cfg_{name}" / "config.json").write_text(json.dumps(json.loads(raw) | change).replace('"NaN"', "NaN"))
+    # class 2: Hugging Face config.json numbers (refused before any weight is read)
+    llama = {"architectures": ["LlamaForCausalLM"], "vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64}  # fmt: skip
+    for name, change in {
+        "theta_str": {"rope_theta": "abc"},
+        "eps_neg": {"rms_norm_eps": -1},
+        "window_str": {"architectures": ["MistralForCausalLM"], "sliding_window": "wide"},
+        "head_dim_float": {"head_dim": 8.5},
+        "tie_str": {"max_position_embeddings": "long"},
+    }.items():
+        (bad / f"hf_{name}").mkdir()
+        (bad / f"hf_{name}" / "config.json").write_text(json.dumps(llama | change))
     # class 2: training states in a distill run folder
     for name, step in {"str": "5", "neg": -5, "float": 2.5, "bool": True, "beyond": 10**9}.items():
         run = bad / f"state_{name}"
@@ -159,7 +171,8 @@ def world(tmp_path_factory):
     torch.save({"model": {}, "optimizer": {}, "step": 1, "torch_rng": torch.get_rng_state(),
                 "extra": {"stage": "one"}}, run / "train_state.pt")  # fmt: skip
     # class 2: a JSONL line past the cap (32 MB), reports and speed files with wrong types
-    huge = rec | {"conversations": [{"from": "human", "value": "<image>\n" + "x" * (33 << 20)}, rec["conversations"][1]]}
+    question = {"from": "human", "value": "<image>\n" + "x" * (33 << 20)}
+    huge = rec | {"conversations": [question, rec["conversations"][1]]}
     data("long_line", [huge])
     ev = {"mean_accuracy": 0.5, "per_family": {"a": 0.5}, "n": 2}
     (root / "eval.json").write_text(json.dumps(ev))
@@ -242,9 +255,24 @@ CASES = {  # name: (argv, a word the message must hold: the input it names)
         f"config_{n}": (["info", "--model", f"{B}/cfg_{n}"], f"cfg_{n}")
         for n in ("grid", "rope_nan", "eps_0", "mean_nan", "ratio_tiny", "image_id_bool")
     },
+    **{
+        f"hf_{n}": (["info", "--model", f"{B}/hf_{n}"], f"hf_{n}")
+        for n in ("theta_str", "eps_neg", "window_str", "head_dim_float", "tie_str")
+    },
     "graft_4096_1": (
-        ["teacher", "graft", "--llm", W + "/text_teacher", "--out", W + "/vlm", "--image-size", "4096",
-         "--patch-size", "1"], "--image-size",
+        [
+            "teacher",
+            "graft",
+            "--llm",
+            W + "/text_teacher",
+            "--out",
+            W + "/vlm",
+            "--image-size",
+            "4096",
+            "--patch-size",
+            "1",
+        ],
+        "--image-size",
     ),  # fmt: skip
     **{
         f"state_{n}": (DIST + ["--data", W + "/data", "--out", f"{B}/state_{n}"], f"state_{n}")
@@ -253,8 +281,20 @@ CASES = {  # name: (argv, a word the message must hold: the input it names)
     "jsonl_line_33mb": (EVAL + ["--data", B + "/long_line"], "val.jsonl:1"),
     **{
         f"report_{n}": (
-            ["report", "--runs", f"{B}/res_{n}.json", "--teacher-eval", W + "/eval.json", "--out", W + "/R.md",
-             "--chart", W + "/q.png", "--quality", W + "/q.json"], f"res_{n}.json",
+            [
+                "report",
+                "--runs",
+                f"{B}/res_{n}.json",
+                "--teacher-eval",
+                W + "/eval.json",
+                "--out",
+                W + "/R.md",
+                "--chart",
+                W + "/q.png",
+                "--quality",
+                W + "/q.json",
+            ],
+            f"res_{n}.json",
         )  # fmt: skip
         for n in ("tokens_str", "steps_int", "seconds_nan", "acc_nan", "ppl_str")
     },
@@ -277,8 +317,20 @@ CASES = {  # name: (argv, a word the message must hold: the input it names)
     ),
     "choices_fifo": (EVAL + ["--data", W + "/data", "--choices", W + "/pipe.jsonl"], "pipe.jsonl"),
     "eval_json_dev_zero_teacher_eval": (
-        ["report", "--runs", W + "/result.json", "--teacher-eval", "/dev/zero", "--out", W + "/R.md",
-         "--chart", W + "/q.png", "--quality", W + "/q.json"], "/dev/zero",
+        [
+            "report",
+            "--runs",
+            W + "/result.json",
+            "--teacher-eval",
+            "/dev/zero",
+            "--out",
+            W + "/R.md",
+            "--chart",
+            W + "/q.png",
+            "--quality",
+            W + "/q.json",
+        ],
+        "/dev/zero",
     ),  # fmt: skip
     # 6. text that is valid JSON but not encodable
     "surrogate_eval_question": (EVAL + ["--data", B + "/surrogate_question"], "val.jsonl:1"),
@@ -287,15 +339,25 @@ CASES = {  # name: (argv, a word the message must hold: the input it names)
     "surrogate_distill": (DIST + ["--data", B + "/surrogate_train", "--out", W + "/run"], "train.jsonl:1"),
     "surrogate_choices": (EVAL + ["--data", W + "/data", "--choices", W + "/choices_bad.jsonl"], "choices_bad"),
     "surrogate_self_distill": (
-        ["data", "self-distill", "--teacher", W + "/teacher", "--prompts", W + "/prompts_bad.jsonl", "--out",
-         W + "/sd"], "prompts_bad.jsonl:1",
+        [
+            "data",
+            "self-distill",
+            "--teacher",
+            W + "/teacher",
+            "--prompts",
+            W + "/prompts_bad.jsonl",
+            "--out",
+            W + "/sd",
+        ],
+        "prompts_bad.jsonl:1",
     ),  # fmt: skip
     "surrogate_generate_prompt": (GEN[:-1] + ["hi \udcff there"], "--prompt"),
 }
 
 
 def test_every_class_has_several_cases():
-    for prefix in ("template_", "gguf_", "config_", "state_", "report_", "bench_report_", "image_", "surrogate_"):
+    prefixes = ("template_", "gguf_", "config_", "hf_", "state_", "report_", "bench_report_", "image_", "surrogate_")
+    for prefix in prefixes:
         assert sum(name.startswith(prefix) for name in CASES) >= 3, prefix
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import MmmambaError
 from ..checks import real, whole
+from ..errors import MmmambaError
 from ..io import read_json, read_regular, write_atomic, write_json_atomic, write_text_atomic
 
 GROUP_TITLES = {
