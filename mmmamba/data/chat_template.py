@@ -35,6 +35,7 @@ class SandboxedTemplate:
         self.template, self.source, self.fix = template, str(source), fix
         self._proc: subprocess.Popen | None = None
         self._buf = b""
+        self._pid = os.getpid()  # a forked child starts its own worker rather than share these pipes
 
     def _fail(self, why: str) -> MmmambaError:
         return MmmambaError(f"{self.source}: its chat template {why}; {self.fix}")
@@ -93,6 +94,8 @@ class SandboxedTemplate:
         return line
 
     def render(self, variables: dict) -> str:
+        if self._pid != os.getpid():
+            self._proc, self._pid = None, os.getpid()
         if self._proc is None or self._proc.poll() is not None:
             self._start()
         answer = self._ask(variables, SECONDS)
