@@ -391,7 +391,7 @@ def test_messages_say_what_is_wrong(world, capsys):
         "gguf_rope_nan": "must be finite",
         "config_grid": "16777216 patches",
         "state_neg": "outside 0..",
-        "state_beyond": "this run has 1 steps",
+        "state_beyond": "beyond this run's 1 steps",
         "image_link_outside": "leaves the data folder (through a link",
         "image_fifo": "is a FIFO, not a regular file",
         "bench_report_dev_zero": "character device",

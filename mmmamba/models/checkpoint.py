@@ -399,6 +399,7 @@ def config_from_dict(raw: dict, where) -> DecoderConfig:
     try:
         cfg = DecoderConfig.from_dict(raw)
     except MmmambaError as e:
-        raise MmmambaError(str(e) if str(where) in str(e) else f"{where}: {e}") from None
+        fix = "" if ";" in str(e) else "; fix the config"
+        raise MmmambaError(str(e) if str(where) in str(e) else f"{where}: {e}{fix}") from None
     check_fits(cfg, where)
     return cfg

@@ -68,12 +68,15 @@ def _check_counters(extra: dict, source) -> None:
 def check_step(step, source, total: int | None = None) -> int:
     """A saved step: a whole number in [0, total] (one check for every state format)."""
     try:
-        return whole(step, "its step", 0, total)
+        whole(step, "its step", 0)
     except MmmambaError as e:
-        beyond = f" (this run has {total} steps)" if total is not None else ""
+        raise MmmambaError(f"{source}: not a usable training state, {e}; delete it to restart") from None
+    if total is not None and step > total:
         raise MmmambaError(
-            f"{source}: not a usable training state, {e}{beyond}; delete it to restart, or rerun with the same settings"
-        ) from None
+            f"{source}: at step {step}, beyond this run's {total} steps; rerun with "
+            "the step count it was started with, or delete it to restart"
+        )
+    return step
 
 
 def apply_state(
