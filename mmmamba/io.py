@@ -17,7 +17,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
+import stat
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,7 @@ from pathlib import Path
 from .errors import MmmambaError
 
 MAX_JSON_BYTES = 512 * 1024**2  # a Hugging Face tokenizer.json is tens of MB; a config a few KB
+MAX_LINE_BYTES = 32 * 1024**2  # one JSONL record: a 1M-token chunk with its text is about 12 MB
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 TMP_TAG, OLD_TAG = ".tmp-", ".old-"
 
@@ -152,25 +155,69 @@ def _link_or_copy(src, dst) -> None:
 def read_json(path, what: str = "JSON file", kind: type | None = dict, max_bytes: int = MAX_JSON_BYTES):
     """Parse a JSON file; every way it can be wrong is a one-line error naming it."""
     path = Path(path)
-    if path.is_dir():
-        raise MmmambaError(f"{path}: is a folder, expected a {what}; point at the file")
-    if not path.is_file():
-        raise MmmambaError(f"{path}: no such {what}")
-    size = path.stat().st_size
-    if size == 0:
+    raw = read_regular(path, what, max_bytes)
+    if not raw:
         raise MmmambaError(f"{path}: empty {what} (an interrupted write?); restore or re-create it")
-    if size > max_bytes:
-        raise MmmambaError(f"{path}: {size} bytes is too large for a {what}")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise MmmambaError(f"{path}: not UTF-8 text (byte {e.start}); re-save the {what} as UTF-8") from None
-    except OSError as e:
-        raise MmmambaError(f"{path}: cannot read ({e.strerror or e}); check the file's permissions") from None
     obj = parse_json(text, str(path), what)
     if kind is not None and not isinstance(obj, kind):
         raise MmmambaError(f"{path}: expected a JSON {_KIND_NAMES.get(kind, kind.__name__)}, got {_json_type(obj)}")
     return obj
+
+
+def check_regular(path, what: str = "file") -> Path:
+    """``path`` (links followed) is an existing regular file: not a folder, FIFO, device or socket."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise MmmambaError(f"{path}: no such {what}; check the path") from None
+    except OSError as e:
+        raise MmmambaError(f"{path}: cannot read ({e.strerror or e}); check the path and its permissions") from None
+    if stat.S_ISDIR(mode):
+        raise MmmambaError(f"{path}: is a folder, expected a {what}; point at the file")
+    if not stat.S_ISREG(mode):
+        raise MmmambaError(f"{path}: is a {_special_kind(mode)}, not a regular file; give the {what} as a file")
+    return path
+
+
+def _special_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "socket" if stat.S_ISSOCK(mode) else "special file"
+
+
+def open_regular(path, what: str = "file"):
+    """A binary file object of a regular file, never blocking: checked before the open, opened with
+    O_NONBLOCK and checked again on the descriptor (a FIFO swapped in between is refused too)."""
+    path = check_regular(path, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        raise MmmambaError(f"{path}: cannot read ({e.strerror or e}); check the file's permissions") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise MmmambaError(f"{path}: is a {_special_kind(mode)}, not a regular file; give the {what} as a file")
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(path, what: str = "file", max_bytes: int = MAX_JSON_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``; a larger one is refused without reading it all."""
+    path = Path(path)
+    with open_regular(path, what) as f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+            data = b"" if size > max_bytes else f.read(max_bytes + 1)
+        except OSError as e:
+            raise MmmambaError(f"{path}: cannot read ({e.strerror or e}); check the file") from None
+    if size > max_bytes or len(data) > max_bytes:
+        raise MmmambaError(f"{path}: larger than {human_bytes(max_bytes)}, too large for a {what}; check the path")
+    return data
 
 
 _KIND_NAMES = {dict: "object", list: "array", str: "string"}
@@ -182,23 +229,38 @@ def _json_type(obj) -> str:
     )
 
 
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def parse_json(text: str, where: str, what: str = "JSON"):
+    """Parse JSON text; valid JSON that holds text no UTF-8 writer can encode (a lone ``\\ud800``) is refused."""
     try:
-        return json.loads(text)
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise MmmambaError(f"{where}: not valid JSON ({e.msg} at line {e.lineno}); fix the {what}") from None
     except RecursionError:
         raise MmmambaError(f"{where}: JSON nested too deeply; fix the {what}") from None
     except ValueError as e:  # e.g. an integer with thousands of digits
         raise MmmambaError(f"{where}: unreadable JSON value ({str(e).splitlines()[0]}); fix the {what}") from None
+    if _ESCAPED_SURROGATE.search(text):  # only a \uD800-\uDFFF escape can put a surrogate in
+        from .checks import encodable
+
+        encodable(obj, where)
+    return obj
 
 
-def iter_jsonl(path: Path, what: str = "line"):
-    """(``file:line``, record) for every non-blank line of a JSONL file; a line that is not UTF-8 or
-    not JSON is an error naming it."""
-    with Path(path).open("rb") as f:
-        for n, raw in enumerate(f, 1):
+def iter_jsonl(path: Path, what: str = "line", max_line: int = MAX_LINE_BYTES):
+    """(``file:line``, record) for every non-blank line of a JSONL file (a regular file); a line that
+    is too long, not UTF-8 or not JSON is an error naming it. A line is never read past ``max_line``."""
+    with open_regular(path, "JSONL file") as f:
+        n = 0
+        while raw := f.readline(max_line + 1):
+            n += 1
             where = f"{path}:{n}"
+            if len(raw) > max_line:
+                raise MmmambaError(
+                    f"{where}: a line longer than {human_bytes(max_line)}; split the record or shorten its text"
+                )
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:

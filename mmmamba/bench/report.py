@@ -9,14 +9,42 @@ and context). The plot has next-token latency and peak memory against context, l
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from ..checks import real, text, whole
 from ..errors import MmmambaError
-from ..io import write_atomic, write_text_atomic
+from ..io import read_json, write_atomic, write_text_atomic
 
 NAMES = {"hf": "teacher, HF transformers", "teacher": "teacher, mmmamba", "linear": "mmmamba-linear"}
 NAMES["hybrid"] = "mmmamba-hybrid every:4"
+
+
+ROW = {"model": str, "context": int, "prefill_s": float, "decode_ms": float, "floor_ms": float}
+ROW |= {"tokens_per_s": float, "cache_bytes": float, "peak_gb": float}
+BATCH_ROW = {"model": str, "context": int, "batch": int, "step_ms": float, "tokens_per_s": float}
+TRAIN_ROW = {"stage": str, "batch": int, "seq_len": int, "step_ms": float, "tokens_per_s": float, "peak_gb": float}
+MAX_RESULT_BYTES = 64 * 1024**2
+
+
+def _checked(row, keys: dict, where: str, measured: bool = True) -> dict:
+    """A result row with the keys the table shows, each of its type (numbers finite, >= 0; floor_ms > 0)."""
+    if not isinstance(row, dict):
+        raise MmmambaError(f"{where}: expected an object, got {row!r:.40}")
+    for key, kind in keys.items():
+        if not measured and kind is float:
+            continue  # a row with an "error" shows no measurements
+        if key not in row:
+            raise MmmambaError(f"{where}: {key!r} is missing")
+        v = row[key]
+        if kind is str:
+            if not isinstance(v, (str, int)) or isinstance(v, bool):
+                raise MmmambaError(f"{where}: {key} must be a name, got {v!r:.40}")
+            text(str(v), f"{where} {key}")
+        elif kind is int:
+            whole(v, f"{where}: {key}", 1)
+        else:
+            real(v, f"{where}: {key}", 0, low_open=key == "floor_ms")
+    return row
 
 
 def load_runs(paths: list[str]) -> tuple[dict, dict, list[dict], list[dict]]:
@@ -25,19 +53,36 @@ def load_runs(paths: list[str]) -> tuple[dict, dict, list[dict], list[dict]]:
     train: list[dict] = []
     meta: dict = {}
     for path in paths:
+        fix = "; not a `mmmamba bench speed` result, give its speed.json"
+        data = read_json(path, "speed.json", max_bytes=MAX_RESULT_BYTES)
         try:
-            data = json.loads(Path(path).read_text())
-            found = data["rows"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise MmmambaError(f"{path}: not a `mmmamba bench speed` result ({e}); give its speed.json") from None
-        meta = {"device": data.get("device"), "bandwidth": data.get("bandwidth")}
-        for r in found:
-            if "error" not in r:
-                rows[(r["model"], r["context"])] = r
-        for b in data.get("batch", []):
-            if "error" not in b and b:
-                batch[(b["model"], b["context"])] = b
-        train = data.get("train") or train
+            found = data.get("rows")
+            if not isinstance(found, list):
+                raise MmmambaError(f"{path}: no 'rows' list")
+            device, bandwidth = data.get("device"), data.get("bandwidth")
+            if not isinstance(device, str):
+                raise MmmambaError(f"{path}: 'device' must be a string, got {device!r:.40}")
+            real(bandwidth, f"{path}: bandwidth", 0, low_open=True)
+            for i, r in enumerate(found):
+                if _checked(r, ROW, f"{path}: rows[{i}]", "error" not in r) and "error" not in r:
+                    rows[(r["model"], r["context"])] = r
+            more = data.get("batch", [])
+            if not isinstance(more, list):
+                raise MmmambaError(f"{path}: 'batch' must be a list")
+            for i, b in enumerate(more):
+                if isinstance(b, dict) and b and "error" not in b:
+                    batch[(b["model"], b["context"])] = _checked(b, BATCH_ROW, f"{path}: batch[{i}]")
+            t = data.get("train") or []
+            if not isinstance(t, list):
+                raise MmmambaError(f"{path}: 'train' must be a list")
+            for i, r in enumerate(t):
+                _checked(r, TRAIN_ROW, f"{path}: train[{i}]", "error" not in r)
+                if "error" in r and not isinstance(r["error"], str):
+                    raise MmmambaError(f"{path}: train[{i}]: error must be a string")
+        except MmmambaError as e:
+            raise MmmambaError(f"{e}{fix}") from None
+        meta = {"device": device, "bandwidth": bandwidth}
+        train = t or train
     if not rows:
         raise MmmambaError("no measured rows in the given runs")
     return meta, rows, list(batch.values()), train

@@ -382,7 +382,12 @@ def cmd_eval(args) -> None:
         if args.benchmark is not None or is_text_corpus(args.data):
             raise MmmambaError(f"--answers {args.answers}: only for task-suite or chat data (with --split); drop it")
     if args.choices is not None and not Path(args.choices).is_file():
-        raise MmmambaError(f"--choices {args.choices}: no such file; give a JSONL of {{context, choices, label}}")
+        what = "is not a regular file" if Path(args.choices).exists() else "no such file"
+        raise MmmambaError(f"--choices {args.choices}: {what}; give a JSONL of {{context, choices, label}}")
+    if args.choices is not None:
+        from ..evaluation.text import read_choices
+
+        read_choices(args.choices)  # every item checked before any model is run
     device = resolve_device(args.device)
     if args.benchmark is not None:
         for flag, value in (("--teacher", args.teacher), ("--choices", args.choices)):
@@ -533,7 +538,8 @@ def _load_for_chat(args):
     if args.image is not None and prompt.count(IMAGE_MARK) > 1:
         raise MmmambaError(f"--prompt has {prompt.count(IMAGE_MARK)} {IMAGE_MARK} marks for one --image; keep one")
     if args.image is not None and not Path(args.image).is_file():
-        what = "is a folder" if Path(args.image).is_dir() else "does not exist"
+        exists = Path(args.image).exists()
+        what = "is a folder" if Path(args.image).is_dir() else "is not a regular file" if exists else "does not exist"
         raise MmmambaError(f"--image {args.image}: {what}; give an image file")
     model = load_checkpoint(args.model).float().eval()
     model.set_backends(ssd=args.ssd_backend)
@@ -612,11 +618,16 @@ def cmd_chat(args) -> None:
         "chat: type a message; /reset starts over, /quit or an empty line ends."
         + (" Image attached." if image is not None else "")
     )
+    from ..checks import readable_stdin, scrub
+
+    readable_stdin()
     while True:
         try:
-            text = input("you> ").strip()
+            text, replaced = scrub(input("you> ").strip())
         except EOFError:
             break
+        if replaced:
+            print(f"(your message held {replaced} byte(s) that are not UTF-8 text; each was replaced by U+FFFD)")
         if text in ("", "/quit"):
             break
         if text == "/reset":
@@ -1023,6 +1034,9 @@ def main(argv: list[str] | None = None) -> int:
             args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed
         return e.code if isinstance(e.code, int) else 2
+    from ..checks import safe_stdout
+
+    safe_stdout()
     try:
         args.func(args)
     except MmmambaError as e:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MmmambaError
-from ..io import iter_jsonl
+from ..io import check_regular, iter_jsonl
 from .images import ImageProcessor
 from .tokenizer import IMAGE_MARK, ChatTokenizer
 
@@ -52,13 +52,20 @@ def _check(record, where: str) -> Sample:
 
 
 def _image_path(root: Path, rel: str, where: str, allow_outside: bool) -> Path:
+    """The image's path; unless ``allow_outside``, it must stay inside the data folder once every link
+    is resolved (a symlink, or a sub-folder that is one, pointing elsewhere leaves it; one inside is fine)."""
     if not rel or "\x00" in rel:
         raise MmmambaError(f"{where}: empty or invalid image path {rel!r}")
     p = Path(rel)
-    if not allow_outside and (p.is_absolute() or ".." in p.parts):
-        raise MmmambaError(
-            f"{where}: image path {rel!r} leaves the data folder; use a path inside it (or pass --allow-outside-images)"
-        )
+    if not allow_outside:
+        real_root = root.resolve()
+        real = (root / p).resolve()
+        if p.is_absolute() or ".." in p.parts or (real != real_root and real_root not in real.parents):
+            via = "" if p.is_absolute() or ".." in p.parts else f" (through a link, to {real})"
+            raise MmmambaError(
+                f"{where}: image path {rel!r} leaves the data folder{via}; use a file inside it "
+                "(or pass --allow-outside-images)"
+            )
     return root / p
 
 
@@ -67,8 +74,9 @@ def read_jsonl(path, allow_outside: bool = False) -> list[Sample]:
     path = Path(path)
     if path.is_dir():
         raise MmmambaError(f"{path}: is a folder, expected a JSONL data file")
-    if not path.is_file():
+    if not path.exists():
         raise MmmambaError(f"{path}: no such data file; run `mmmamba data make --out DIR` or point --data at it")
+    check_regular(path, "JSONL data file")
     samples = []
     for where, record in iter_jsonl(path, "line (or remove it)"):
         sample = _check(record, where)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import MmmambaError
+from .chat_template import SandboxedTemplate
 from .chat_tokenizer import ChatTokenizer
 
 IMAGE_SPAN = ("<img>", "<IMG_CONTEXT>", "</img>")
@@ -42,6 +43,19 @@ def _load_hf(folder: Path):
         ) from None
 
 
+def _template_text(template, folder) -> str | None:
+    """The chat template to render: a string, or the "default" of named templates."""
+    if isinstance(template, dict):
+        template = template.get("default")
+    if template is not None and not isinstance(template, str):
+        raise MmmambaError(f"{folder}: its chat template is not text; fix chat_template in tokenizer_config.json")
+    return template
+
+
+def _plain(special: dict) -> dict:
+    return {k: v if isinstance(v, (str, list)) else str(v) for k, v in special.items()}
+
+
 class HFTokenizer(ChatTokenizer):
     source = "hf"
 
@@ -56,7 +70,13 @@ class HFTokenizer(ChatTokenizer):
         self.bos_id = hf.bos_token_id
         self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else self.end_id
         self._find_image_span()
-        self.template = hf.chat_template
+        self.template = _template_text(hf.chat_template, self.folder)
+        fix = (
+            "re-convert the file with a working tokenizer.chat_template, or use another file"
+            if self.folder.suffix.lower() == ".gguf"
+            else "fix or replace chat_template in its tokenizer_config.json (or chat_template.jinja)"
+        )
+        self._sandbox = None if self.template is None else SandboxedTemplate(self.template, self.folder, fix)
         self.stop_ids = tuple(dict.fromkeys([self.end_id, *self._turn_end_ids()]))
 
     # -- ChatTokenizer ------------------------------------------------------------------------
@@ -108,8 +128,11 @@ class HFTokenizer(ChatTokenizer):
 
     # -- chat template ------------------------------------------------------------------------
     def _render(self, turns, prompt: bool = False) -> str:
+        """The folder's template (untrusted code) rendered in a sandboxed, time- and size-bound process,
+        with the variables transformers gives it (never through transformers' own renderer)."""
         messages = [{"role": role, "content": content} for role, content in turns]
-        return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+        variables = {**_plain(self.hf.special_tokens_map), "messages": messages, "add_generation_prompt": prompt}
+        return self._sandbox.render(variables)
 
     def _cut(self, before: str, after: str) -> str:
         if not after.startswith(before):

@@ -13,6 +13,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import MmmambaError
+from ..io import open_regular
 from ..models.config import VisionConfig
 from .tokenizer import IMAGE_MARK
 
@@ -44,9 +45,15 @@ MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # larger headers are refused before decodin
 
 
 def open_image(path) -> Image.Image:
-    """Decode an image file to RGB; a corrupt, missing or oversized file is a one-line error naming it."""
+    """Decode an image file to RGB; a corrupt, missing, oversized or not regular file (a FIFO) is a one-line
+    error naming it."""
+    with open_regular(path, "image file") as f:
+        return _decode(f, path)
+
+
+def _decode(f, path) -> Image.Image:
     try:
-        with Image.open(path) as im:
+        with Image.open(f) as im:
             w, h = im.size
             if w * h > MAX_IMAGE_PIXELS or min(w, h) < 1:
                 raise MmmambaError(f"{path}: {w}x{h} pixels is not a usable image size; resize it below 64 Mpixel")

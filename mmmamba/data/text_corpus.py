@@ -36,7 +36,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import MmmambaError
-from ..io import iter_jsonl, write_json_atomic, write_text_atomic
+from ..io import check_regular, iter_jsonl, read_regular, write_json_atomic, write_text_atomic
 from .conversations import Example
 from .tokenizer import ChatTokenizer
 
@@ -126,10 +126,9 @@ def _tidy(text: str) -> str:
 def read_document(path: Path, where: str | None = None) -> str:
     """A file's text (HTML and Markdown reduced to prose); a file that is not UTF-8 is an error naming it."""
     where = where or str(path)
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise MmmambaError(f"{where}: larger than {MAX_FILE_BYTES >> 20} MB; split it or leave it out")
+    data = read_regular(path, "text/Markdown/HTML file", MAX_FILE_BYTES)  # a FIFO is refused, never opened to wait
     try:
-        raw = path.read_bytes().decode("utf-8")
+        raw = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise MmmambaError(f"{where}: not UTF-8 text (byte {e.start}); re-save it as UTF-8 or leave it out") from None
     kind = SUFFIXES[path.suffix.lower()]
@@ -148,6 +147,8 @@ def collect_files(inputs: list[str]) -> list[Path]:
             if not found:
                 raise MmmambaError(f"--inputs {item}: no {'/'.join(sorted(SUFFIXES))} files in this folder")
             files += found
+        elif not p.is_file():
+            check_regular(p, "text/Markdown/HTML file")
         elif p.suffix.lower() not in SUFFIXES:
             raise MmmambaError(f"--inputs {item}: unknown kind {p.suffix or '(no suffix)'}; use {sorted(SUFFIXES)}")
         else:
@@ -285,8 +286,9 @@ def build_text_corpus(
 def read_text_split(data_dir, split: str, vocab_size: int | None = None) -> list[list[int]]:
     """``{data_dir}/{split}.jsonl`` of a text corpus → token windows; each line checked (``file:line``)."""
     path = Path(data_dir) / f"{split}.jsonl"
-    if not path.is_file():
+    if not path.exists():
         raise MmmambaError(f"{path}: no such text-corpus split; build it with `mmmamba data text`")
+    check_regular(path, "text-corpus split")
     out = []
     for where, rec in iter_jsonl(path):
         ids = rec.get("input_ids") if isinstance(rec, dict) else None

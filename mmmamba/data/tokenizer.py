@@ -114,8 +114,10 @@ def load_tokenizer(folder) -> ChatTokenizer:
 
         return HFTokenizer(folder)
     f = Path(folder) / FILENAME
-    if f.exists() and not f.is_file():
-        raise MmmambaError(f"{f}: is not a file; copy the teacher's tokenizer files into {folder}")
+    for name in TOKENIZER_FILES:  # a FIFO or device among them would block the reader (transformers' too)
+        g = Path(folder) / name
+        if g.exists() and not g.is_file():
+            raise MmmambaError(f"{g}: is not a regular file; copy the teacher's tokenizer files into {folder}")
     if f.is_file() and f.stat().st_size < 4096 and read_json(f, "tokenizer.json").get("kind") == "byte":
         return ByteTokenizer.load(folder)
     if f.is_file():

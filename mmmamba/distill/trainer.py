@@ -57,6 +57,7 @@ from ..training.state import (
     DCP_DIR,
     STATE_FILE,
     apply_state,
+    check_step,
     full_optimizer_state,
     load_sharded_state,
     read_sharded_meta,
@@ -416,6 +417,7 @@ def _pending_state(out: Path, cfg: DistillConfig, lead: bool = True) -> dict | N
             f"{f}: is for stage {stage} but stage {earlier[0]} has no checkpoint "
             f"({out / f'after_stage{earlier[0]}'}); restore it or delete {f.name} to restart"
         )
+    check_step(state["step"], f, cfg.steps[stage])  # before anything is built or written
     return state
 
 
@@ -566,12 +568,10 @@ def distill(
         start, extra = 0, {}
         if pending is not None and pending["extra"].get("stage") == stage_id:
             if "dcp" in pending:
-                start, extra = load_sharded_state(pending, student, opt)
+                start, extra = load_sharded_state(pending, student, opt, steps)
             else:
-                start, extra = apply_state(pending, student, opt, out / STATE_FILE)
+                start, extra = apply_state(pending, student, opt, out / STATE_FILE, steps)
             pending = None
-            if start > steps:
-                raise MmmambaError(f"{_state_files(out)[0]}: at step {start}, beyond this stage's {steps} steps")
             last_good = f"{_state_files(out)[0]} (stage {stage_id}, step {start})"
         sharded = comm.on and not layer_mode
         plain = student

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from ..data.conversations import IMAGE_MARK, Sample
 from ..errors import MmmambaError
-from ..io import iter_jsonl, read_json
+from ..io import iter_jsonl, read_json, read_regular
 
 BENCHMARKS = ("mme", "pope", "textvqa", "scienceqa")
 SHORT_ANSWER = "Answer the question using a single word or phrase."  # LLaVA-1.5's POPE / TextVQA prompt
@@ -100,7 +100,7 @@ def _find_image(name: str, folders: list[Path], where: str) -> Path:
 def _tsv(path: Path):
     """(``file:line``, stripped columns) for every non-blank line of a tab-separated text file."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = read_regular(path, "benchmark question file").decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise MmmambaError(f"{path}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
     for n, line in enumerate(text.splitlines(), 1):

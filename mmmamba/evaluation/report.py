@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..checks import real, whole
 from ..errors import MmmambaError
-from ..io import read_json, write_atomic, write_json_atomic, write_text_atomic
+from ..io import read_json, read_regular, write_atomic, write_json_atomic, write_text_atomic
 
 GROUP_TITLES = {
     "headline": "Teacher, linear and hybrid",
@@ -83,6 +84,22 @@ def read_results(paths) -> list[dict]:
         for key in ("keep_attention", "stages"):
             if not isinstance(row.get(key, []), list):
                 raise MmmambaError(f"{f}: '{key}' must be a list")
+        try:  # the budget numbers, checked as every number read from a file is
+            if row.get("steps"):
+                if not isinstance(row["steps"], list):
+                    raise MmmambaError(f"steps must be a list of step counts, got {row['steps']!r}")
+                [whole(n, "steps", 0) for n in row["steps"]]
+            for key in ("tokens", "seconds"):
+                if row.get(key) is not None:
+                    real(row[key], key, 0)
+            text = row.get("text")
+            if text is not None and not isinstance(text, dict):
+                raise MmmambaError(f"text must be an object, got {text!r}")
+            for key in ("perplexity", "teacher_perplexity"):
+                if isinstance(text, dict) and key in text:
+                    real(text[key], f"text.{key}", 0, low_open=True)
+        except MmmambaError as e:
+            raise MmmambaError(f"{f}: {e}; pass result.json files of scripts/ablations.py") from None
         row.setdefault("commands", [])
         rows.append(row)
     return rows
@@ -128,8 +145,14 @@ def write_report(run_paths, teacher_eval, out, notes=None, chart=None, quality=N
     teacher = check_eval(read_json(teacher_eval, "teacher eval JSON"), teacher_eval)
     if teacher["mean_accuracy"] == 0:
         raise MmmambaError(f"{teacher_eval}: the teacher's mean accuracy is 0; evaluate the right teacher")
-    if notes and not Path(notes).is_file():
-        raise MmmambaError(f"--notes {notes}: no such file")
+    notes_text = None
+    if notes:
+        try:
+            notes_text = read_regular(notes, "notes file", 16 * 1024**2).decode("utf-8")
+        except UnicodeDecodeError:
+            raise MmmambaError(f"--notes {notes}: not UTF-8 text; re-save it as UTF-8") from None
+        except MmmambaError as e:
+            raise MmmambaError(f"--notes {e}") from None
     families = list(teacher["per_family"])
     by_name = {r["name"]: r for r in rows}
     teacher_row = {"name": "teacher", "keep_attention": ["all"], "stages": [], "init": "-", **teacher}
@@ -156,11 +179,8 @@ def write_report(run_paths, teacher_eval, out, notes=None, chart=None, quality=N
             mine = [by_name["linear"], *(r for r in rows if r["name"] == "hybrid_every4"), *mine]
         if len(mine) > (1 if group != "headline" else 1):
             lines += [f"## {title}", "", *_table(mine, families, teacher), ""]
-    if notes:
-        try:
-            lines += [Path(notes).read_bytes().decode("utf-8").rstrip(), ""]
-        except UnicodeDecodeError:
-            raise MmmambaError(f"--notes {notes}: not UTF-8 text") from None
+    if notes_text is not None:
+        lines += [notes_text.rstrip(), ""]
     lines += ["## Commands", ""]
     for r in rows:
         lines += [

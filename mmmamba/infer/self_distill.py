@@ -17,28 +17,31 @@ import torch
 
 from ..data.tokenizer import ChatTokenizer
 from ..errors import MmmambaError
-from ..io import parse_json, write_json_atomic, write_jsonl_atomic
+from ..io import MAX_LINE_BYTES, parse_json, read_regular, write_json_atomic, write_jsonl_atomic
 from ..models import Decoder
 from .generate import generate_in_batches
 from .sampling import SamplingConfig
 
 MAX_PROMPTS = 10_000_000
+MAX_PROMPT_BYTES = 1024**3
 
 
 def read_prompts(path) -> list[str]:
     """Prompts from a .txt (one a line) or .jsonl file; every bad line is named by ``file:line``."""
     path = Path(path)
     if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
+        what = "is a folder" if path.is_dir() else "does not exist" if not path.exists() else "is not a regular file"
         raise MmmambaError(f"--prompts {path}: {what}; give a .txt (one prompt a line) or .jsonl file")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = read_regular(path, "prompts file", MAX_PROMPT_BYTES).decode("utf-8")
     except UnicodeDecodeError as e:
         raise MmmambaError(f"--prompts {path}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
     prompts = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        if len(line) > MAX_LINE_BYTES:
+            raise MmmambaError(f"{path}:{n}: a prompt of {len(line)} characters; shorten or split it")
         if path.suffix.lower() != ".jsonl":
             prompts.append(line.strip().replace("\\n", "\n"))
             continue

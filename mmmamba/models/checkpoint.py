@@ -28,7 +28,7 @@ from ..io import (
     remove_tree,
     temp_sibling,
 )
-from .config import DecoderConfig
+from .config import LIMITS, MAMBA_LIMITS, VISION_LIMITS, DecoderConfig
 
 FORMAT = "mmmamba"
 WEIGHTS = "model.safetensors"
@@ -159,19 +159,6 @@ def read_config_json(path: Path) -> dict:
     return read_json(f, "config.json")
 
 
-# Sizes beyond these are not a model anyone can run; the memory check below catches the rest.
-LIMITS = {
-    "vocab_size": 1 << 22,
-    "hidden_size": 1 << 16,
-    "num_layers": 1024,
-    "num_heads": 1024,
-    "num_kv_heads": 1024,
-    "head_dim": 4096,
-    "intermediate_size": 1 << 19,
-    "max_position": 1 << 24,
-}
-VISION_LIMITS = {"image_size": 8192, "patch_size": 1024, "channels": 16, "min_tiles": 256, "max_tiles": 256}
-MAMBA_LIMITS = {"conv_kernel": 256, "chunk_size": 1 << 16}
 HF_KEYS = {
     "vocab_size": "vocab_size",
     "hidden_size": "hidden_size",
@@ -412,6 +399,7 @@ def config_from_dict(raw: dict, where) -> DecoderConfig:
     try:
         cfg = DecoderConfig.from_dict(raw)
     except MmmambaError as e:
-        raise MmmambaError(str(e) if str(where) in str(e) else f"{where}: {e}") from None
+        fix = "" if ";" in str(e) else "; fix the config"
+        raise MmmambaError(str(e) if str(where) in str(e) else f"{where}: {e}{fix}") from None
     check_fits(cfg, where)
     return cfg

@@ -5,10 +5,26 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..checks import flag, real, whole
 from ..errors import MmmambaError
 from ..layers import AttentionConfig, Mamba2Config
 
 MIXER_KINDS = ("attention", "mamba2")
+
+# Sizes beyond these are not a model anyone can run; ``check_fits`` catches the rest against memory.
+LIMITS = {
+    "vocab_size": 1 << 22,
+    "hidden_size": 1 << 16,
+    "num_layers": 1024,
+    "num_heads": 1024,
+    "num_kv_heads": 1024,
+    "head_dim": 4096,
+    "intermediate_size": 1 << 19,
+    "max_position": 1 << 24,
+}
+VISION_LIMITS = {"image_size": 8192, "patch_size": 1024, "channels": 16, "min_tiles": 256, "max_tiles": 256}
+MAMBA_LIMITS = {"conv_kernel": 256, "chunk_size": 1 << 16}
+MAX_PATCHES = 1 << 16  # patches of one tile (a 256 x 256 grid); released models use about 1 000
 
 
 VISION_STYLES = ("fuyu", "internvl", "hovle")
@@ -44,6 +60,17 @@ class VisionConfig:
     position_grid: int = 0  # "hovle": side of the stored position grid; 0 = image_size // patch_size
 
     def __post_init__(self):
+        for key, high in VISION_LIMITS.items():
+            setattr(self, key, whole(getattr(self, key), f"vision.{key}", 1, high))
+        self.embed_dim = whole(self.embed_dim, "vision.embed_dim", 0, LIMITS["hidden_size"])
+        self.position_grid = whole(self.position_grid, "vision.position_grid", 0, 256)
+        self.downsample_ratio = real(self.downsample_ratio, "vision.downsample_ratio", 1 / 64, 1.0)
+        self.use_thumbnail = flag(self.use_thumbnail, "vision.use_thumbnail")
+        for key in ("mean", "std"):
+            v = getattr(self, key)
+            if not isinstance(v, list) or not v:
+                raise MmmambaError(f"vision.{key} must be a non-empty list of numbers, got {v!r}")
+            setattr(self, key, [real(x, f"vision.{key}", 0 if key == "std" else None, low_open=True) for x in v])
         if self.style not in VISION_STYLES:
             raise MmmambaError(f"unknown vision style {self.style!r}; use one of {list(VISION_STYLES)}")
         if self.image_size % self.patch_size:
@@ -51,6 +78,11 @@ class VisionConfig:
         merge = self.merge
         if self.style == "fuyu" and merge != 1:
             raise MmmambaError("pixel shuffle (downsample_ratio < 1) needs the 'internvl' vision style")
+        if self.num_patches > MAX_PATCHES:
+            raise MmmambaError(
+                f"image_size {self.image_size} / patch_size {self.patch_size} makes {self.num_patches} patches a tile, "
+                f"more than {MAX_PATCHES}; use a larger patch or a smaller image"
+            )
         if (self.image_size // self.patch_size) % merge:
             raise MmmambaError(f"{self.image_size // self.patch_size} patches a side do not divide by {merge}")
         if not 1 <= self.min_tiles <= self.max_tiles:
@@ -112,6 +144,19 @@ class DecoderConfig:
     l2_norm_after: list[int] = field(default_factory=list)
 
     def __post_init__(self):
+        for key, high in LIMITS.items():
+            setattr(self, key, whole(getattr(self, key), key, 1, high))
+        if self.num_heads % self.num_kv_heads:
+            raise MmmambaError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        self.rope_theta = real(self.rope_theta, "rope_theta", 0, low_open=True)
+        self.norm_eps = real(self.norm_eps, "norm_eps", 0, 1.0, low_open=True)
+        self.tie_embeddings = flag(self.tie_embeddings, "tie_embeddings")
+        self.qkv_bias = flag(self.qkv_bias, "qkv_bias")
+        if not isinstance(self.mixers, list) or not all(isinstance(m, str) for m in self.mixers):
+            raise MmmambaError(f"mixers must be a list of {' / '.join(MIXER_KINDS)}, got {self.mixers!r}")
+        for key in ("mamba", "conversion"):
+            if not isinstance(getattr(self, key), dict):
+                raise MmmambaError(f"{key} must be a JSON object, got {getattr(self, key)!r}")
         if not self.mixers:
             self.mixers = ["attention"] * self.num_layers
         if len(self.mixers) != self.num_layers:
@@ -121,8 +166,17 @@ class DecoderConfig:
             raise MmmambaError(f"unknown mixer kind(s) {bad}; use one of {list(MIXER_KINDS)}")
         if isinstance(self.vision, dict):
             self.vision = VisionConfig(**self.vision)
+        if self.vision is not None and not isinstance(self.vision, VisionConfig):
+            raise MmmambaError(f"vision must be a JSON object or null, got {self.vision!r}")
         if self.vision is not None and self.image_token_id is None:
             raise MmmambaError("a config with a vision front-end needs image_token_id")
+        if self.image_token_id is not None:
+            whole(self.image_token_id, "image_token_id", 0, self.vocab_size - 1)
+        if self.vision is not None and self.vision.tokens_per_tile > self.max_position:
+            raise MmmambaError(
+                f"one image takes {self.vision.tokens_per_tile} tokens, more than max_position {self.max_position}; "
+                "use a larger patch or a smaller image"
+            )
         for key in ("text_vocab_size", "special_embeddings"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -138,6 +192,9 @@ class DecoderConfig:
         bad = [i for i in self.l2_norm_after if not 0 <= i < self.num_layers]
         if bad:
             raise MmmambaError(f"l2_norm_after {bad}: layers out of range for a {self.num_layers}-layer model")
+        for key, high in MAMBA_LIMITS.items():
+            if key in self.mamba:
+                whole(self.mamba[key], f"mamba.{key}", 1, high)
         self.mamba2_config()  # validate the options early
 
     def attention_config(self) -> AttentionConfig:

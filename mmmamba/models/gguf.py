@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checks import real, whole
 from ..errors import MmmambaError
 from ..io import human_bytes, machine_memory
 from .build import build_loaded
@@ -117,18 +118,51 @@ def metadata(reader) -> dict:
     return out
 
 
-def _need(meta: dict, key: str, where) -> int | float:
+def _need(meta: dict, key: str, where):
     v = meta.get(key)
     if v is None:
         raise MmmambaError(f"{where}: metadata key {key!r} is missing; the file is incomplete")
     return v
 
 
+def _bad_metadata(where, e: MmmambaError) -> MmmambaError:
+    return MmmambaError(f"{where}: metadata {e}; the file's header is wrong, re-convert it with llama.cpp")
+
+
+def _count(meta: dict, key: str, where, default=None) -> int:
+    """A whole-number metadata value (>= 1), checked before any arithmetic on it."""
+    v = meta.get(key, default)
+    if v is None:
+        raise MmmambaError(f"{where}: metadata key {key!r} is missing; the file is incomplete")
+    try:
+        return whole(v, key, 1)
+    except MmmambaError as e:
+        raise _bad_metadata(where, e) from None
+
+
+def _positive(meta: dict, key: str, where, default=None, high: float | None = None) -> float:
+    """A finite metadata number in (0, high]."""
+    v = meta.get(key, default)
+    if v is None:
+        raise MmmambaError(f"{where}: metadata key {key!r} is missing; the file is incomplete")
+    try:
+        return real(v, key, 0, high, low_open=True)
+    except MmmambaError as e:
+        raise _bad_metadata(where, e) from None
+
+
+def _block_indices(names) -> set[int]:
+    return {int(m.group(1)) for n in names if (m := re.match(r"blk\.(\d+)\.", n))}
+
+
 def gguf_config(reader, where) -> tuple[DecoderConfig, GGUFArch, dict]:
-    """Our config and the architecture's table, from the header; unsupported settings are refused."""
+    """Our config and the architecture's table, from the header; unsupported settings are refused.
+
+    Every number goes through the checks ``DecoderConfig`` applies (types, ranges, finiteness); the
+    block count must match the blocks the tensors hold."""
     meta = metadata(reader)
     arch = meta.get("general.architecture")
-    if arch not in ARCHS:
+    if not isinstance(arch, str) or arch not in ARCHS:
         raise MmmambaError(f"{where}: GGUF architecture {arch!r} is not supported; use one of {sorted(ARCHS)}")
     spec = ARCHS[arch]
     a = f"{arch}."
@@ -137,35 +171,41 @@ def gguf_config(reader, where) -> tuple[DecoderConfig, GGUFArch, dict]:
     scaling = meta.get(a + "rope.scaling.type")
     if scaling not in (None, "none"):
         raise MmmambaError(f"{where}: rope scaling {scaling!r} is not supported; only plain RoPE (freq_base)")
-    hidden = int(_need(meta, a + "embedding_length", where))
-    heads = int(_need(meta, a + "attention.head_count", where))
-    if not isinstance(meta[a + "attention.head_count"], int):
+    if isinstance(meta.get(a + "attention.head_count"), list):
         raise MmmambaError(f"{where}: per-layer head counts are not supported")
-    kv = int(meta.get(a + "attention.head_count_kv") or heads)
-    head_dim = int(meta.get(a + "attention.key_length") or hidden // heads)
-    if meta.get(a + "attention.value_length", head_dim) != head_dim:
+    hidden = _count(meta, a + "embedding_length", where)
+    heads = _count(meta, a + "attention.head_count", where)
+    kv = _count(meta, a + "attention.head_count_kv", where, heads)
+    head_dim = _count(meta, a + "attention.key_length", where, hidden // heads)
+    if _count(meta, a + "attention.value_length", where, head_dim) != head_dim:
         raise MmmambaError(f"{where}: key and value head sizes differ; not supported")
-    rope_dims = meta.get(a + "rope.dimension_count", head_dim)
+    rope_dims = _count(meta, a + "rope.dimension_count", where, head_dim)
     if rope_dims != head_dim:
         raise MmmambaError(f"{where}: RoPE on {rope_dims} of {head_dim} dimensions (partial rotary) is not supported")
     names = {t.name for t in reader.tensors}
     embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     if embed is None:
         raise MmmambaError(f"{where}: no token_embd.weight tensor; not a language model's file")
-    vocab = int(meta.get(a + "vocab_size") or embed.shape[-1])
+    layers = _count(meta, a + "block_count", where)
+    blocks = _block_indices(names)
+    if blocks != set(range(layers)):
+        raise MmmambaError(
+            f"{where}: metadata block_count {layers}, but the tensors hold {len(blocks)} block(s); "
+            "the file's header is wrong, re-convert it with llama.cpp"
+        )
     fields = dict(
-        vocab_size=vocab,
+        vocab_size=_count(meta, a + "vocab_size", where, int(embed.shape[-1])),
         hidden_size=hidden,
-        num_layers=int(_need(meta, a + "block_count", where)),
+        num_layers=layers,
         num_heads=heads,
         num_kv_heads=kv,
         head_dim=head_dim,
-        intermediate_size=int(_need(meta, a + "feed_forward_length", where)),
-        rope_theta=float(meta.get(a + "rope.freq_base") or 10000.0),
-        norm_eps=float(_need(meta, a + "attention.layer_norm_rms_epsilon", where)),
+        intermediate_size=_count(meta, a + "feed_forward_length", where),
+        rope_theta=_positive(meta, a + "rope.freq_base", where, 10000.0),
+        norm_eps=_positive(meta, a + "attention.layer_norm_rms_epsilon", where, high=1.0),
         tie_embeddings="output.weight" not in names,
         qkv_bias=spec.qkv_bias,
-        max_position=int(meta.get(a + "context_length") or 4096),
+        max_position=_count(meta, a + "context_length", where, 4096),
     )
     types = sorted({t.tensor_type.name for t in reader.tensors})
     source = {
@@ -175,7 +215,10 @@ def gguf_config(reader, where) -> tuple[DecoderConfig, GGUFArch, dict]:
         "tensor_types": types,
     }
     conversion = {"source": f"gguf:{arch}", "stacks": [fields["num_layers"]], "gguf": source}
-    return DecoderConfig(**fields, conversion=conversion), spec, meta
+    try:
+        return DecoderConfig(**fields, conversion=conversion), spec, meta
+    except MmmambaError as e:
+        raise _bad_metadata(where, e) from None
 
 
 def dequantize(tensor, where) -> torch.Tensor:
@@ -234,13 +277,14 @@ def load_gguf_decoder(path, dtype: torch.dtype | None = None) -> Decoder:
 def gguf_hf_tokenizer(path):
     """The file's tokenizer and chat template as a transformers tokenizer (built from metadata only)."""
     path = Path(path)
+    gguf_config(open_gguf(path), path)  # the header checked by our rules before transformers reads it
     try:
         from transformers import AutoTokenizer
     except ImportError:
         raise MmmambaError("a GGUF file's tokenizer needs transformers: pip install 'mmmamba[gguf]'") from None
     try:
         return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
-    except (ValueError, OSError, KeyError, TypeError, NotImplementedError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever transformers raises on a file it cannot read, one line
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         raise MmmambaError(f"{path}: transformers cannot build a tokenizer from its metadata ({reason})") from None
 

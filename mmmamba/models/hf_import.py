@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import whole
 from ..errors import MmmambaError
 from .build import build_loaded
 from .checkpoint import read_safetensors
@@ -54,7 +55,8 @@ def llm_fields(raw: dict, where: str, arch: str) -> dict:
     hidden = require(raw, "hidden_size", where)
     max_position = raw.get("max_position_embeddings", 4096)
     if arch == "MistralForCausalLM" and raw.get("sliding_window"):
-        max_position = min(max_position, raw["sliding_window"])  # within the window, sliding = full attention
+        # within the window, sliding attention = full attention
+        max_position = min(max_position, whole(raw["sliding_window"], f"{where}: sliding_window"))
     theta = raw.get("rope_theta", (raw.get("rope_parameters") or {}).get("rope_theta", 10000.0))
     return dict(
         vocab_size=require(raw, "vocab_size", where),
@@ -64,7 +66,7 @@ def llm_fields(raw: dict, where: str, arch: str) -> dict:
         num_kv_heads=raw.get("num_key_value_heads") or heads,
         head_dim=raw.get("head_dim") or hidden // heads,
         intermediate_size=require(raw, "intermediate_size", where),
-        rope_theta=float(theta),
+        rope_theta=theta,
         norm_eps=raw.get("rms_norm_eps", 1e-6),
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
         qkv_bias=FAMILIES[arch].qkv_bias,
@@ -117,13 +119,18 @@ def embedding_stack(emb: dict, where: str, student: bool) -> dict:
     if emb.get("attention_bias") and not student:  # the students' layers have no bias whatever the config says
         raise MmmambaError(f"{where}: attention_bias (with an output-projection bias) is not supported")
     hidden, heads = emb["hidden_size"], emb["num_attention_heads"]
+    try:
+        whole(hidden, "hidden_size")
+        whole(heads, "num_attention_heads")
+    except MmmambaError as e:
+        raise MmmambaError(f"{where}: {e}; fix the config") from None
     return dict(
         hidden_size=hidden,
         num_heads=heads,
         num_kv_heads=emb["num_key_value_heads"],
         head_dim=hidden // heads,
         intermediate_size=emb["intermediate_size"],
-        rope_theta=float(emb["rope_theta"]),
+        rope_theta=emb["rope_theta"],
         norm_eps=emb["rms_norm_eps"],
         qkv_bias=False,
     )
@@ -217,8 +224,21 @@ def holistic_fields(raw: dict, folder: Path, where: str, kind: str) -> tuple[dic
 
 
 def hf_config(raw: dict, folder: Path) -> tuple[DecoderConfig, Family, dict]:
-    """Our config, the family's name table, and what the loader needs beyond them."""
+    """Our config, the family's name table, and what the loader needs beyond them; every number is checked
+    by ``DecoderConfig``, and a value of the wrong kind anywhere in the file is one line naming it."""
     where = f"{folder}/config.json"
+    try:
+        return _hf_config(raw, folder, where)
+    except MmmambaError as e:
+        raise MmmambaError(str(e) if str(folder) in str(e) else f"{where}: {e}; fix the config") from None
+    except KeyError as e:
+        raise MmmambaError(f"{where}: {e} is missing; the folder's config.json is incomplete") from None
+    except (TypeError, ValueError, AttributeError, ArithmeticError) as e:
+        reason = " ".join(str(e).split())[:120] or e.__class__.__name__
+        raise MmmambaError(f"{where}: a value has the wrong type or size ({reason}); fix the config") from None
+
+
+def _hf_config(raw: dict, folder: Path, where: str) -> tuple[DecoderConfig, Family, dict]:
     arch = (raw.get("architectures") or ["?"])[0]
     kind = holistic_kind(raw)
     extra = {"tied_llm": False}

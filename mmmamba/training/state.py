@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import whole
 from ..errors import MmmambaError
 from ..io import write_atomic
 from ..models.checkpoint import check_finite
@@ -47,11 +48,42 @@ def read_state(folder) -> dict | None:
     keys = {"model", "optimizer", "step", "torch_rng", "extra"}
     if not isinstance(state, dict) or not keys <= set(state) or not isinstance(state["extra"], dict):
         raise MmmambaError(f"{f}: not an mmmamba training state; delete it to restart")
+    state["step"] = check_step(state["step"], f)
+    _check_counters(state["extra"], f)
     return state
 
 
-def apply_state(state: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, source) -> tuple[int, dict]:
-    """Restore model, optimizer and RNG from ``read_state``; returns (step, extra)."""
+COUNTERS = ("stage", "skipped", "in_a_row")  # loop counters kept in ``extra``
+
+
+def _check_counters(extra: dict, source) -> None:
+    for key in COUNTERS:
+        if key in extra:
+            try:
+                whole(extra[key], key, 0)
+            except MmmambaError as e:
+                raise MmmambaError(f"{source}: not a usable training state, {e}; delete it to restart") from None
+
+
+def check_step(step, source, total: int | None = None) -> int:
+    """A saved step: a whole number in [0, total] (one check for every state format)."""
+    try:
+        whole(step, "its step", 0)
+    except MmmambaError as e:
+        raise MmmambaError(f"{source}: not a usable training state, {e}; delete it to restart") from None
+    if total is not None and step > total:
+        raise MmmambaError(
+            f"{source}: at step {step}, beyond this run's {total} steps; rerun with "
+            "the step count it was started with, or delete it to restart"
+        )
+    return step
+
+
+def apply_state(
+    state: dict, model: torch.nn.Module, opt: torch.optim.Optimizer, source, total: int | None = None
+) -> tuple[int, dict]:
+    """Restore model, optimizer and RNG from ``read_state``; returns (step, extra). ``total``: the run's steps."""
+    step = check_step(state["step"], source, total)
     try:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -61,13 +93,15 @@ def apply_state(state: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
             f"{source}: the training state does not fit this model or stage ({str(e).splitlines()[0][:120]}); "
             "delete it to restart the stage, or use a new --out"
         ) from None
-    return int(state["step"]), state["extra"]
+    return step, state["extra"]
 
 
-def load_state(folder, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, dict] | None:
+def load_state(
+    folder, model: torch.nn.Module, opt: torch.optim.Optimizer, total: int | None = None
+) -> tuple[int, dict] | None:
     """Restore model, optimizer and RNG; returns (step, extra), or None when there is nothing to resume."""
     state = read_state(folder)
-    return None if state is None else apply_state(state, model, opt, Path(folder) / STATE_FILE)
+    return None if state is None else apply_state(state, model, opt, Path(folder) / STATE_FILE, total)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -121,13 +155,15 @@ def read_sharded_meta(folder) -> dict | None:
     if not (f / "meta.json").is_file():
         return None
     meta = read_json(f / "meta.json", "sharded training state")
-    if not isinstance(meta.get("extra"), dict) or not isinstance(meta.get("step"), int):
+    if not isinstance(meta.get("extra"), dict) or "step" not in meta:
         raise MmmambaError(f"{f}: not an mmmamba training state; delete it to restart")
-    return meta | {"dcp": str(f)}
+    _check_counters(meta["extra"], f)
+    return meta | {"step": check_step(meta["step"], f), "dcp": str(f)}
 
 
-def load_sharded_state(meta: dict, model, opt) -> tuple[int, dict]:
+def load_sharded_state(meta: dict, model, opt, total: int | None = None) -> tuple[int, dict]:
     """Load a DCP state into an unsharded model and optimizer (every process, any process count)."""
+    check_step(meta["step"], meta["dcp"], total)
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
@@ -141,7 +177,7 @@ def load_sharded_state(meta: dict, model, opt) -> tuple[int, dict]:
             f"{meta['dcp']}: the training state does not fit this model or stage ({str(e).splitlines()[0][:120]}); "
             "delete it to restart the stage"
         ) from None
-    return int(meta["step"]), meta["extra"]
+    return meta["step"], meta["extra"]
 
 
 def full_optimizer_state(model, opt) -> dict:

@@ -97,7 +97,7 @@ def train_teacher(
     for s in val:
         encode_sample(s, tok, images, limit)  # every validation image readable before the first step
     settings = {"preset": preset, "steps": steps, "seed": seed, "batch_size": p.batch_size, "n_train": len(train)}
-    resumed = load_state(out, model, opt)
+    resumed = load_state(out, model, opt, steps)
     start = 0 if resumed is None else resumed[0]
     if resumed is not None and resumed[1] != settings:
         raise MmmambaError(

@@ -34,6 +34,7 @@ from ..errors import MmmambaError
 from ..evaluation.tasks import predict, score
 from ..io import check_output_dir, read_json, write_json_atomic, write_text_atomic
 from ..models import Decoder, VisionConfig, load_checkpoint, save_checkpoint
+from ..models.checkpoint import check_fits
 from ..models.gguf import write_tokenizer
 from .loop import StepReport, train_loop
 from .losses import masked_ce, next_token_loss
@@ -56,7 +57,15 @@ class GraftConfig:
     def vision(self) -> VisionConfig:
         if self.style not in ("fuyu", "internvl"):
             raise MmmambaError(f"--vision {self.style!r}: use 'fuyu' or 'internvl'")
-        return VisionConfig(self.image_size, self.patch_size, style=self.style, downsample_ratio=self.downsample_ratio)
+        try:
+            return VisionConfig(
+                self.image_size, self.patch_size, style=self.style, downsample_ratio=self.downsample_ratio
+            )
+        except MmmambaError as e:
+            raise MmmambaError(f"{self._flags()}: {e}") from None
+
+    def _flags(self) -> str:
+        return f"--image-size {self.image_size} --patch-size {self.patch_size}"
 
 
 def graft_vision(llm_dir, out, cfg: GraftConfig) -> Decoder:
@@ -80,7 +89,11 @@ def graft_vision(llm_dir, out, cfg: GraftConfig) -> Decoder:
         raise MmmambaError(f"--llm {llm_dir}: tokenizer kind {tok.source!r} cannot take new tokens")
     span = tok.image_span_ids()
     vocab = max(old.vocab_size, max(span) + 1)
-    cfg_vlm = dataclasses.replace(old, vocab_size=vocab, vision=vision, image_token_id=span[1])
+    try:  # every size checked (and the memory it needs) before anything is allocated
+        cfg_vlm = dataclasses.replace(old, vocab_size=vocab, vision=vision, image_token_id=span[1])
+    except MmmambaError as e:
+        raise MmmambaError(f"{cfg._flags()} on --llm {llm_dir}: {e}") from None
+    check_fits(cfg_vlm, f"{cfg._flags()} on --llm {llm_dir}")
     torch.manual_seed(cfg.seed)
     vlm = Decoder(cfg_vlm)
     state = vlm.state_dict()
@@ -283,7 +296,7 @@ def _run_phase(model, tok, data: TuneData, phase: TunePhase, cfg: TuneConfig, ou
     params = _set_trainable(model, phase)
     optim = OptimConfig(lr=phase.lr)
     opt = make_adamw(model.named_parameters(), optim)
-    resumed = load_state(state_dir, model, opt)  # its settings: the run's tune_config.json, checked before
+    resumed = load_state(state_dir, model, opt, phase.steps)  # its settings: the run's tune_config.json, checked before
     start = 0 if resumed is None else resumed[0]
 
     def micro_batches(step: int) -> list[WeightedBatch]:
