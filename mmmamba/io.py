@@ -497,13 +497,13 @@ class RunLock:
 
     def remove_stale_temporaries(self) -> list[Path]:
         """Temporaries of interrupted atomic writes (only the lock holder may call this)."""
-        removed = []
-        folders = [self.folder] + [p for p in self.folder.iterdir() if p.is_dir() and not p.is_symlink()]
-        for folder in folders:
-            for p in list(folder.iterdir()):
-                if p.name.startswith(".") and TMP_TAG in p.name:
-                    remove_tree(p)
-                    removed.append(p)
+        stale = lambda p: p.name.startswith(".") and TMP_TAG in p.name  # noqa: E731
+        removed = [p for p in self.folder.iterdir() if stale(p)]
+        for sub in self.folder.iterdir():
+            if sub.is_dir() and not sub.is_symlink() and not stale(sub):
+                removed += [p for p in sub.iterdir() if stale(p)]
+        for p in removed:
+            remove_tree(p)
         return removed
 
     def release(self) -> None:

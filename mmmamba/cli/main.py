@@ -555,8 +555,12 @@ def cmd_distill(args) -> None:
             f"on {cfg.device}; nothing written"
         )
         return
+    from ..distill.trainer import all_finished
+
+    done_before = all_finished(args.out, stages)  # then distill checks the settings and says it is finished
     distill(args.teacher, args.student, args.data, args.out, cfg)
-    print(f"wrote {args.out}/after_stage{stages[-1]} (log.csv, loss.png beside it)")
+    if not done_before:
+        print(f"wrote {args.out}/after_stage{stages[-1]} (log.csv, loss.png beside it)")
 
 
 def side_output(out, suffix: str) -> Path:
