@@ -213,14 +213,27 @@ def cmd_convert(args) -> None:
         student.config.conversion["auto_keep"] = auto
         student.config.conversion["auto_rank"] = args.auto_rank or "error"
     save_checkpoint(student, out, max_shard, extra=lambda d: copy_tokenizer(args.teacher, d))
-    n_mamba = student.config.mixers.count("mamba2")
-    print(f"wrote {args.out}: {n_mamba} Mamba-2 layers, attention kept at {keep or 'none'} (init {args.init})")
+    print(f"wrote {args.out}: {kept_summary(student.config.mixers, auto, args.auto_rank)} (init {args.init})")
+
+
+def kept_summary(mixers: list[str], auto: int | None, rank: str | None) -> str:
+    """Which layers the student keeps as attention, as the converted config says; with auto:K, that distill
+    chooses them after stage 2."""
+    kept = [i for i, kind in enumerate(mixers) if kind == "attention"]
+    now = f"{mixers.count('mamba2')} Mamba-2 layers, attention kept at {kept or 'none'}"
+    if auto is None:
+        return now
+    return (
+        f"{now} for now: auto:{auto} keeps the {auto} layer(s) with the largest stage-2 {rank or 'error'} as "
+        "attention, chosen by `mmmamba distill` after stage 2 (it prints them)"
+    )
 
 
 def _convert_estimate(args, cfg, keep, out) -> None:
     """--dry-run: what convert would write, the memory and time it needs; nothing is written."""
     import dataclasses
 
+    from ..convert.layer_spec import parse_auto
     from ..io import check_free_space, free_bytes, human_bytes
     from ..models.checkpoint import check_fits, parameter_count
 
@@ -230,9 +243,9 @@ def _convert_estimate(args, cfg, keep, out) -> None:
     disk = 4 * parameter_count(student)
     check_free_space(out, disk, "the student checkpoint")
     seconds = 2 + parameter_count(student) / 2e8  # load + seed + write, dominated by disk speed
+    kept = kept_summary(mixers, parse_auto(args.keep_attention, cfg.num_layers), args.auto_rank)
     print(
-        f"dry run: {args.teacher} -> {out}: {mixers.count('mamba2')} Mamba-2 layers, attention kept at "
-        f"{keep or 'none'}; memory ~ {human_bytes(need)}, disk {human_bytes(disk)} "
+        f"dry run: {args.teacher} -> {out}: {kept}; memory ~ {human_bytes(need)}, disk {human_bytes(disk)} "
         f"({human_bytes(free_bytes(out))} free), time ~ {seconds:.0f} s; nothing written"
     )
 
@@ -648,20 +661,53 @@ def cmd_generate(args) -> None:
     text, counts = args.prompt, None
     if image is not None:
         text, counts = attach_image(text, image, model.config.vision)
+    import time
+
     stream = _Stream(tok)
+    prompt = tok.user_turn(text, image_tokens=counts)
+    times: list[float] = []
+
+    def on_token(t) -> None:
+        times.append(time.perf_counter())
+        stream(int(t[0]))
+
+    t0 = time.perf_counter()
     generate(
-        model,
-        [tok.user_turn(text, image_tokens=counts)],
-        image,
-        args.max_new_tokens,
-        sampling,
-        tok.stop_ids,
-        tok.pad_id,
-        args.prefill_chunk,
-        lambda t: stream(int(t[0])),
+        model, [prompt], image, args.max_new_tokens, sampling, tok.stop_ids, tok.pad_id, args.prefill_chunk, on_token,
         args.decode,
-    )
+    )  # fmt: skip
     print()
+    print(generation_speed(len(prompt), t0, times), file=sys.stderr)
+
+
+def generation_speed(prompt_tokens: int, t0: float, times: list[float]) -> str:
+    """``(N tokens in T s: prefill of P tokens X s, then Y tokens/s)``; ``times``: when each token came."""
+    if not times:
+        return "(no tokens)"
+    rate = f", then {(len(times) - 1) / (times[-1] - times[0]):.1f} tokens/s" if len(times) > 1 else ""
+    return (
+        f"({len(times)} tokens in {times[-1] - t0:.2f} s: prefill of {prompt_tokens} tokens and the first token "
+        f"{times[0] - t0:.2f} s{rate})"
+    )
+
+
+CHAT_HELP = """commands (handled here, never sent to the model):
+  /help          this list
+  /image PATH    attach an image to your next message (the model sees it from that turn on)
+  /reset         start a new conversation (the context is emptied)
+  /quit          end the chat (an empty line or Ctrl-D too)
+Ctrl-C stops an answer mid-way and starts a new conversation; Ctrl-C at the prompt ends the chat."""
+
+
+def _chat_image(model, name, path: str):
+    """An image for the next turn, or a one-line error (the chat goes on)."""
+    from ..data.images import ImageProcessor
+
+    if model.config.vision is None:
+        raise MmmambaError(f"{name} has no image front-end; it cannot take an image")
+    if not Path(path).is_file():
+        raise MmmambaError(f"{path}: {'is a folder' if Path(path).is_dir() else 'does not exist'}; give an image file")
+    return ImageProcessor(model.config.vision)(path)
 
 
 def cmd_chat(args) -> None:
@@ -680,30 +726,57 @@ def cmd_chat(args) -> None:
         )
     chat = ChatSession(model, tok, sampling, length, args.decode)
     print(
-        "chat: type a message; /reset starts over, /quit or an empty line ends."
-        + (" Image attached." if image is not None else "")
+        f"chat with {args.model} ({length}-token context): type a message; /help lists the commands, "
+        "/quit or an empty line ends." + (" Image attached to your first message." if image is not None else "")
     )
     while True:
         try:
             text = input("you> ").strip()
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):
+            print()
             break
-        if text in ("", "/quit"):
+        if text in ("", "/quit", "/exit"):
             break
-        if text == "/reset":
-            chat.reset()
+        if text.startswith("/"):
+            command, _, rest = text.partition(" ")
+            if command == "/help":
+                print(CHAT_HELP)
+            elif command == "/reset":
+                chat.reset()
+                print("(new conversation)")
+            elif command == "/image":
+                try:
+                    image = _chat_image(model, args.model, rest.strip()) if rest.strip() else None
+                    print(f"(image {rest.strip()} goes with your next message)" if image is not None else "(no image)")
+                except MmmambaError as e:
+                    print(f"(error: {e})")
+            else:
+                print(f"(unknown command {command}; /help lists them. To send text that starts with /, add a space)")
             continue
-        if IMAGE_MARK in text and (image is None or chat.tokens):
-            print(f"(no image for {IMAGE_MARK} here: start the chat with --image FILE; the mark is dropped)")
+        if IMAGE_MARK in text and image is None:
+            print(f"(no image for {IMAGE_MARK} here: attach one first with /image PATH; the mark is dropped)")
             text = text.replace(IMAGE_MARK, "").strip() or "?"
         print("model> ", end="", flush=True)
-        chat.ask(text, image if chat.tokens == 0 else None, args.max_new_tokens, _Stream(tok))
+        stream = _Stream(tok)
+        try:
+            check_text(text, "message")
+            answer = chat.ask(text, image, args.max_new_tokens, stream)
+        except MmmambaError as e:
+            print(f"\n(error: {e})")
+            continue
+        except KeyboardInterrupt:
+            chat.reset()
+            print("\n(answer stopped; a new conversation starts)")
+            continue
+        image = None
         print()
+        note = "context was full: a new conversation started with this message; " if chat.restarted else ""
+        print(f"  ({note}{len(answer)} tokens; context {chat.tokens + 1}/{length})", file=sys.stderr)
 
 
 def _sampling_args(p) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder (with tokenizer.json)")
-    p.add_argument("--image", default=None, help="an image file for the (first) turn")
+    p.add_argument("--image", default=None, help="an image file for the (first) message")
     p.add_argument("--max-new-tokens", type=int_in(1, 1 << 20), default=64, help="answer at most this many tokens")
     p.add_argument("--temperature", type=float_in(0.0, 1e4), default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int_in(0, 1 << 24), default=0, help="0 = off")
@@ -720,18 +793,55 @@ def _sampling_args(p) -> None:
 
 
 def cmd_info(args) -> None:
-    from ..models import load_checkpoint
+    for line in info_lines(args.model):
+        print(line)
 
-    model = load_checkpoint(args.model)
+
+def info_lines(path) -> list[str]:
+    """A checkpoint in a few readable lines: size and dtype, layers and mixers, attention and Mamba-2 shapes,
+    the decode cache, the image front-end, how it was converted."""
+    from ..io import human_bytes
+    from ..models import load_checkpoint
+    from ..models.checkpoint import cache_bytes, checkpoint_files
+
+    model = load_checkpoint(path)
     cfg = model.config
     n = sum(p.numel() for p in model.parameters())
-    print(
-        f"{args.model}: {n / 1e6:.2f} M parameters, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
-        f"heads {cfg.num_heads}/{cfg.num_kv_heads} (q/kv), head_dim {cfg.head_dim}, vocab {cfg.vocab_size}"
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    files = checkpoint_files(path)
+    disk = sum(f.stat().st_size for f in files)
+    n_attn, n_mamba = cfg.mixers.count("attention"), cfg.mixers.count("mamba2")
+    kind = "Transformer" if not n_mamba else "linear (Mamba-2)" if not n_attn else "hybrid"
+    lines = [
+        f"{path}: {kind}, {n / 1e6:.2f} M parameters, {'/'.join(dtypes)}, {human_bytes(disk)} on disk "
+        f"({len(files)} files)",
+        f"  layers      {cfg.num_layers}: " + " ".join("A" if k == "attention" else "M" for k in cfg.mixers)
+        + f"  ({n_attn} attention, {n_mamba} Mamba-2)",
+        f"  shape       hidden {cfg.hidden_size}, MLP {cfg.intermediate_size}, vocab {cfg.vocab_size}, "
+        f"max_position {cfg.max_position}",
+        f"  attention   heads {cfg.num_heads} q / {cfg.num_kv_heads} kv, head_dim {cfg.head_dim}, "
+        f"rope_theta {cfg.rope_theta:g}",
+    ]  # fmt: skip
+    if n_mamba:
+        m = cfg.mamba2_config()
+        state = cfg.num_heads * cfg.head_dim * cfg.head_dim
+        lines.append(
+            f"  Mamba-2     state {cfg.num_heads} heads x {cfg.head_dim} x {cfg.head_dim} = {state} values a layer "
+            f"({human_bytes(4 * state)} in float32), conv kernel {m.conv_kernel}, scan chunk {m.chunk_size}"
+        )
+    lines.append(
+        f"  decode cache (batch 1): {human_bytes(cache_bytes(cfg, 1, 1))} at 1 token, "
+        f"{human_bytes(cache_bytes(cfg, 1, cfg.max_position))} at max_position (float32)"
     )
-    print("mixers: " + " ".join("A" if k == "attention" else "M" for k in cfg.mixers) + "  (A attention, M Mamba-2)")
+    if cfg.vision is not None:
+        v = cfg.vision
+        lines.append(
+            f"  vision      {v.image_size}-pixel tiles, {v.patch_size}-pixel patches, {v.tokens_per_tile} tokens a "
+            f"tile, up to {v.max_tiles} tiles"
+        )
     if cfg.conversion:
-        print(f"conversion: {cfg.conversion}")
+        lines.append("  conversion  " + ", ".join(f"{k} {v}" for k, v in cfg.conversion.items()))
+    return lines
 
 
 def cmd_export(args) -> None:
