@@ -7,15 +7,14 @@ timed steps after warm-up), tokens/s over ``--new-tokens`` greedy tokens, peak G
 (bytes a step must read over the measured copy bandwidth). ``--batch-context`` adds decode
 throughput at the largest batch that fits (doubling until out of memory, capped by ``--max-batch``);
 those rows start from synthetic cache contents, since a decode step's cost does not depend on them.
-``--train`` adds distillation tokens/s for each stage. Writes ``speed.json`` (+ a plot with
-``mmmamba.bench.report``). Run on a GPU:
+``--train`` adds distillation tokens/s for each stage. Writes ``speed.json`` (+ a table and a plot with
+``mmmamba bench report``). Run on a GPU:
 
-    python -m mmmamba.bench.speed --out runs/bench --models linear hybrid teacher hf
+    mmmamba bench speed --out runs/bench --models linear hybrid teacher hf
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import time
@@ -27,8 +26,10 @@ import torch
 from ..convert import convert_to_mamba
 from ..infer.decode_step import DecodeStep
 from ..infer.generate import prefill, prefill_ids
+from ..io import write_json_atomic
 from ..models import Decoder, DecoderConfig
 from .timing import cuda_time_ms, device_bandwidth
+from .usage import bench_parser
 
 MODELS = ("linear", "hybrid", "teacher", "hf")
 
@@ -36,12 +37,12 @@ MODELS = ("linear", "hybrid", "teacher", "hf")
 def add_shape_arguments(p, layers: int, hidden: int, heads: int, kv_heads: int, mlp: int, vocab: int) -> None:
     """The decoder shape ``hovle_config`` reads (--layers --hidden --heads --kv-heads --mlp --vocab), with a
     script's own defaults."""
-    p.add_argument("--layers", type=int, default=layers)
-    p.add_argument("--hidden", type=int, default=hidden)
-    p.add_argument("--heads", type=int, default=heads)
-    p.add_argument("--kv-heads", type=int, default=kv_heads)
-    p.add_argument("--mlp", type=int, default=mlp)
-    p.add_argument("--vocab", type=int, default=vocab)
+    p.add_argument("--layers", type=int, default=layers, help="decoder layers")
+    p.add_argument("--hidden", type=int, default=hidden, help="hidden size")
+    p.add_argument("--heads", type=int, default=heads, help="query heads")
+    p.add_argument("--kv-heads", type=int, default=kv_heads, help="key/value heads")
+    p.add_argument("--mlp", type=int, default=mlp, help="MLP intermediate size")
+    p.add_argument("--vocab", type=int, default=vocab, help="vocabulary size")
 
 
 def hovle_config(args, max_position: int) -> DecoderConfig:
@@ -131,7 +132,7 @@ def measure_ours(model: Decoder, context: int, args, decode: str) -> dict:
     step = DecodeStep(model, cache, decode)
     token = logits.argmax(-1)
     if args.profile:
-        profile(model, cache, step, token, args.prefill_chunk)
+        profile(model, cache, step, token, min(args.prefill_chunk, context))  # a chunk is never past the context
     row["decode_ms"] = cuda_time_ms(lambda: step(token), warmup=args.warmup, iters=args.decode_steps)
     row["tokens_per_s"] = tokens_per_s(step, token, args.new_tokens)
     row["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
@@ -290,25 +291,27 @@ def train_throughput(args, tokens_per_batch: int, seq_len: int) -> list[dict]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="mmmamba bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = bench_parser("speed", __doc__)
     p.add_argument("--out", required=True, help="folder for speed.json")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--contexts", type=int, nargs="+", default=[4096, 16384, 32768, 65536, 103424, 131072])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models measured, in order")
+    p.add_argument(
+        "--contexts", type=int, nargs="+", default=[4096, 16384, 32768, 65536, 103424, 131072], help="prompt lengths"
+    )
     add_shape_arguments(p, layers=32, hidden=2048, heads=16, kv_heads=8, mlp=8192, vocab=92553)  # HoVLE's
     p.add_argument("--new-tokens", type=int, default=256, help="tokens generated for the tokens/s column")
     p.add_argument("--decode-steps", type=int, default=30, help="timed decode steps (median)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--prefill-chunk", type=int, default=16384)
+    p.add_argument("--warmup", type=int, default=5, help="untimed decode steps first")
+    p.add_argument(
+        "--prefill-chunk", type=int, default=16384, help="prefill in chunks of N tokens (at most the context)"
+    )
     p.add_argument("--decode", default="compile", choices=["eager", "graph", "compile"], help="our decode step")
-    p.add_argument("--ssd-backend", default="auto", choices=["auto", "torch", "fla"])
+    p.add_argument("--ssd-backend", default="auto", choices=["auto", "torch", "fla"], help="the Mamba-2 scan")
     p.add_argument("--batch-context", type=int, default=0, help="also find the largest batch at this context")
-    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--max-batch", type=int, default=256, help="largest batch tried with --batch-context")
     p.add_argument("--train", action="store_true", help="also measure distillation tokens/s per stage")
     p.add_argument("--profile", action="store_true", help="print the top CUDA kernels of prefill and decode")
     p.add_argument("--train-tokens", type=int, default=16384, help="tokens per training batch")
-    p.add_argument("--train-seq", type=int, default=2048)
+    p.add_argument("--train-seq", type=int, default=2048, help="sequence length of --train")
     return p.parse_args(argv)
 
 
@@ -339,7 +342,7 @@ def main(argv=None) -> None:
                 row["floor_ms"] = (weights + row["cache_bytes"]) / bw * 1e3
             result["rows"].append(row)
             print(json.dumps(row), flush=True)
-            (out / "speed.json").write_text(json.dumps(result, indent=2))  # partial results survive a kill
+            write_json_atomic(out / "speed.json", result)  # partial results survive a kill
             gc.collect()
             torch.cuda.empty_cache()
         if args.batch_context:
@@ -359,7 +362,7 @@ def main(argv=None) -> None:
         torch.cuda.empty_cache()
     if args.train:
         result["train"] = train_throughput(args, args.train_tokens, args.train_seq)
-    (out / "speed.json").write_text(json.dumps(result, indent=2))
+    write_json_atomic(out / "speed.json", result)
     print(f"wrote {out / 'speed.json'}")
 
 
