@@ -539,19 +539,23 @@ def all_finished(out, stages) -> bool:
 def _distill(teacher_dir, student_dir, data_dir, out: Path, cfg, settings, comm, device, stop_after, dry_run, progress):
     lead = comm.rank == 0
     _check_settings(out, settings)
-    if all_finished(out, cfg.stages) and not dry_run:
-        if lead:
-            tqdm.write(f"{out}: finished already (after_stage{cfg.stages[-1]} is complete); nothing to do")
-        return load_checkpoint(out / f"after_stage{cfg.stages[-1]}")
+    writer = lead and not dry_run  # the lock holder; a dry run only reads, and deletes nothing
     if out.is_dir():
-        if lead:
+        if writer:
             for s in cfg.stages:
                 recover_dir(out / f"after_stage{s}")
         comm.barrier()
-        pending = _pending_state(out, cfg, lead)
+        pending = _pending_state(out, cfg, writer)
         comm.barrier()
     else:
         pending = None
+    if all_finished(out, cfg.stages) and not dry_run:
+        if lead:
+            if not (out / "loss.png").exists() and (out / "log.csv").is_file():
+                plot_losses(out)
+            tqdm.write(f"{out}: finished already (after_stage{cfg.stages[-1]} is complete); nothing to do")
+        comm.barrier()
+        return load_checkpoint(out / f"after_stage{cfg.stages[-1]}")
     prep = prepare(teacher_dir, student_dir, data_dir, out, cfg, progress and lead)
     if dry_run:
         per_step = time_steps(prep, cfg)
