@@ -10,18 +10,25 @@
   too deeply, the wrong shape) into one line naming the file.
 - ``check_output_dir`` / ``check_output_file`` / ``check_free_space`` refuse an output that cannot
   be written before any work starts.
+- ``CommandInputs`` (``command_inputs`` / ``inputs``): the files a command reads; no output check and
+  no atomic write replaces one of them.
+- ``RunLock``: one writer per run folder; the holder removes what a killed writer left.
+- ``round_floats``: JSON numbers as people read them (6 significant digits).
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import shutil
 import stat
 import uuid
 from collections.abc import Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from .errors import MmmambaError
@@ -30,6 +37,7 @@ MAX_JSON_BYTES = 512 * 1024**2  # a Hugging Face tokenizer.json is tens of MB; a
 MAX_LINE_BYTES = 32 * 1024**2  # one JSONL record: a 1M-token chunk with its text is about 12 MB
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 TMP_TAG, OLD_TAG = ".tmp-", ".old-"
+JSON_DIGITS = 6  # significant digits of a float in a results file
 
 
 def is_disk_full(e: BaseException) -> bool:
@@ -68,6 +76,7 @@ def write_atomic(path, write: Callable[[Path], object]) -> None:
     """``write(tmp)`` writes the content to ``tmp``; it then replaces ``path`` in one rename. Missing parent
     folders are made first (callers check the path up front, e.g. ``check_output_file``)."""
     path = Path(path)
+    inputs().check_output(path, "output")  # the one rule, whatever the caller checked before
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(path)
     try:
@@ -87,7 +96,11 @@ def write_text_atomic(path, text: str) -> None:
     write_atomic(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
-def write_json_atomic(path, obj) -> None:
+def write_json_atomic(path, obj, digits: int | None = JSON_DIGITS) -> None:
+    """Floats rounded to ``digits`` significant digits (results read by people); ``digits=None`` writes
+    them exactly (settings compared on resume, model configs)."""
+    if digits is not None:
+        obj = round_floats(obj, digits)
     write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
@@ -108,6 +121,22 @@ def _siblings(final: Path, tag: str) -> list[Path]:
     if not final.parent.is_dir():
         return []
     return sorted(p for p in final.parent.iterdir() if p.name.startswith(prefix))
+
+
+def recover_for_reading(final) -> None:
+    """A reader's share of ``recover_dir``: a folder that a kill left swapped out (``final`` missing, its
+    old copy aside) is renamed back so that it can be read; nothing is ever deleted (a reader may sit on
+    a read-only mount, and temporaries belong to the writer, which removes them)."""
+    final = Path(final)
+    olds = _siblings(final, OLD_TAG)
+    if olds and not final.exists():
+        try:
+            os.rename(olds[-1], final)
+        except OSError as e:
+            raise MmmambaError(
+                f"{final}: missing, an interrupted save left it at {olds[-1]} and it cannot be renamed back "
+                f"({e.strerror}); rename it back to {final.name}"
+            ) from None
 
 
 def recover_dir(final) -> None:
@@ -289,6 +318,9 @@ def check_output_dir(path, flag: str = "--out") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MmmambaError(f"{flag} {path}: is a file, expected a folder; choose another path")
+    reader = inputs().reader_of(path) if path.is_dir() else None
+    if reader is not None:
+        raise MmmambaError(f"{flag} {path}: is a folder this command reads (through {reader}); write to a new folder")
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
             raise MmmambaError(f"{flag} {path}: the folder is not writable; choose a writable location")
@@ -304,6 +336,7 @@ def check_output_file(path, flag: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise MmmambaError(f"{flag} {path}: is a folder, expected a file path; name a file")
+    inputs().check_output(path, flag)
     if path.exists() and not os.access(path, os.W_OK):
         raise MmmambaError(f"{flag} {path}: the file is read-only; choose a writable location")
     _check_parent_chain(path.parent if path.is_file() else path, flag)  # an existing file is replaced
@@ -352,3 +385,237 @@ def same_or_inside(a, b) -> bool:
     """Whether path ``a`` is ``b`` or lies inside it (after resolving links)."""
     a, b = Path(a).resolve(), Path(b).resolve()
     return a == b or b in a.parents
+
+
+# ---- a command's inputs: an output never replaces a file the command reads ----
+
+
+class CommandInputs:
+    """The files one command reads, named as they are resolved (before any long work).
+
+    ``check_output`` is the one rule: an output path may not resolve (through symlinks, ``..`` or a
+    hard link) to a file the command reads, nor replace a file inside a folder read as a whole (a data
+    folder). A new file beside the inputs is fine (``eval --json MODEL/test_eval.json``).
+    """
+
+    def __init__(self):
+        self.files: dict[Path, str] = {}  # resolved file -> the flag that named it
+        self.folders: dict[Path, str] = {}  # resolved folder read as a whole -> flag
+
+    def add_file(self, path, flag: str) -> None:
+        p = Path(path)
+        if p.is_file():
+            self.files.setdefault(p.resolve(), flag)
+
+    def add_files(self, paths, flag: str) -> None:
+        for p in paths:
+            self.add_file(p, flag)
+
+    def add_folder(self, path, flag: str) -> None:
+        """A folder every file of which is input (a data set: JSONL splits, images, its meta files)."""
+        p = Path(path)
+        if p.is_dir():
+            self.folders.setdefault(p.resolve(), flag)
+
+    def reader_of(self, path) -> str | None:
+        """The flag whose input ``path`` would overwrite, or None."""
+        p = Path(path)
+        try:
+            real = p.resolve()
+        except (OSError, RuntimeError):
+            return None
+        if real in self.files:
+            return self.files[real]
+        if not p.exists():
+            return None
+        for folder, flag in self.folders.items():
+            if folder == real or folder in real.parents:
+                return flag
+        try:
+            st = p.stat()
+        except OSError:
+            return None
+        if st.st_nlink > 1:  # a hard link: the same bytes under another name
+            key = (st.st_dev, st.st_ino)
+            for f, flag in self._all_files():
+                try:
+                    s = f.stat()
+                except OSError:
+                    continue
+                if (s.st_dev, s.st_ino) == key:
+                    return flag
+        return None
+
+    def _all_files(self):
+        yield from self.files.items()
+        for folder, flag in self.folders.items():
+            for root, _, names in os.walk(folder):
+                for n in names:
+                    yield Path(root) / n, flag
+
+    def check_output(self, path, flag: str) -> None:
+        reader = self.reader_of(path)
+        if reader is not None:
+            raise MmmambaError(
+                f"{flag} {path}: is a file this command reads (through {reader}); write the output to another path"
+            )
+
+
+_NO_INPUTS = CommandInputs()
+_INPUTS: ContextVar[CommandInputs] = ContextVar("mmmamba_command_inputs", default=_NO_INPUTS)
+
+
+@contextmanager
+def command_inputs():
+    """The CLI runs each command inside this: its handler registers what it reads (``inputs()``), and
+    every output check and atomic write refuses to replace one of those files."""
+    token = _INPUTS.set(CommandInputs())
+    try:
+        yield _INPUTS.get()
+    finally:
+        _INPUTS.reset(token)
+
+
+def inputs() -> CommandInputs:
+    """The running command's inputs (an empty registry outside a command)."""
+    return _INPUTS.get()
+
+
+def check_outputs_distinct(outputs: list[tuple[str, object]]) -> None:
+    """Two outputs of one command must not be one file (``--json X --answers X``)."""
+    seen: dict[Path, str] = {}
+    for flag, path in outputs:
+        if path is None:
+            continue
+        real = Path(path).resolve()
+        if real in seen:
+            raise MmmambaError(f"{flag} {path}: is also {seen[real]}; give each output its own path")
+        seen[real] = flag
+
+
+# ---- JSON numbers as people read them ----
+
+
+def round_floats(obj, digits: int = JSON_DIGITS):
+    """Every float in a JSON-able object rounded to ``digits`` significant digits (0.42500000000000004 ->
+    0.425); integers, strings and non-finite numbers are kept as they are."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_floats(v, digits) for v in obj]
+    return obj
+
+
+# ---- one writer per run folder ----
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on a run folder (``fcntl.flock`` on ``FOLDER/.lock``), held while
+    a command writes the folder. A second writer is refused in one line naming the holder's PID. The
+    holder is the only process that may clean up: on taking the lock it removes the temporary files and
+    folders an earlier writer left when it was killed mid-save (``.NAME.tmp-*``, in the folder and its
+    direct sub-folders). Readers never take the lock and never delete.
+
+        with RunLock(out, "--out"):
+            ...  # train, save, log
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder, flag: str = "--out"):
+        self.folder, self.flag = Path(folder), flag
+        self._fd: int | None = None
+        self._made = False
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        if not self.folder.exists():
+            self.folder.mkdir(parents=True)
+            self._made = True
+        path = self.folder / self.NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise MmmambaError(
+                f"{self.flag} {self.folder}: cannot create its lock file ({e.strerror}); choose a writable folder"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise MmmambaError(
+                f"{self.flag} {self.folder}: another mmmamba process (PID {holder}) is writing this run folder; "
+                "wait for it to finish or stop it, or use another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        self.remove_stale_temporaries()
+        return self
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Temporaries of interrupted atomic writes (only the lock holder may call this)."""
+        stale = lambda p: p.name.startswith(".") and TMP_TAG in p.name  # noqa: E731
+        removed = [p for p in self.folder.iterdir() if stale(p)]
+        for sub in self.folder.iterdir():
+            if sub.is_dir() and not sub.is_symlink() and not stale(sub):
+                removed += [p for p in sub.iterdir() if stale(p)]
+        for p in removed:
+            remove_tree(p)
+        return removed
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        os.close(self._fd)  # closing the descriptor releases the lock; the file stays (others may hold it open)
+        self._fd = None
+        if self._made and [p.name for p in self.folder.iterdir()] == [self.NAME]:
+            remove_tree(self.folder / self.NAME)  # nothing was written: leave no folder behind
+            self.folder.rmdir()
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# ---- the identity of a data set, recorded with a run's settings ----
+
+HASH_WHOLE_BELOW = 64 * 1024**2
+
+
+def file_digest(path) -> str:
+    """sha256 of a file's size and content; above 64 MB of its size, first and last 16 MB (cheap, and a
+    different data set differs there)."""
+    import hashlib
+
+    p = Path(path)
+    h = hashlib.sha256()
+    size = p.stat().st_size
+    h.update(str(size).encode())
+    with p.open("rb") as f:
+        if size <= HASH_WHOLE_BELOW:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(f.read(16 << 20))
+            f.seek(size - (16 << 20))
+            h.update(f.read(16 << 20))
+    return h.hexdigest()
+
+
+def folder_digest(folder, names) -> str:
+    """One short digest of the named files of ``folder`` that exist (their names and contents)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(names):
+        f = Path(folder) / name
+        if f.is_file():
+            h.update(f"{name}\0{file_digest(f)}\0".encode())
+    return h.hexdigest()[:16]

@@ -120,11 +120,32 @@ class RowFailed(Exception):
 def job_env(args) -> dict:
     """The environment of a row's commands: no progress bars, and CPU threads split between the rows
     that run side by side (``--jobs``), so that N processes do not each start one thread per core."""
-    env = {**os.environ, "TQDM_DISABLE": "1"}
+    env = dict(os.environ) if shows_progress(args) else {**os.environ, "TQDM_DISABLE": "1"}
     threads = max(1, (os.cpu_count() or 1) // max(1, getattr(args, "jobs", 1)))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, str(threads))  # a value the caller set wins
     return env
+
+
+def shows_progress(args) -> bool:
+    """``--progress`` with one row at a time: each command's output (progress bars too) on the console as well."""
+    return bool(getattr(args, "progress", False)) and getattr(args, "jobs", 1) == 1
+
+
+def run_logged(cmd: list[str], log, env: dict, echo: bool) -> int:
+    """Run ``cmd`` with its output appended to ``log``; with ``echo`` also shown on the console as it comes."""
+    if not echo:
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+    import codecs
+
+    decode = codecs.getincrementaldecoder("utf-8")("replace")
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) as proc:
+        for chunk in iter(lambda: os.read(proc.stdout.fileno(), 4096), b""):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.flush()
+            log.write(decode.decode(chunk))
+        log.flush()
+        return proc.wait()
 
 
 def run_one(name: str, args) -> dict | None:
@@ -201,7 +222,9 @@ def run_one(name: str, args) -> dict | None:
             t_command = time.time()
             log.write(f"\n+ mmmamba {' '.join(c)}\n")
             log.flush()
-            rc = subprocess.run(mm + c, stdout=log, stderr=subprocess.STDOUT, env=job_env(args)).returncode
+            if shows_progress(args):
+                print(f"== {name}: mmmamba {c[0]} (log: {out / 'stdout.log'})", flush=True)
+            rc = run_logged(mm + c, log, job_env(args), shows_progress(args))
             command_seconds.append(round(time.time() - t_command, 1))
             if rc:
                 raise RowFailed(f"{name}: `mmmamba {c[0]}` exited with {rc}; its output is in {out / 'stdout.log'}")
@@ -275,6 +298,10 @@ def main():
     p.add_argument("--distill-args", default="", help="more distill flags, e.g. '--pack --ssd-backend fla'")
     p.add_argument("--convert-args", default="", help="more convert flags for every row, e.g. '--conv-kernel 4'")
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (small models leave a GPU idle)")
+    p.add_argument(
+        "--progress", action="store_true",
+        help="with --jobs 1: show each command's output and progress bars on the console too (always in stdout.log)",
+    )  # fmt: skip
     p.add_argument(
         "--retries",
         type=int,

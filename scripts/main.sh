@@ -15,11 +15,16 @@ fi
 OUT=${OUT:-runs/main}
 STEPS=${STEPS:-600}
 mkdir -p "$OUT"
+stage() { echo; echo "== [$1/4] $2 ($(( $(date +%s) - start )) s so far)"; }
+stage 1 "task suite -> $OUT/suite"
 [ -f "$OUT/suite/suite.json" ] || mmmamba data make --out "$OUT/suite" --seed 0 --train 500 --val 16 --test 50
+stage 2 "the teacher's test accuracy"
 mmmamba eval --model models/tiny-teacher --data "$OUT/suite" --split test --json "$OUT/teacher_eval.json"
+stage 3 "convert and distil linear and hybrid (progress below; each run's log: $OUT/runs/NAME/stdout.log)"
 python scripts/ablations.py --teacher models/tiny-teacher --data "$OUT/suite" --out "$OUT/runs" \
   --runs linear hybrid_every4 --total-steps "$STEPS" --batch-size 16 --lr-scale 10 --eval-every 100 \
-  --teacher-eval "$OUT/teacher_eval.json"
+  --teacher-eval "$OUT/teacher_eval.json" --progress
+stage 4 "answers on one test image"
 img="$OUT/suite/images/test/test-shape-00000-0.png"
 q=$(python -c "import json
 for line in open('$OUT/suite/test.jsonl'):

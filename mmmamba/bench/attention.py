@@ -9,7 +9,6 @@ median after warm-up) and the rate in TFLOP/s of causal attention's useful work 
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 
 from ..ops.prefill_attention import prefill_attention
 from .timing import cuda_time_ms
+from .usage import bench_parser
 
 
 def chunked(q, k, v, chunk: int, backend: str) -> None:
@@ -27,8 +27,7 @@ def chunked(q, k, v, chunk: int, backend: str) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="mmmamba bench attention", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = bench_parser("attention", __doc__)
     p.add_argument("--tokens", type=int, default=103424)
     p.add_argument("--heads", type=int, default=16)
     p.add_argument("--kv-heads", type=int, default=8)

@@ -8,12 +8,12 @@ and context). The plot has next-token latency and peak memory against context, l
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..checks import real, text, whole
 from ..errors import MmmambaError
-from ..io import read_json, write_atomic, write_text_atomic
+from ..io import check_output_file, inputs, read_json, write_atomic, write_text_atomic
+from .usage import bench_parser
 
 NAMES = {"hf": "teacher, HF transformers", "teacher": "teacher, mmmamba", "linear": "mmmamba-linear"}
 NAMES["hybrid"] = "mmmamba-hybrid every:4"
@@ -151,12 +151,15 @@ def plot(rows: dict, out: Path) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="mmmamba bench report", description=__doc__)
+    p = bench_parser("report", __doc__)
     p.add_argument("--runs", nargs="+", required=True, help="speed.json files from `mmmamba bench speed`")
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.png")
     args = p.parse_args(argv)
-    meta, rows, batch, train = load_runs(args.runs)
     out = Path(args.out)
+    inputs().add_files(args.runs, "--runs")
+    for suffix in (".md", ".png"):  # before anything is read: writable, and not one of the runs
+        check_output_file(out.with_suffix(suffix), "--out")
+    meta, rows, batch, train = load_runs(args.runs)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = markdown(meta, rows, batch, train)
     write_text_atomic(out.with_suffix(".md"), text)

@@ -2,7 +2,7 @@
 and forward + backward, and the decode step (our PyTorch step vs fla's ``fused_recurrent_simple_gla``).
 
 Run on a GPU:
-    python -m mmmamba.bench.scan --contexts 8192 32768 103424 --json OUT.json
+    mmmamba bench scan --contexts 8192 32768 103424 --json OUT.json
 Shapes are one HoVLE-width Mamba-2 mixer (16 heads × head_dim 128, state 128), batch 1. CUDA-event
 medians after warm-up; the floor is the bytes the scan must move (inputs, outputs) over the
 measured copy bandwidth.
@@ -10,15 +10,16 @@ measured copy bandwidth.
 
 from __future__ import annotations
 
-import argparse
 import json
 from functools import partial
 
 import torch
 
+from ..io import write_json_atomic
 from ..ops import ssd_chunked_scan, ssd_step
 from ..ops.ssd_fla import ssd_fla_scan
 from .timing import cuda_time_ms, device_bandwidth
+from .usage import bench_parser
 
 
 def inputs(L: int, h: int, p: int, n: int, dtype=torch.float32, seed: int = 0, grad: bool = False):
@@ -37,11 +38,11 @@ def fwd_bwd(scan, args) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--contexts", type=int, nargs="+", default=[8192, 32768, 103424])
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--json", default=None)
+    p = bench_parser("scan", __doc__)
+    p.add_argument("--contexts", type=int, nargs="+", default=[8192, 32768, 103424], help="sequence lengths")
+    p.add_argument("--heads", type=int, default=16, help="Mamba-2 heads")
+    p.add_argument("--head-dim", type=int, default=128, help="head dimension (= state size)")
+    p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     h, hd = args.heads, args.head_dim
     bw = device_bandwidth()
@@ -88,10 +89,8 @@ def main(argv=None) -> None:
     print(json.dumps(step_row), flush=True)
     print(f"{torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s, {h} heads × {hd}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"device": torch.cuda.get_device_name(), "bandwidth": bw, "rows": rows, "step": step_row}, f, indent=2
-            )
+        result = {"device": torch.cuda.get_device_name(), "bandwidth": bw, "rows": rows, "step": step_row}
+        write_json_atomic(args.json, result)
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ timed steps after warm-up), tokens/s over ``--new-tokens`` greedy tokens, peak G
 (bytes a step must read over the measured copy bandwidth). ``--batch-context`` adds decode
 throughput at the largest batch that fits (doubling until out of memory, capped by ``--max-batch``);
 those rows start from synthetic cache contents, since a decode step's cost does not depend on them.
-``--train`` adds distillation tokens/s for each stage. Writes ``speed.json`` (+ a plot with
-``mmmamba.bench.report``). Run on a GPU:
+``--train`` adds distillation tokens/s for each stage. Writes ``speed.json`` (+ a table and a plot with
+``mmmamba bench report``). Run on a GPU:
 
-    python -m mmmamba.bench.speed --out runs/bench --models linear hybrid teacher hf
+    mmmamba bench speed --out runs/bench --models linear hybrid teacher hf
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ import torch
 from ..convert import convert_to_mamba
 from ..infer.decode_step import DecodeStep
 from ..infer.generate import prefill, prefill_ids
+from ..io import write_json_atomic
 from ..models import Decoder, DecoderConfig
 from .timing import cuda_time_ms, device_bandwidth
+from .usage import bench_parser
 
 MODELS = ("linear", "hybrid", "teacher", "hf")
 
@@ -38,12 +40,12 @@ MODELS = ("linear", "hybrid", "teacher", "hf")
 def add_shape_arguments(p, layers: int, hidden: int, heads: int, kv_heads: int, mlp: int, vocab: int) -> None:
     """The decoder shape ``hovle_config`` reads (--layers --hidden --heads --kv-heads --mlp --vocab), with a
     script's own defaults."""
-    p.add_argument("--layers", type=int, default=layers)
-    p.add_argument("--hidden", type=int, default=hidden)
-    p.add_argument("--heads", type=int, default=heads)
-    p.add_argument("--kv-heads", type=int, default=kv_heads)
-    p.add_argument("--mlp", type=int, default=mlp)
-    p.add_argument("--vocab", type=int, default=vocab)
+    p.add_argument("--layers", type=int, default=layers, help="decoder layers")
+    p.add_argument("--hidden", type=int, default=hidden, help="hidden size")
+    p.add_argument("--heads", type=int, default=heads, help="query heads")
+    p.add_argument("--kv-heads", type=int, default=kv_heads, help="key/value heads")
+    p.add_argument("--mlp", type=int, default=mlp, help="MLP intermediate size")
+    p.add_argument("--vocab", type=int, default=vocab, help="vocabulary size")
 
 
 def hovle_config(args, max_position: int) -> DecoderConfig:
@@ -309,19 +311,21 @@ def train_throughput(args, tokens_per_batch: int, seq_len: int) -> list[dict]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
-        prog="mmmamba bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = bench_parser("speed", __doc__)
     p.add_argument("--out", required=True, help="folder for speed.json")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    p.add_argument("--contexts", type=int, nargs="+", default=[4096, 16384, 32768, 65536, 103424, 131072])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS, help="models measured, in order")
+    p.add_argument(
+        "--contexts", type=int, nargs="+", default=[4096, 16384, 32768, 65536, 103424, 131072], help="prompt lengths"
+    )
     add_shape_arguments(p, layers=32, hidden=2048, heads=16, kv_heads=8, mlp=8192, vocab=92553)  # HoVLE's
     p.add_argument("--new-tokens", type=int, default=256, help="tokens generated for the tokens/s column")
     p.add_argument("--decode-steps", type=int, default=30, help="timed decode steps (median)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--prefill-chunk", type=int, default=8192, help="prefill chunk (capped by each context)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed decode steps first")
+    p.add_argument(
+        "--prefill-chunk", type=int, default=8192, help="prefill in chunks of N tokens (at most the context)"
+    )
     p.add_argument("--decode", default="compile", choices=["eager", "graph", "compile"], help="our decode step")
-    p.add_argument("--ssd-backend", default="auto", choices=["auto", "torch", "fla"])
+    p.add_argument("--ssd-backend", default="auto", choices=["auto", "torch", "fla"], help="the Mamba-2 scan")
     p.add_argument("--batch-context", type=int, default=0, help="also find the largest batch at this context")
     p.add_argument("--max-batch", type=int, default=256, help="largest batch the batch search tries")
     p.add_argument(
@@ -338,7 +342,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--profile", action="store_true", help="print the top CUDA kernels of prefill and decode")
     p.add_argument("--train-tokens", type=int, default=16384, help="tokens per training batch")
-    p.add_argument("--train-seq", type=int, default=2048)
+    p.add_argument("--train-seq", type=int, default=2048, help="sequence length of --train")
     return p.parse_args(argv)
 
 
@@ -366,7 +370,7 @@ def measure_model(name: str, args, result: dict, out: Path) -> None:
             row["floor_ms"] = (weights + row["cache_bytes"]) / bw * 1e3
         result["rows"].append(row)
         print(json.dumps(row), flush=True)
-        atomic_write_json(out / "speed.json", result)  # partial results survive a kill
+        write_json_atomic(out / "speed.json", result)  # partial results survive a kill
         gc.collect()
         torch.cuda.empty_cache()
     if args.batch_context:
@@ -395,12 +399,6 @@ def measure_model(name: str, args, result: dict, out: Path) -> None:
     torch.cuda.empty_cache()
 
 
-def atomic_write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
-
-
 def measure_isolated(name: str, argv: list[str], out: Path) -> dict:
     """One model in a process of its own: a sticky CUDA error or a leak there cannot touch the others."""
     part = out / "parts" / name
@@ -427,12 +425,12 @@ def main(argv=None) -> None:
             part = measure_isolated(name, argv, out)
             result["rows"] += part.get("rows", [])
             result["batch"] += part.get("batch", [])
-            atomic_write_json(out / "speed.json", result)
+            write_json_atomic(out / "speed.json", result)
         else:
             measure_model(name, args, result, out)
     if args.train:
         result["train"] = train_throughput(args, args.train_tokens, args.train_seq)
-    atomic_write_json(out / "speed.json", result)
+    write_json_atomic(out / "speed.json", result)
     print(f"wrote {out / 'speed.json'}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import sys
 from pathlib import Path
@@ -12,12 +13,35 @@ from ..errors import MmmambaError
 PLANNED: dict[str, str] = {}
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's default in its help, "(default: …)", unless the help already says it or there is none."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        d = action.default
+        shown = not (d is None or d is False or d is argparse.SUPPRESS or action.required)
+        if shown and action.option_strings and "default" not in text.lower() and "%(default)" not in text:
+            default = ",".join(map(str, action.default)) if isinstance(action.default, list) else action.default
+            text = f"{text} (default: {str(default).replace('%', '%%')})".strip()
+        return text
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with no prefix matching (``--steps`` is not ``--steps-per-stage``) and one-line errors, exit 2."""
+    """argparse with no prefix matching (``--steps`` is not ``--steps-per-stage``), one-line errors (exit 2)
+    under the sub-command's own name, defaults shown in --help, and required options listed as required."""
 
     def __init__(self, *args, **kwargs):
         kwargs["allow_abbrev"] = False
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        self._required = None
+
+    def add_argument(self, *args, **kwargs):
+        if kwargs.get("required") and args and args[0].startswith("-"):
+            if self._required is None:
+                self._required = self.add_argument_group("required arguments")
+            return self._required.add_argument(*args, **kwargs)
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
@@ -119,6 +143,40 @@ def shard_size(text: str) -> int:
     return n
 
 
+def reads_model(flag: str, path) -> None:
+    """Register a model's files (a folder's config, weights, tokenizer; or a .gguf) as this command's input."""
+    from ..io import inputs
+    from ..models.checkpoint import checkpoint_files
+
+    if path is not None:
+        inputs().add_files(checkpoint_files(path), flag)
+
+
+DATA_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "suite.json", "corpus.json", "meta.json")
+
+
+def reads_folder(flag: str, path, whole: bool = False) -> None:
+    """Register a data folder as this command's input: its splits, meta files and images (``whole``: every
+    file in it, e.g. a benchmark as released). A new file beside them, such as a run's output, is not one."""
+    from ..io import inputs
+
+    if path is None:
+        return
+    if whole:
+        inputs().add_folder(path, flag)
+        return
+    inputs().add_files([Path(path) / name for name in DATA_FILES], flag)
+    inputs().add_folder(Path(path) / "images", flag)
+
+
+def check_outputs_in(out, names, flag: str = "--out") -> None:
+    """The files a command will write into folder ``out`` replace none of its inputs."""
+    from ..io import inputs
+
+    for name in names:
+        inputs().check_output(Path(out) / name, f"{flag} {out} ({name})")
+
+
 def cmd_convert(args) -> None:
     import torch
 
@@ -129,6 +187,7 @@ def cmd_convert(args) -> None:
     from ..models import load_checkpoint, save_checkpoint
     from ..models.loading import load_config
 
+    reads_model("--teacher", args.teacher)
     out = check_output_dir(args.out)
     if same_or_inside(args.teacher, out):
         what = "is" if Path(out).resolve() == Path(args.teacher).resolve() else "contains"
@@ -154,14 +213,27 @@ def cmd_convert(args) -> None:
         student.config.conversion["auto_keep"] = auto
         student.config.conversion["auto_rank"] = args.auto_rank or "error"
     save_checkpoint(student, out, max_shard, extra=lambda d: copy_tokenizer(args.teacher, d))
-    n_mamba = student.config.mixers.count("mamba2")
-    print(f"wrote {args.out}: {n_mamba} Mamba-2 layers, attention kept at {keep or 'none'} (init {args.init})")
+    print(f"wrote {args.out}: {kept_summary(student.config.mixers, auto, args.auto_rank)} (init {args.init})")
+
+
+def kept_summary(mixers: list[str], auto: int | None, rank: str | None) -> str:
+    """Which layers the student keeps as attention, as the converted config says; with auto:K, that distill
+    chooses them after stage 2."""
+    kept = [i for i, kind in enumerate(mixers) if kind == "attention"]
+    now = f"{mixers.count('mamba2')} Mamba-2 layers, attention kept at {kept or 'none'}"
+    if auto is None:
+        return now
+    return (
+        f"{now} for now: auto:{auto} keeps the {auto} layer(s) with the largest stage-2 {rank or 'error'} as "
+        "attention, chosen by `mmmamba distill` after stage 2 (it prints them)"
+    )
 
 
 def _convert_estimate(args, cfg, keep, out) -> None:
     """--dry-run: what convert would write, the memory and time it needs; nothing is written."""
     import dataclasses
 
+    from ..convert.layer_spec import parse_auto
     from ..io import check_free_space, free_bytes, human_bytes
     from ..models.checkpoint import check_fits, parameter_count
 
@@ -171,9 +243,9 @@ def _convert_estimate(args, cfg, keep, out) -> None:
     disk = 4 * parameter_count(student)
     check_free_space(out, disk, "the student checkpoint")
     seconds = 2 + parameter_count(student) / 2e8  # load + seed + write, dominated by disk speed
+    kept = kept_summary(mixers, parse_auto(args.keep_attention, cfg.num_layers), args.auto_rank)
     print(
-        f"dry run: {args.teacher} -> {out}: {mixers.count('mamba2')} Mamba-2 layers, attention kept at "
-        f"{keep or 'none'}; memory ~ {human_bytes(need)}, disk {human_bytes(disk)} "
+        f"dry run: {args.teacher} -> {out}: {kept}; memory ~ {human_bytes(need)}, disk {human_bytes(disk)} "
         f"({human_bytes(free_bytes(out))} free), time ~ {seconds:.0f} s; nothing written"
     )
 
@@ -217,10 +289,13 @@ def _family_sizes(items: list[str]) -> dict[str, int]:
 def cmd_data_text(args) -> None:
     from ..data.text_corpus import build_text_corpus, collect_files
     from ..data.tokenizer import load_tokenizer
-    from ..io import check_free_space, check_output_dir, same_or_inside
+    from ..io import check_free_space, check_output_dir, inputs, same_or_inside
 
     out = check_output_dir(args.out)
     files = collect_files(args.inputs)
+    inputs().add_files(files, "--inputs")
+    reads_model("--tokenizer", args.tokenizer)
+    check_outputs_in(out, ["train.jsonl", "val.jsonl", "test.jsonl", "corpus.json"])
     for f in files:
         if out.exists() and same_or_inside(f, out):
             raise MmmambaError(f"--out {out}: holds the input {f}; write the corpus to a new folder")
@@ -242,10 +317,13 @@ def cmd_data_self_distill(args) -> None:
     from ..data.tokenizer import load_tokenizer
     from ..infer import SamplingConfig
     from ..infer.self_distill import read_prompts, self_distill
-    from ..io import check_output_dir, same_or_inside
+    from ..io import check_output_dir, inputs, same_or_inside
     from ..models import load_checkpoint
 
+    reads_model("--teacher", args.teacher)
+    inputs().add_file(args.prompts, "--prompts")
     out = check_output_dir(args.out)
+    check_outputs_in(out, ["train.jsonl", "val.jsonl", "test.jsonl", "meta.json"])
     if Path(args.teacher).exists() and same_or_inside(args.teacher, out):
         raise MmmambaError(f"--out {out} is or contains the teacher {args.teacher}; write the data to a new folder")
     if args.val_frac + args.test_frac >= 1:
@@ -300,6 +378,7 @@ def cmd_import_gguf(args) -> None:
     from ..io import check_free_space, check_output_dir, human_bytes, same_or_inside
     from ..models.gguf import import_gguf, open_gguf
 
+    reads_model("file", args.file)
     out = check_output_dir(args.out)
     if same_or_inside(args.file, out):
         raise MmmambaError(f"--out {out} is or contains {args.file}; write the checkpoint to a new folder")
@@ -319,6 +398,7 @@ def cmd_teacher_graft(args) -> None:
     from ..io import same_or_inside
     from ..training.vlm_teacher import GraftConfig, graft_vision
 
+    reads_model("--llm", args.llm)
     if same_or_inside(args.llm, args.out):
         raise MmmambaError(f"--out {args.out} is or contains the LLM {args.llm}; write the VLM to a new folder")
     cfg = GraftConfig(args.vision, args.image_size, args.patch_size, args.downsample_ratio, args.seed)
@@ -329,6 +409,9 @@ def cmd_teacher_tune(args) -> None:
     from ..io import same_or_inside
     from ..training.vlm_teacher import TuneConfig, tune_vlm_teacher
 
+    reads_model("--init", args.init)
+    for flag, folder in [("--data", args.data)] + [("--text", t) for t in args.text]:
+        reads_folder(flag, folder)
     for flag, folder in [("--init", args.init), ("--data", args.data)] + [("--text", t) for t in args.text]:
         if same_or_inside(folder, args.out):
             raise MmmambaError(f"--out {args.out} is or contains {flag} {folder}; train into a new folder")
@@ -352,6 +435,7 @@ def cmd_teacher_tune(args) -> None:
 def cmd_teacher_train(args) -> None:
     from ..training.teacher import train_teacher
 
+    reads_folder("--data", args.data)
     device = resolve_device(args.device)
     train_teacher(
         args.preset,
@@ -372,9 +456,15 @@ def cmd_eval(args) -> None:
     from ..evaluation.evaluate import evaluate
     from ..evaluation.freeform import print_freeform
     from ..evaluation.tasks import print_table
-    from ..io import check_output_file, write_json_atomic, write_jsonl_atomic
+    from ..io import check_output_file, check_outputs_distinct, inputs, write_json_atomic, write_jsonl_atomic
     from ..models import load_checkpoint
 
+    reads_model("--model", args.model)
+    reads_model("--teacher", args.teacher)
+    reads_folder("--data", args.data, whole=args.benchmark is not None)
+    if args.choices is not None:
+        inputs().add_file(args.choices, "--choices")
+    check_outputs_distinct([("--json", args.json), ("--answers", args.answers)])
     if args.json:
         check_output_file(args.json, "--json")
     if args.answers:
@@ -496,6 +586,10 @@ def cmd_distill(args) -> None:
         ssd_backend=args.ssd_backend,
         checkpoint_activations=args.checkpoint_activations,
     )
+    reads_model("--teacher", args.teacher)
+    reads_model("--student", args.student)
+    for d in args.data:
+        reads_folder("--data", d)
     if args.dry_run:
         e = distill(args.teacher, args.student, args.data, args.out, cfg, dry_run=True)
         print(
@@ -508,17 +602,36 @@ def cmd_distill(args) -> None:
         if len(e["data_shares"]) > 1:
             print("batch shares of the --data folders: " + ", ".join(f"{x:.3f}" for x in e["data_shares"]))
         return
+    from ..distill.trainer import all_finished
+
+    done_before = all_finished(args.out, stages)  # then distill checks the settings and says it is finished
     distill(args.teacher, args.student, args.data, args.out, cfg)
-    print(f"wrote {args.out}/after_stage{stages[-1]} (log.csv, loss.png beside it)")
+    if not done_before:
+        print(f"wrote {args.out}/after_stage{stages[-1]} (log.csv, loss.png beside it)")
+
+
+def side_output(out, suffix: str) -> Path:
+    """A side output's default: beside ``out``, named after it (``RESULTS.md`` -> ``RESULTS_chart.png``)."""
+    out = Path(out)
+    return out.with_name(out.stem + suffix)
 
 
 def cmd_report(args) -> None:
     from ..evaluation.report import write_report
-    from ..io import check_output_file
+    from ..io import check_output_file, check_outputs_distinct, inputs
 
-    for flag, path in (("--out", args.out), ("--chart", args.chart), ("--quality", args.quality)):
-        if path:
-            check_output_file(path, flag)
+    args.chart = args.chart or side_output(args.out, "_chart.png")
+    args.quality = args.quality or side_output(args.out, "_quality.json")
+    reads = inputs()
+    reads.add_file(args.teacher_eval, "--teacher-eval")
+    for run in args.runs:
+        reads.add_file(Path(run) / "result.json" if Path(run).is_dir() else run, "--runs")
+    if args.notes:
+        reads.add_file(args.notes, "--notes")
+    outputs = [("--out", args.out), ("--chart", args.chart), ("--quality", args.quality)]
+    check_outputs_distinct(outputs)
+    for flag, path in outputs:
+        check_output_file(path, flag)
     q = write_report(args.runs, args.teacher_eval, args.out, args.notes, args.chart, args.quality)
     print(
         f"wrote {args.out}: teacher {q['teacher']:.3f}, "
@@ -583,20 +696,53 @@ def cmd_generate(args) -> None:
     text, counts = args.prompt, None
     if image is not None:
         text, counts = attach_image(text, image, model.config.vision)
+    import time
+
     stream = _Stream(tok)
+    prompt = tok.user_turn(text, image_tokens=counts)
+    times: list[float] = []
+
+    def on_token(t) -> None:
+        times.append(time.perf_counter())
+        stream(int(t[0]))
+
+    t0 = time.perf_counter()
     generate(
-        model,
-        [tok.user_turn(text, image_tokens=counts)],
-        image,
-        args.max_new_tokens,
-        sampling,
-        tok.stop_ids,
-        tok.pad_id,
-        args.prefill_chunk,
-        lambda t: stream(int(t[0])),
+        model, [prompt], image, args.max_new_tokens, sampling, tok.stop_ids, tok.pad_id, args.prefill_chunk, on_token,
         args.decode,
-    )
+    )  # fmt: skip
     print()
+    print(generation_speed(len(prompt), t0, times), file=sys.stderr)
+
+
+def generation_speed(prompt_tokens: int, t0: float, times: list[float]) -> str:
+    """``(N tokens in T s: prefill of P tokens X s, then Y tokens/s)``; ``times``: when each token came."""
+    if not times:
+        return "(no tokens)"
+    rate = f", then {(len(times) - 1) / (times[-1] - times[0]):.1f} tokens/s" if len(times) > 1 else ""
+    return (
+        f"({len(times)} tokens in {times[-1] - t0:.2f} s: prefill of {prompt_tokens} tokens and the first token "
+        f"{times[0] - t0:.2f} s{rate})"
+    )
+
+
+CHAT_HELP = """commands (handled here, never sent to the model):
+  /help          this list
+  /image PATH    attach an image to your next message (the model sees it from that turn on)
+  /reset         start a new conversation (the context is emptied)
+  /quit          end the chat (an empty line or Ctrl-D too)
+Ctrl-C stops an answer mid-way and starts a new conversation; Ctrl-C at the prompt ends the chat."""
+
+
+def _chat_image(model, name, path: str):
+    """An image for the next turn, or a one-line error (the chat goes on)."""
+    from ..data.images import ImageProcessor
+
+    if model.config.vision is None:
+        raise MmmambaError(f"{name} has no image front-end; it cannot take an image")
+    if not Path(path).is_file():
+        raise MmmambaError(f"{path}: {'is a folder' if Path(path).is_dir() else 'does not exist'}; give an image file")
+    return ImageProcessor(model.config.vision)(path)
 
 
 def cmd_chat(args) -> None:
@@ -615,8 +761,8 @@ def cmd_chat(args) -> None:
         )
     chat = ChatSession(model, tok, sampling, length, args.decode)
     print(
-        "chat: type a message; /reset starts over, /quit or an empty line ends."
-        + (" Image attached." if image is not None else "")
+        f"chat with {args.model} ({length}-token context): type a message; /help lists the commands, "
+        "/quit or an empty line ends." + (" Image attached to your first message." if image is not None else "")
     )
     from ..checks import readable_stdin, scrub
 
@@ -624,31 +770,58 @@ def cmd_chat(args) -> None:
     while True:
         try:
             text, replaced = scrub(input("you> ").strip())
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):
+            print()
             break
         if replaced:
             print(f"(your message held {replaced} byte(s) that are not UTF-8 text; each was replaced by U+FFFD)")
-        if text in ("", "/quit"):
+        if text in ("", "/quit", "/exit"):
             break
-        if text == "/reset":
-            chat.reset()
+        if text.startswith("/"):
+            command, _, rest = text.partition(" ")
+            if command == "/help":
+                print(CHAT_HELP)
+            elif command == "/reset":
+                chat.reset()
+                print("(new conversation)")
+            elif command == "/image":
+                try:
+                    image = _chat_image(model, args.model, rest.strip()) if rest.strip() else None
+                    print(f"(image {rest.strip()} goes with your next message)" if image is not None else "(no image)")
+                except MmmambaError as e:
+                    print(f"(error: {e})")
+            else:
+                print(f"(unknown command {command}; /help lists them. To send text that starts with /, add a space)")
             continue
-        if IMAGE_MARK in text and (image is None or chat.tokens):
-            print(f"(no image for {IMAGE_MARK} here: start the chat with --image FILE; the mark is dropped)")
+        if IMAGE_MARK in text and image is None:
+            print(f"(no image for {IMAGE_MARK} here: attach one first with /image PATH; the mark is dropped)")
             text = text.replace(IMAGE_MARK, "").strip() or "?"
         print("model> ", end="", flush=True)
-        chat.ask(text, image if chat.tokens == 0 else None, args.max_new_tokens, _Stream(tok))
+        stream = _Stream(tok)
+        try:
+            check_text(text, "message")
+            answer = chat.ask(text, image, args.max_new_tokens, stream)
+        except MmmambaError as e:
+            print(f"\n(error: {e})")
+            continue
+        except KeyboardInterrupt:
+            chat.reset()
+            print("\n(answer stopped; a new conversation starts)")
+            continue
+        image = None
         print()
+        note = "context was full: a new conversation started with this message; " if chat.restarted else ""
+        print(f"  ({note}{len(answer)} tokens; context {chat.tokens + 1}/{length})", file=sys.stderr)
 
 
 def _sampling_args(p) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder (with tokenizer.json)")
-    p.add_argument("--image", default=None, help="an image file for the (first) turn")
-    p.add_argument("--max-new-tokens", type=int_in(1, 1 << 20), default=64)
+    p.add_argument("--image", default=None, help="an image file for the (first) message")
+    p.add_argument("--max-new-tokens", type=int_in(1, 1 << 20), default=64, help="answer at most this many tokens")
     p.add_argument("--temperature", type=float_in(0.0, 1e4), default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int_in(0, 1 << 24), default=0, help="0 = off")
     p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=1.0, help="1 = off")
-    p.add_argument("--seed", type=SEED, default=None)
+    p.add_argument("--seed", type=SEED, default=None, help="sampling seed (default: none, a fresh draw each run)")
     p.add_argument(
         "--decode", default="auto", choices=["auto", "eager", "graph", "compile"],
         help="decode step: auto = CUDA graph on CUDA, eager on CPU; compile = torch.compile + CUDA graph",
@@ -660,29 +833,68 @@ def _sampling_args(p) -> None:
 
 
 def cmd_info(args) -> None:
-    from ..models import load_checkpoint
+    for line in info_lines(args.model):
+        print(line)
 
-    model = load_checkpoint(args.model)
+
+def info_lines(path) -> list[str]:
+    """A checkpoint in a few readable lines: size and dtype, layers and mixers, attention and Mamba-2 shapes,
+    the decode cache, the image front-end, how it was converted."""
+    from ..io import human_bytes
+    from ..models import load_checkpoint
+    from ..models.checkpoint import cache_bytes, checkpoint_files
+
+    model = load_checkpoint(path)
     cfg = model.config
     n = sum(p.numel() for p in model.parameters())
-    print(
-        f"{args.model}: {n / 1e6:.2f} M parameters, {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
-        f"heads {cfg.num_heads}/{cfg.num_kv_heads} (q/kv), head_dim {cfg.head_dim}, vocab {cfg.vocab_size}"
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    files = checkpoint_files(path)
+    disk = sum(f.stat().st_size for f in files)
+    n_attn, n_mamba = cfg.mixers.count("attention"), cfg.mixers.count("mamba2")
+    kind = "Transformer" if not n_mamba else "linear (Mamba-2)" if not n_attn else "hybrid"
+    lines = [
+        f"{path}: {kind}, {n / 1e6:.2f} M parameters, {'/'.join(dtypes)}, {human_bytes(disk)} on disk "
+        f"({len(files)} files)",
+        f"  layers      {cfg.num_layers}: " + " ".join("A" if k == "attention" else "M" for k in cfg.mixers)
+        + f"  ({n_attn} attention, {n_mamba} Mamba-2)",
+        f"  shape       hidden {cfg.hidden_size}, MLP {cfg.intermediate_size}, vocab {cfg.vocab_size}, "
+        f"max_position {cfg.max_position}",
+        f"  attention   heads {cfg.num_heads} q / {cfg.num_kv_heads} kv, head_dim {cfg.head_dim}, "
+        f"rope_theta {cfg.rope_theta:g}",
+    ]  # fmt: skip
+    if n_mamba:
+        m = cfg.mamba2_config()
+        state = cfg.num_heads * cfg.head_dim * cfg.head_dim
+        lines.append(
+            f"  Mamba-2     state {cfg.num_heads} heads x {cfg.head_dim} x {cfg.head_dim} = {state} values a layer "
+            f"({human_bytes(4 * state)} in float32), conv kernel {m.conv_kernel}, scan chunk {m.chunk_size}"
+        )
+    lines.append(
+        f"  decode cache (batch 1): {human_bytes(cache_bytes(cfg, 1, 1))} at 1 token, "
+        f"{human_bytes(cache_bytes(cfg, 1, cfg.max_position))} at max_position (float32)"
     )
-    print("mixers: " + " ".join("A" if k == "attention" else "M" for k in cfg.mixers) + "  (A attention, M Mamba-2)")
+    if cfg.vision is not None:
+        v = cfg.vision
+        lines.append(
+            f"  vision      {v.image_size}-pixel tiles, {v.patch_size}-pixel patches, {v.tokens_per_tile} tokens a "
+            f"tile, up to {v.max_tiles} tiles"
+        )
     if cfg.conversion:
-        print(f"conversion: {cfg.conversion}")
+        lines.append("  conversion  " + ", ".join(f"{k} {v}" for k, v in cfg.conversion.items()))
+    return lines
 
 
 def cmd_export(args) -> None:
-    from ..data.tokenizer import copy_tokenizer
+    from ..data.tokenizer import TOKENIZER_FILES, copy_tokenizer
     from ..io import check_output_dir, same_or_inside
     from ..models import load_checkpoint
     from ..models.official import export_official
 
+    reads_model("--model", args.model)
     out = check_output_dir(args.out)
     if same_or_inside(out, args.model):
         raise MmmambaError(f"--out {out}: inside the model folder {args.model}; write the export elsewhere")
+    check_outputs_in(out, ["config.json", "model.safetensors", *TOKENIZER_FILES])
     export_official(load_checkpoint(args.model), out)
     copy_tokenizer(args.model, out)
     print(f"wrote {out}: {args.model} in the {args.format} layout")
@@ -692,6 +904,7 @@ OUTSIDE_HELP = "read image paths that leave the data folder (.. or absolute); re
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
     from ..convert import INITS
     from ..convert.layer_spec import HELP
 
@@ -700,6 +913,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn a decoder-only Transformer into a Mamba-2 (linear) or Mamba-2/attention (hybrid) "
         "model by seeding Mamba-2 from attention and distilling, then run it fast.",
     )
+    parser.add_argument("--version", action="version", version=f"mmmamba {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("convert", help="seed a Mamba-2 student from an attention teacher checkpoint")
@@ -727,7 +941,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = dsub.add_parser("make", help="generate train/val/test JSONL + PNG scenes (deterministic for a seed)")
     p.add_argument("--out", required=True, help="folder to write the suite to")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="the data set's random seed")
     p.add_argument("--train", type=int_in(1, 1_000_000), default=4000, help="training samples per family")
     p.add_argument("--val", type=int_in(1, 100_000), default=40, help="validation samples per family")
     p.add_argument("--test", type=int_in(1, 100_000), default=100, help="test samples per family")
@@ -751,7 +965,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--val-frac", type=float_in(0.0, 0.9), default=0.05, help="share of documents for val")
     p.add_argument("--test-frac", type=float_in(0.0, 0.9), default=0.05, help="share of documents for test")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="which documents go to val and test")
     p.set_defaults(func=cmd_data_text)
     p = dsub.add_parser("self-distill", help="answer prompts with the teacher -> chat JSONL (train/val/test)")
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder (or .gguf)")
@@ -762,13 +976,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--cut-to-train", action="store_true",
         help="keep answers cut by --max-new-tokens in the train split (marked cut) instead of dropping them",
     )  # fmt: skip
-    p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=32)
+    p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=32, help="prompts answered together")
     p.add_argument("--temperature", type=float_in(0.0, 1e4), default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int_in(0, 1 << 24), default=0, help="0 = off")
     p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=1.0, help="1 = off")
-    p.add_argument("--val-frac", type=float_in(0.0, 0.9), default=0.05)
-    p.add_argument("--test-frac", type=float_in(0.0, 0.9), default=0.1)
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--val-frac", type=float_in(0.0, 0.9), default=0.05, help="share of answered prompts for val")
+    p.add_argument("--test-frac", type=float_in(0.0, 0.9), default=0.1, help="share of answered prompts for test")
+    p.add_argument("--seed", type=SEED, default=0, help="sampling and split seed")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto: bf16 on CUDA")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=cmd_data_self_distill)
@@ -812,12 +1026,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("teacher", help="teacher VLMs: train the embedded one, or graft and tune one from an LLM")
     tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = tsub.add_parser("train", help="train a teacher preset on the task suite (resumes from --out)")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    p.add_argument("--preset", default="tiny", choices=["tiny", "small"], help="model size and training budget")
     p.add_argument("--data", required=True, help="task-suite folder from `mmmamba data make`")
     p.add_argument("--out", required=True, help="checkpoint folder (training state is kept here too)")
     p.add_argument("--steps", type=COUNT, default=None, help="override the preset's number of steps")
-    p.add_argument("--eval-every", type=COUNT, default=500)
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--eval-every", type=COUNT, default=500, help="validate (and save the training state) every N steps")
+    p.add_argument("--seed", type=SEED, default=0, help="initialisation and data order")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
     p.set_defaults(func=cmd_teacher_train)
@@ -836,7 +1050,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="internvl: 0.5 merges 2x2 patches into one token",
     )
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="the image front-end's initialisation")
     p.set_defaults(func=cmd_teacher_graft)
     p = tsub.add_parser(
         "tune",
@@ -850,11 +1064,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int_in(0, MAX_STEPS), default=1500, help="phase 2: every parameter")
     p.add_argument("--batch-size", type=COUNT, default=32, help="task-suite samples a step")
     p.add_argument("--text-batch-size", type=COUNT, default=8, help="text samples a step in phase 2")
-    p.add_argument("--embed-lr", type=float_in(0.0, 1.0, low_open=True), default=1e-3)
+    p.add_argument("--embed-lr", type=float_in(0.0, 1.0, low_open=True), default=1e-3, help="phase 1 learning rate")
     p.add_argument("--lr", type=float_in(0.0, 1.0, low_open=True), default=5e-5, help="phase 2 learning rate")
     p.add_argument("--text-weight", type=float_in(0.0, 0.99), default=0.3, help="share of phase 2's loss on text")
-    p.add_argument("--eval-every", type=COUNT, default=250)
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--eval-every", type=COUNT, default=250, help="validate (and save the training state) every N steps")
+    p.add_argument("--seed", type=SEED, default=0, help="data order")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--pack", action="store_true",
@@ -870,7 +1084,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="task-suite / chat folder (greedy answers), or a `mmmamba data text` corpus "
         "(perplexity, KL to --teacher, cloze multiple choice)",
     )  # fmt: skip
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split to score")
     p.add_argument("--json", default=None, help="write {mean_accuracy, per_family, n, …} here")
     p.add_argument(
         "--answers", default=None,
@@ -885,7 +1099,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score one of the paper's benchmarks; --data is its folder as released (README: Paper benchmarks)",
     )  # fmt: skip
     p.add_argument("--cloze-items", type=int_in(0, 1 << 20), default=200, help="text corpus: cloze items made")
-    p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=64)
+    p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=64, help="samples answered together")
     p.add_argument(
         "--limit",
         type=int_in(1, 1 << 40),
@@ -913,7 +1127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder: after_stageS/ checkpoints, log.csv, loss.png")
     p.add_argument("--stages", default="1,2,3", help="stages to run, in order (any subset of 1,2,3)")
     p.add_argument("--steps-per-stage", default="300,300,600", help="one count, or one per stage")
-    p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=16)
+    p.add_argument(
+        "--batch-size", type=int_in(1, 1 << 16), default=16, help="samples a step (over every process and micro-batch)"
+    )
     p.add_argument("--eval-every", type=COUNT, default=100, help="validate on the val split every N steps")
     p.add_argument("--temperature", type=float_in(0.0, 1e4, low_open=True), default=1.0, help="stage-3 KL temperature")
     p.add_argument(
@@ -924,7 +1140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lr-scale", type=float_in(0.0, 1e6, low_open=True), default=1.0, help="multiply the paper's learning rates"
     )
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help="data order")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
     p.add_argument("--dry-run", action="store_true", help="check everything, estimate memory/disk/time, write nothing")
@@ -953,15 +1169,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", nargs="+", required=True, help="run folders (or result.json files) of scripts/ablations.py"
     )
     p.add_argument("--teacher-eval", required=True, help="the teacher's `mmmamba eval --json` file")
-    p.add_argument("--out", default="RESULTS.md")
+    p.add_argument("--out", required=True, help="the markdown file to write, e.g. runs/main/RESULTS.md")
     p.add_argument("--notes", default=None, help="markdown to include after the tables")
-    p.add_argument("--chart", default="results/quality.png")
-    p.add_argument("--quality", default="results/quality.json")
+    p.add_argument("--chart", default=None, help="the PNG bar chart (default: OUT_chart.png, beside --out)")
+    p.add_argument("--quality", default=None, help="mean accuracy per run (default: OUT_quality.json, beside --out)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("generate", help="answer one prompt (and image), streaming the tokens")
     _sampling_args(p)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="the user message (with --image, <image> marks where it goes)")
     p.add_argument(
         "--prefill-chunk", type=int_in(1, 1 << 24), default=None, help="prefill the prompt in chunks of N tokens"
     )
@@ -1000,6 +1216,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in PLANNED.items():
         p = sub.add_parser(name, help=f"{what} — not yet available", add_help=True)
         p.set_defaults(func=lambda args, name=name: _not_yet(name))
+    _name_leaves(parser)
     return parser
 
 
@@ -1031,28 +1248,58 @@ def main(argv: list[str] | None = None) -> int:
         argv = None  # parsed by the benchmark itself
     try:
         if argv is not None:
-            args = build_parser().parse_args(argv)
+            args = parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2), already printed
         return e.code if isinstance(e.code, int) else 2
     from ..checks import safe_stdout
+    from ..io import command_inputs
 
     safe_stdout()
     try:
-        args.func(args)
+        with command_inputs():  # what the handler reads; no output may replace it
+            args.func(args)
     except MmmambaError as e:
         print(f"mmmamba {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk at a write that has no check of its own
         from ..io import is_disk_full
 
-        if not is_disk_full(e):
-            raise
-        print(f"mmmamba {args.command}: error: disk full ({e.strerror}); free space and rerun", file=sys.stderr)
-        return 2
+        if is_disk_full(e):
+            print(f"mmmamba {args.command}: error: disk full ({e.strerror}); free space and rerun", file=sys.stderr)
+            return 2
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            where = f"{e.filename}: " if e.filename else ""
+            print(
+                f"mmmamba {args.command}: error: {where}{e.strerror} (a read-only or protected location); "
+                "choose a writable output path",
+                file=sys.stderr,
+            )
+            return 2
+        raise
     except KeyboardInterrupt:
-        print(f"mmmamba {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        resumable = args.command == "distill" or (args.command == "teacher" and args.action in ("train", "tune"))
+        then = "rerun the same command to resume" if resumable else "nothing half-written was left"
+        print(f"mmmamba {args.command}: interrupted; {then}", file=sys.stderr)
         return 130
     return 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The arguments; an unknown one is reported under the sub-command that got it (``mmmamba eval: error``)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def _name_leaves(parser: argparse.ArgumentParser) -> None:
+    """Each sub-command's parser is recorded in the namespace it parses (the deepest one wins)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                sp.set_defaults(parser=sp)
+                _name_leaves(sp)
 
 
 if __name__ == "__main__":

@@ -32,14 +32,20 @@ def _load_hf(folder: Path):
     try:
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
     except (ValueError, OSError, KeyError, TypeError) as first:
+        fix = "add a tokenizer.json (fast tokenizer) to the folder"
         if (folder / "tokenizer.json").is_file():
             try:
-                return PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
-            except Exception:  # noqa: BLE001 - reported below as one line
-                pass
+                specials = _config_specials(folder)
+                fast = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **specials)
+            except Exception as e:  # noqa: BLE001 - reported below as one line
+                fast, fix = None, f"its tokenizer.json cannot be read either ({e.__class__.__name__}); re-save it"
+            if fast is not None:
+                if fast.chat_template is None:
+                    fast.chat_template = _template_file(folder)
+                return fast
         raise MmmambaError(
             f"{folder}: cannot load its tokenizer without running the folder's code ({first.__class__.__name__}); "
-            "add a tokenizer.json (fast tokenizer) to the folder"
+            f"{fix}"
         ) from None
 
 
@@ -56,6 +62,54 @@ def _plain(special: dict) -> dict:
     return {k: v if isinstance(v, (str, list)) else str(v) for k, v in special.items()}
 
 
+SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token")
+
+
+def _token_text(v) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or {"content": ...}."""
+    v = v.get("content") if isinstance(v, dict) else v
+    return v if isinstance(v, str) and v else None
+
+
+def _config_specials(folder: Path) -> dict:
+    """What tokenizer_config.json says beside tokenizer.json (special tokens, chat template), for a folder whose
+    tokenizer class is the folder's own code: the fast tokenizer is built from tokenizer.json with these."""
+    f = folder / "tokenizer_config.json"
+    if not f.is_file():
+        return {}
+    from ..io import read_json
+
+    cfg = read_json(f, "tokenizer_config.json")
+    out = {k: _token_text(cfg[k]) for k in SPECIAL_KEYS if _token_text(cfg.get(k)) is not None}
+    extra = cfg.get("additional_special_tokens") or cfg.get("extra_special_tokens") or []
+    extra = [t for t in map(_token_text, extra if isinstance(extra, list) else []) if t is not None]
+    if extra:
+        out["additional_special_tokens"] = extra
+    if isinstance(cfg.get("chat_template"), str):
+        out["chat_template"] = cfg["chat_template"]
+    return out
+
+
+def _template_file(folder: Path) -> str | None:
+    """A chat template saved beside the tokenizer (chat_template.jinja, or chat_template.json's "chat_template")."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    if (folder / "chat_template.json").is_file():
+        from ..io import read_json
+
+        template = read_json(folder / "chat_template.json", "chat_template.json").get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
+
+
+def _no_eos_fix(folder: Path) -> str:
+    """The right advice when the tokenizer has no end-of-sequence id: what the folder's files actually say."""
+    eos = _config_specials(folder).get("eos_token") if folder.is_dir() else None
+    if eos is None:
+        return "set eos_token in tokenizer_config.json"
+    return f"its tokenizer_config.json names eos_token {eos!r}, which tokenizer.json's vocabulary lacks; add it there"
+
+
 class HFTokenizer(ChatTokenizer):
     source = "hf"
 
@@ -66,7 +120,7 @@ class HFTokenizer(ChatTokenizer):
         self.vocab_size = len(hf)
         self.end_id = hf.eos_token_id if hf.eos_token_id is not None else hf.sep_token_id
         if self.end_id is None:
-            raise MmmambaError(f"{self.folder}: the tokenizer has no eos token; set eos_token in tokenizer_config.json")
+            raise MmmambaError(f"{self.folder}: the tokenizer has no eos token; {_no_eos_fix(self.folder)}")
         self.bos_id = hf.bos_token_id
         self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else self.end_id
         self._find_image_span()

@@ -35,8 +35,10 @@ from ..data.text_corpus import is_text_corpus, text_examples
 from ..data.tokenizer import ChatTokenizer, copy_tokenizer, load_tokenizer
 from ..errors import MmmambaError
 from ..io import (
+    RunLock,
     check_free_space,
     check_output_dir,
+    folder_digest,
     free_bytes,
     human_bytes,
     machine_memory,
@@ -372,8 +374,14 @@ def _check_settings(out: Path, settings: dict) -> None:
                 f"{e}; the run folder holds finished work, so restore the file or distil into a new --out"
             ) from None
         return  # nothing to protect: it is rewritten
+    old.setdefault("data_identity", settings.get("data_identity"))  # a run recorded before data identities
     if old != settings:
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff == ["data_identity"]:
+            raise MmmambaError(
+                f"{out}: holds a run on other data (the --data files differ from the ones it started with, "
+                f"{f.name}); resume with the same --data or distil into a new --out"
+            )
         raise MmmambaError(
             f"{out}: holds a run with other settings ({', '.join(diff)} differ in {f.name}); "
             "use the same settings or a new --out"
@@ -511,16 +519,52 @@ def distill(
     folders, weights = parse_sources(data_dir)
     if any(w != 1 for w in weights):  # recorded only when weighted: unweighted runs resume as before
         settings["data_weights"] = {str(d): w for d, w in zip(folders, weights)}
+    settings["data_identity"] = data_identity(data_dir)
+    lock = RunLock(out) if lead and not dry_run else None
+    if lock is not None:
+        lock.acquire()  # one writer: a second one is refused here, naming this one's PID
+    try:
+        return _distill(teacher_dir, student_dir, data_dir, out, cfg, settings, comm, device, stop_after, dry_run,
+                        progress)  # fmt: skip
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def data_identity(data_dir) -> list[str]:
+    """What a resume must find again: a digest per ``--data`` folder of the files a run reads (splits,
+    corpus.json / suite.json), so that a resume with other data is refused."""
+    return [folder_digest(d, DATA_FILES) for d in data_dirs(data_dir)]
+
+
+DATA_FILES = ("train.jsonl", "val.jsonl", "corpus.json", "suite.json", "meta.json")
+
+
+def all_finished(out, stages) -> bool:
+    """Every stage of the run has its checkpoint: a rerun has nothing left to do."""
+    return all(_finished(Path(out), s) for s in stages)
+
+
+def _distill(teacher_dir, student_dir, data_dir, out: Path, cfg, settings, comm, device, stop_after, dry_run, progress):
+    lead = comm.rank == 0
     _check_settings(out, settings)
+    writer = lead and not dry_run  # the lock holder; a dry run only reads, and deletes nothing
     if out.is_dir():
-        if lead:
+        if writer:
             for s in cfg.stages:
                 recover_dir(out / f"after_stage{s}")
         comm.barrier()
-        pending = _pending_state(out, cfg, lead)
+        pending = _pending_state(out, cfg, writer)
         comm.barrier()
     else:
         pending = None
+    if all_finished(out, cfg.stages) and not dry_run:
+        if lead:
+            if not (out / "loss.png").exists() and (out / "log.csv").is_file():
+                plot_losses(out)
+            tqdm.write(f"{out}: finished already (after_stage{cfg.stages[-1]} is complete); nothing to do")
+        comm.barrier()
+        return load_checkpoint(out / f"after_stage{cfg.stages[-1]}")
     prep = prepare(teacher_dir, student_dir, data_dir, out, cfg, progress and lead)
     if dry_run:
         per_step = time_steps(prep, cfg)
@@ -528,7 +572,7 @@ def distill(
         return prep.estimate | {"seconds": seconds, "seconds_per_step": per_step}
     if lead:
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "distill_config.json", settings)
+        write_json_atomic(out / "distill_config.json", settings, digits=None)
     comm.barrier()
     teacher, tok, train, val = prep.teacher.to(device), prep.tok, prep.train, prep.val
     val = [b.to(device) for b in val]

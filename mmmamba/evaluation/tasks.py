@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import torch
@@ -49,12 +50,22 @@ def score(samples: list[Sample], predictions: dict[str, str]) -> dict:
         if len(s.images) > 1:
             by_k[len(s.images)].append(ok)
     per_family = {f: sum(v) / len(v) for f, v in sorted(hits.items())}
+    stderr = {f: standard_error(per_family[f], len(hits[f])) for f in per_family}
+    n_fam = max(1, len(per_family))
     return {
-        "mean_accuracy": sum(per_family.values()) / max(1, len(per_family)),
+        "mean_accuracy": sum(per_family.values()) / n_fam,
+        "mean_accuracy_stderr": math.sqrt(sum(se**2 for se in stderr.values())) / n_fam,
         "per_family": per_family,
+        "per_family_stderr": stderr,
+        "per_family_n": {f: len(hits[f]) for f in per_family},
         "recall_by_images": {str(k): sum(v) / len(v) for k, v in sorted(by_k.items())},
         "n": len(samples),
     }
+
+
+def standard_error(p: float, n: int) -> float:
+    """The standard error of an accuracy ``p`` over ``n`` independent samples, sqrt(p (1 - p) / n)."""
+    return math.sqrt(p * (1 - p) / n) if n else 0.0
 
 
 def check_prompts(model: Decoder, tok: ChatTokenizer, samples: list[Sample], max_new_tokens: int = 16) -> None:
@@ -135,8 +146,10 @@ def predict(
 def print_table(report: dict, title: str = "") -> None:
     if title:
         print(title)
+    se, n = report.get("per_family_stderr", {}), report.get("per_family_n", {})
     for f, acc in report["per_family"].items():
-        print(f"  {f:<12} {acc:6.3f}")
+        print(f"  {f:<12} {acc:6.3f}" + (f" ± {se[f]:.3f}  (n = {n[f]})" if f in se else ""))
     for k, acc in report["recall_by_images"].items():
         print(f"  recall@{k:<5} {acc:6.3f}")
-    print(f"  {'mean':<12} {report['mean_accuracy']:6.3f}   (n = {report['n']})")
+    mean_se = f" ± {report['mean_accuracy_stderr']:.3f}" if "mean_accuracy_stderr" in report else ""
+    print(f"  {'mean':<12} {report['mean_accuracy']:6.3f}{mean_se}  (n = {report['n']}; ± one standard error)")

@@ -20,7 +20,8 @@ def sample_next(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator 
     """logits (b, vocab) → token ids (b,)."""
     if cfg.temperature <= 0:
         return logits.argmax(-1)
-    logits = logits.float() / cfg.temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(-1, keepdim=True)) / cfg.temperature  # <= 0: a tiny temperature cannot overflow
     if cfg.top_k > 0:
         kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -25,6 +25,7 @@ from ..io import (
     publish_dir,
     read_json,
     recover_dir,
+    recover_for_reading,
     remove_tree,
     temp_sibling,
 )
@@ -371,7 +372,7 @@ def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
 def read_model_config(path) -> tuple[dict, bool]:
     """config.json of a checkpoint folder, validated: (raw dict without 'format', is_mmmamba)."""
     path = Path(path)
-    recover_dir(path)
+    recover_for_reading(path)  # a reader: renames a swapped-out folder back, deletes nothing
     raw = read_config_json(path)
     where = f"{path}/config.json"
     fmt = raw.pop("format", None)
@@ -403,3 +404,26 @@ def config_from_dict(raw: dict, where) -> DecoderConfig:
         raise MmmambaError(str(e) if str(where) in str(e) else f"{where}: {e}{fix}") from None
     check_fits(cfg, where)
     return cfg
+
+
+MODEL_FILE_NAMES = {
+    "config.json", MANIFEST, INDEX, "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
+    "merges.txt", "generation_config.json", "preprocessor_config.json", "chat_template.json", "chat_template.jinja",
+}  # fmt: skip
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".model", ".tiktoken", ".py", ".gguf")
+
+
+def checkpoint_files(path) -> list[Path]:
+    """The files loading a model reads: a ``.gguf`` file itself, or a folder's config, weights, manifest and
+    tokenizer files (not what else lies beside them, such as an eval JSON written there)."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        return []
+    return [
+        f
+        for f in p.iterdir()
+        if f.is_file()
+        and (f.name in MODEL_FILE_NAMES or f.name.startswith("tokenizer") or f.name.endswith(MODEL_FILE_SUFFIXES))
+    ]

@@ -224,5 +224,5 @@ def export_official(model, out) -> Path:
     write_atomic(out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     config = official_config(model.config)
     config["torch_dtype"] = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
-    write_json_atomic(out / "config.json", config)
+    write_json_atomic(out / "config.json", config, digits=None)
     return out

@@ -16,12 +16,12 @@ from ..data.scenes import CELL, IMAGE_SIZE
 from ..data.tokenizer import ByteTokenizer
 from ..errors import MmmambaError
 from ..evaluation.tasks import predict, score
-from ..io import check_free_space, check_output_dir, write_text_atomic
+from ..io import RunLock, check_free_space, check_output_dir, folder_digest, write_text_atomic
 from ..models import Decoder, DecoderConfig, VisionConfig, save_checkpoint
 from .loop import StepReport, train_loop
 from .losses import next_token_loss
 from .optim import NonFiniteGuard, OptimConfig, make_adamw
-from .state import batch_indices, load_state, save_state
+from .state import STATE_FILE, batch_indices, load_state, save_state
 
 
 @dataclass
@@ -77,6 +77,16 @@ def train_teacher(
             raise MmmambaError(f"{name} {v}: give a whole number between 1 and 10000000")
     out = Path(out)
     check_output_dir(out)
+    if (out / "config.json").is_file() and not (out / STATE_FILE).is_file():
+        raise MmmambaError(
+            f"--out {out}: holds a finished model without a training state (nothing to resume); "
+            "train into a new folder"
+        )
+    with RunLock(out):  # one writer; stale temporaries of a killed save are removed
+        return _train_teacher(p, preset, data, out, seed, steps, eval_every, device, max_train, allow_outside)
+
+
+def _train_teacher(p, preset, data, out: Path, seed, steps, eval_every, device, max_train, allow_outside) -> dict:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     tok = ByteTokenizer(image_tokens=(IMAGE_SIZE // CELL) ** 2)
@@ -97,8 +107,18 @@ def train_teacher(
     for s in val:
         encode_sample(s, tok, images, limit)  # every validation image readable before the first step
     settings = {"preset": preset, "steps": steps, "seed": seed, "batch_size": p.batch_size, "n_train": len(train)}
+    settings["data_identity"] = folder_digest(data, ("train.jsonl", "val.jsonl", "suite.json"))
     resumed = load_state(out, model, opt, steps)
     start = 0 if resumed is None else resumed[0]
+    if resumed is not None:
+        resumed[1].setdefault("data_identity", settings["data_identity"])  # a state from before data identities
+    if resumed is not None and resumed[1] != settings and {**resumed[1], "data_identity": None} == {
+        **settings, "data_identity": None
+    }:
+        raise MmmambaError(
+            f"{out}: holds a run on other data (--data {data} differs from the data it started with); "
+            "resume with the same --data or train into a new --out"
+        )
     if resumed is not None and resumed[1] != settings:
         raise MmmambaError(
             f"{out}: holds a run started with {resumed[1]}, not {settings}; use the same settings or a new --out"

@@ -32,7 +32,7 @@ from ..data.text_corpus import is_text_corpus, text_examples
 from ..data.tokenizer import ByteTokenizer, ChatTokenizer, load_tokenizer
 from ..errors import MmmambaError
 from ..evaluation.tasks import predict, score
-from ..io import check_output_dir, read_json, write_json_atomic, write_text_atomic
+from ..io import RunLock, check_output_dir, folder_digest, read_json, write_json_atomic, write_text_atomic
 from ..models import Decoder, VisionConfig, load_checkpoint, save_checkpoint
 from ..models.checkpoint import check_fits
 from ..models.gguf import write_tokenizer
@@ -347,8 +347,14 @@ def _check_settings(f: Path, settings: dict) -> None:
     if not f.is_file():
         return
     old = read_json(f, "run settings file")
+    old.setdefault("data_identity", settings.get("data_identity"))  # a run recorded before data identities
     if old != settings:
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff == ["data_identity"]:
+            raise MmmambaError(
+                f"{f.parent}: holds a teacher run on other data (the files of --data / --text differ from the "
+                "ones it started with); resume with the same data or use a new --out"
+            )
         raise MmmambaError(
             f"{f.parent}: holds a teacher run with other settings ({', '.join(diff)} differ in {f.name}); "
             "use the same settings or a new --out"
@@ -370,7 +376,16 @@ def tune_vlm_teacher(init_dir, data_dir, text_dirs: list, out, cfg: TuneConfig) 
         "data": str(Path(data_dir).resolve()),
         "text": [str(d.resolve()) for d in text_dirs],
         **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("device", "eval_every", "val_limit", "pack")},
+        "data_identity": [folder_digest(d, DATA_FILES) for d in [Path(data_dir), *text_dirs]],
     }
+    with RunLock(out):  # one writer; stale temporaries of a killed save are removed
+        return _tune(model, init_dir, data_dir, text_dirs, out, cfg, settings)
+
+
+DATA_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "corpus.json", "suite.json", "meta.json")
+
+
+def _tune(model, init_dir, data_dir, text_dirs, out: Path, cfg: TuneConfig, settings: dict) -> dict:
     _check_settings(out / "tune_config.json", settings)  # before the data's long encode, as the finished check
     if (out / "teacher_report.json").is_file():  # written last: the run is finished
         print(f"{out}: finished already; its report is {out / 'teacher_report.json'}")
@@ -379,7 +394,7 @@ def tune_vlm_teacher(init_dir, data_dir, text_dirs: list, out, cfg: TuneConfig) 
     data = load_tune_data(data_dir, text_dirs, tok, model, cfg)
     model.to(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "tune_config.json", settings)
+    write_json_atomic(out / "tune_config.json", settings, digits=None)
     log = out / "tune_log.csv"
     if not log.is_file():
         write_text_atomic(log, "phase,step,lr,loss,val_accuracy,text_val_ppl\n")
