@@ -74,8 +74,12 @@ def random_mamba_tensors(prefix, layer, hidden, heads, kv_heads, gen):
     }
 
 
-def hovle_tensors(vocab, llm_vocab, specials, stored_grid, s, gen, llm="InternLM2ForCausalLM", blocks=None):
-    """Every tensor of a HoVLE (or released mmMamba) model under the official names."""
+def hovle_tensors(
+    vocab, llm_vocab, specials, stored_grid, s, gen, llm="InternLM2ForCausalLM", blocks=None, holistic_shape=None
+):
+    """Every tensor of a HoVLE (or released mmMamba) model under the official names.
+
+    ``holistic_shape`` (heads, kv_heads, inter): the holistic stack's own, when it differs from the LLM's."""
     d, patch = s["hidden"], s["patch"]
     tensors = {
         "embedding_model.vision_embeddings.patch_embedding.weight": torch.randn(d, 3, patch, patch, generator=gen)
@@ -92,7 +96,8 @@ def hovle_tensors(vocab, llm_vocab, specials, stored_grid, s, gen, llm="InternLM
     if specials:
         tensors["embedding_model.special_text_embeddings.weight"] = torch.randn(specials, d, generator=gen)
     shape = (d, s["heads"], s["kv_heads"], s["inter"])
-    tensors |= random_llm_tensors("embedding_model.encoder", s["holistic"], *shape, gen)
+    own = (d, *holistic_shape) if holistic_shape else shape
+    tensors |= random_llm_tensors("embedding_model.encoder", s["holistic"], *own, gen)
     if llm == "InternLM2ForCausalLM":
         tensors |= random_llm_tensors("language_model.model.layers", s["llm"], *shape, gen)
         tensors |= {
@@ -113,7 +118,8 @@ def hovle_tensors(vocab, llm_vocab, specials, stored_grid, s, gen, llm="InternLM
         if kind == "mamba2":
             for name in ("wqkv", "wo"):
                 del tensors[f"{prefix}.{layer}.attention.{name}.weight"]
-            tensors |= random_mamba_tensors(prefix, layer, d, s["heads"], s["kv_heads"], gen)
+            heads = own[1:3] if i < s["holistic"] else shape[1:3]
+            tensors |= random_mamba_tensors(prefix, layer, d, *heads, gen)
     return tensors
 
 
@@ -156,8 +162,6 @@ def write_hovle(
     d, vocab = s["hidden"], len(tok)
     llm_vocab = vocab - specials  # the last `specials` ids are embedded by special_text_embeddings
     stored = stored_image_size or s["image_size"]
-    tensors = hovle_tensors(vocab, llm_vocab, specials, stored // s["patch"], s, g, llm, blocks)
-    save_file(tensors, str(folder / "model.safetensors"))
     stack = dict(
         hidden_size=d,
         num_attention_heads=s["heads"],
@@ -191,6 +195,10 @@ def write_hovle(
         pixel_shuffle_loc=pixel_shuffle_loc,
         use_pixel_shuffle_proj=True,
     ) | (embedding_overrides or {})
+    keys = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+    holistic_shape = tuple(embedding[k] for k in keys)  # the tensors follow the stack's own config
+    tensors = hovle_tensors(vocab, llm_vocab, specials, stored // s["patch"], s, g, llm, blocks, holistic_shape)
+    save_file(tensors, str(folder / "model.safetensors"))
     config = {
         "architectures": [arch],
         "model_type": "internvl_chat",

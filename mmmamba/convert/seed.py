@@ -103,8 +103,7 @@ def convert_to_mamba(
     cfg.mamba = {**cfg.mamba, **(mamba or {})}
     cfg.mixers = ["attention" if i in keep_attention else "mamba2" for i in range(n)]
     cfg.conversion = {**cfg.conversion, "init": init, "keep_attention": sorted(keep_attention)}  # keep provenance
-    mamba_cfg = cfg.mamba2_config()
     for i, layer in enumerate(student.layers):
-        if cfg.mixers[i] == "mamba2":
-            layer.mixer = seed_mamba_from_attention(teacher.layers[i].mixer, mamba_cfg, init)
+        if cfg.mixers[i] == "mamba2":  # each layer's own shapes (DecoderConfig.layer_overrides)
+            layer.mixer = seed_mamba_from_attention(teacher.layers[i].mixer, cfg.mamba2_config(i), init)
     return student
