@@ -78,7 +78,8 @@ def test_forward_follows_each_layers_settings(length):
         torch.testing.assert_close(model(ids[None]).logits[0], reference_logits(model, ids), rtol=1e-9, atol=1e-9)
     s0, s2, s3 = (model.config.layer(i) for i in (0, 2, 3))
     assert (s0.head_dim, s0.rope_theta, s2.head_dim, s2.rope_theta, s3.intermediate_size) == (16, 1e6, 8, 1e4, 24)
-    assert model.layers[0].mixer.k_proj.weight.shape == (16, 32) and model.layers[3].mixer.k_proj.weight.shape == (32, 32)
+    assert model.layers[0].mixer.k_proj.weight.shape == (16, 32)  # 1 KV head of 16
+    assert model.layers[3].mixer.k_proj.weight.shape == (32, 32)  # 4 KV heads of 8
 
 
 @pytest.mark.parametrize("kind", ["teacher", "linear", "hybrid"])

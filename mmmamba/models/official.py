@@ -91,7 +91,7 @@ def _export_problem(cfg) -> str | None:
         return "q/k/v biases and tied embeddings have no place in the released layout"
     for i, s in enumerate(layers):
         if s.head_dim * s.num_heads != cfg.hidden_size:
-            return f"layer {i}: head_dim {s.head_dim} × {s.num_heads} heads != hidden_size (the released code derives it)"
+            return f"layer {i}: head_dim {s.head_dim} × {s.num_heads} heads != hidden_size (derived in the release)"
     for name, stack in (("holistic", layers[: stacks[0]]), ("LLM", layers[stacks[0] :])):
         if any(s != stack[0] for s in stack):
             return f"the {name} stack's layers differ in their settings; the released layout has one config per stack"
