@@ -153,11 +153,16 @@ def write_hovle(
     llm="InternLM2ForCausalLM",
     blocks=None,
     embedding_overrides=None,
+    chat_template=CHATML,
+    template="internlm2-chat",
+    specials_extra=(),
 ):
     """A tiny folder as HoVLE's official code saves it (``blocks``: a released mmMamba student instead,
-    with one "mamba2"/"mha" per layer, holistic layers first). Returns (tensors, tokenizer, config)."""
+    with one "mamba2"/"mha" per layer, holistic layers first). ``chat_template=None``: a tokenizer without
+    one, as HoVLE's releases ship it (the config's ``template`` names its conversation format instead).
+    Returns (tensors, tokenizer, config)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tok = write_tokenizer(folder)
+    tok = write_tokenizer(folder, chat_template, SPECIALS + list(specials_extra))
     s, g = HOVLE_SHAPE, torch.Generator().manual_seed(seed)
     d, vocab = s["hidden"], len(tok)
     llm_vocab = vocab - specials  # the last `specials` ids are embedded by special_text_embeddings
@@ -211,7 +216,7 @@ def write_hovle(
         "max_dynamic_patch": 6,
         "use_thumbnail": True,
         "normalize_encoder_output": normalize,
-        "template": "internlm2-chat",
+        "template": template,
         "select_layer": -1,
         "ps_version": "v2",
     }

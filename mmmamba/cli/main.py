@@ -509,6 +509,10 @@ def _load_for_chat(args):
     model = load_checkpoint(args.model).float().eval()
     model.set_backends(ssd=args.ssd_backend)
     tok = load_tokenizer(args.model)
+    if args.chat_template:
+        from ..data.conversation_templates import override_chat_template
+
+        override_chat_template(tok, args.chat_template)
     image = None
     if args.image:
         if model.config.vision is None:
@@ -534,6 +538,22 @@ class _Stream:
             self.shown = text
 
 
+def _prompt_text(tok, ids) -> str:
+    """Prompt ids as text with every special token written out (``<|im_start|>``, each ``<IMG_CONTEXT>``)."""
+    if getattr(tok, "hf", None) is not None:
+        return tok.hf.decode([int(i) for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    from ..data.tokenizer import SPECIALS
+
+    out, raw = [], bytearray()
+    for i in map(int, ids):
+        if i < 256:
+            raw.append(i)
+            continue
+        out += [raw.decode("utf-8", errors="replace"), SPECIALS[i - 256]]
+        raw = bytearray()
+    return "".join([*out, raw.decode("utf-8", errors="replace")])
+
+
 def cmd_generate(args) -> None:
     from ..data.images import attach_image
     from ..infer import generate
@@ -548,10 +568,15 @@ def cmd_generate(args) -> None:
     text, counts = args.prompt, None
     if image is not None:
         text, counts = attach_image(text, image, model.config.vision)
+    prompt = tok.user_turn(text, image_tokens=counts)
+    if args.print_prompt:  # the exact text and token count the model would receive; nothing is generated
+        print(_prompt_text(tok, prompt))
+        print(f"-- {len(prompt)} tokens")
+        return
     stream = _Stream(tok)
     generate(
         model,
-        [tok.user_turn(text, image_tokens=counts)],
+        [prompt],
         image,
         args.max_new_tokens,
         sampling,
@@ -616,6 +641,11 @@ def _sampling_args(p) -> None:
     p.add_argument(
         "--ssd-backend", default="auto", choices=["auto", "torch", "fla"],
         help="Mamba-2 scan for the prompt: auto = fla on CUDA when installed, else PyTorch",
+    )  # fmt: skip
+    p.add_argument(
+        "--chat-template", default=None, metavar="FILE|NAME",
+        help="format prompts with this Jinja chat-template file, or a conversation template by name "
+        "(internlm2-chat, Hermes-2, phi3-chat, vicuna_v1.1, internvl2_5) instead of the model's own",
     )  # fmt: skip
 
 
@@ -894,6 +924,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="answer one prompt (and image), streaming the tokens")
     _sampling_args(p)
     p.add_argument("--prompt", required=True)
+    p.add_argument(
+        "--print-prompt", action="store_true", help="print the exact prompt text and its token count, then exit"
+    )
     p.add_argument(
         "--prefill-chunk", type=int_in(1, 1 << 24), default=None, help="prefill the prompt in chunks of N tokens"
     )

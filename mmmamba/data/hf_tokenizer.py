@@ -57,6 +57,8 @@ class HFTokenizer(ChatTokenizer):
         self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else self.end_id
         self._find_image_span()
         self.template = hf.chat_template
+        self.conversation = None  # a conversation template the folder's config names (conversation_templates.py)
+        self.conversation_prefix = ""
         self.stop_ids = tuple(dict.fromkeys([self.end_id, *self._turn_end_ids()]))
 
     # -- ChatTokenizer ------------------------------------------------------------------------
@@ -108,6 +110,8 @@ class HFTokenizer(ChatTokenizer):
 
     # -- chat template ------------------------------------------------------------------------
     def _render(self, turns, prompt: bool = False) -> str:
+        if self.conversation is not None:
+            return self.conversation_prefix + self.conversation.render(turns, prompt)
         messages = [{"role": role, "content": content} for role, content in turns]
         return self.hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
 

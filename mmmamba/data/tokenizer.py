@@ -122,6 +122,9 @@ def load_tokenizer(folder) -> ChatTokenizer:
         read_json(f, "tokenizer.json")  # a malformed file is one line here, not deep in transformers
     if not f.is_file() and not (Path(folder) / "tokenizer_config.json").is_file():
         raise MmmambaError(f"{folder}: no tokenizer files; copy the teacher's tokenizer files into it")
+    from .conversation_templates import attach_folder_template
     from .hf_tokenizer import HFTokenizer
 
-    return HFTokenizer(folder)
+    tok = HFTokenizer(folder)
+    attach_folder_template(tok, folder)  # HoVLE / InternVL: the template the config names, when the tokenizer has none
+    return tok
