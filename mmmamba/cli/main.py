@@ -660,6 +660,9 @@ def cmd_info(args) -> None:
         f"heads {cfg.num_heads}/{cfg.num_kv_heads} (q/kv), head_dim {cfg.head_dim}, vocab {cfg.vocab_size}"
     )
     print("mixers: " + " ".join("A" if k == "attention" else "M" for k in cfg.mixers) + "  (A attention, M Mamba-2)")
+    for group in cfg.layer_overrides:  # layers configured apart from the defaults above (e.g. HoVLE's holistic stack)
+        own = ", ".join(f"{k} {v}" for k, v in group.items() if k != "layers")
+        print(f"layers {group['layers'][0]}-{group['layers'][-1]}: {own}")
     if cfg.conversion:
         print(f"conversion: {cfg.conversion}")
 
