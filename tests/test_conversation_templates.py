@@ -130,6 +130,7 @@ def test_an_own_chat_template_wins_and_unknown_names_are_refused(tmp_path):
     write_hovle(tmp_path / "bad", chat_template=None, template="klingon-chat")
     with pytest.raises(mmmamba.MmmambaError, match="conversation template 'klingon-chat' is unknown"):
         load_tokenizer(tmp_path / "bad")
+    assert load_tokenizer(tmp_path / "bad", "vicuna_v1.1").conversation is TEMPLATES["vicuna_v1.1"]  # overridden
 
 
 def test_converted_students_keep_the_teachers_template(tmp_path):
@@ -166,4 +167,3 @@ def test_print_prompt_shows_the_exact_text_and_count(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("user: what is it?\nassistant: \n-- ")
     assert main([*args, "--chat-template", "nope"]) == 2
     assert "--chat-template nope: no such file" in capsys.readouterr().err
-

@@ -508,11 +508,7 @@ def _load_for_chat(args):
         raise MmmambaError(f"--image {args.image}: {what}; give an image file")
     model = load_checkpoint(args.model).float().eval()
     model.set_backends(ssd=args.ssd_backend)
-    tok = load_tokenizer(args.model)
-    if args.chat_template:
-        from ..data.conversation_templates import override_chat_template
-
-        override_chat_template(tok, args.chat_template)
+    tok = load_tokenizer(args.model, args.chat_template)
     image = None
     if args.image:
         if model.config.vision is None:

@@ -23,11 +23,11 @@ from ..errors import MmmambaError
 
 # the system message the InternVL 2 / HoVLE releases give their chatml-style templates
 INTERNVL_SYSTEM = (
-    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, "
+    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, "  # fmt: skip
     "是一个有用无害的人工智能助手。"
 )
 INTERNVL25_SYSTEM = (
-    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、"
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、"  # fmt: skip
     "清华大学及多家合作单位联合开发的多模态大语言模型。"
 )
 VICUNA_SYSTEM = (
@@ -67,26 +67,54 @@ class ConversationTemplate:
         return out
 
 
-def _chatml(name: str, system: str, sep: str = "<|im_end|>") -> ConversationTemplate:
-    user, assistant = "<|im_start|>user\n", "<|im_start|>assistant\n"
-    return ConversationTemplate(name, "<|im_start|>system\n{system_message}", system, (user, assistant), (sep, sep),
-                                "<|im_end|>")  # fmt: skip
-
+CHATML_ROLES = ("<|im_start|>user\n", "<|im_start|>assistant\n")
+CHATML_SYSTEM = "<|im_start|>system\n{system_message}"
 
 TEMPLATES = {
     t.name: t
     for t in (
-        _chatml("internlm2-chat", INTERNVL_SYSTEM),
-        _chatml("Hermes-2", INTERNVL_SYSTEM),  # the same text as internlm2-chat at inference
-        _chatml("internvl2_5", INTERNVL25_SYSTEM, sep="<|im_end|>\n"),
         ConversationTemplate(
-            "phi3-chat", "<|system|>\n{system_message}", INTERNVL_SYSTEM, ("<|user|>\n", "<|assistant|>\n"),
-            ("<|end|>", "<|end|>"), "<|end|>",
-        ),  # fmt: skip
+            name="internlm2-chat",
+            system_template=CHATML_SYSTEM,
+            system_message=INTERNVL_SYSTEM,
+            roles=CHATML_ROLES,
+            seps=("<|im_end|>", "<|im_end|>"),
+            stop="<|im_end|>",
+        ),
+        ConversationTemplate(  # the same text as internlm2-chat at inference (they differ in training's <s>)
+            name="Hermes-2",
+            system_template=CHATML_SYSTEM,
+            system_message=INTERNVL_SYSTEM,
+            roles=CHATML_ROLES,
+            seps=("<|im_end|>", "<|im_end|>"),
+            stop="<|im_end|>",
+        ),
         ConversationTemplate(
-            "vicuna_v1.1", "{system_message}", VICUNA_SYSTEM, ("USER", "ASSISTANT"), (" ", "</s>"), "</s>",
-            joiner=": ", open_suffix=":",
-        ),  # fmt: skip
+            name="internvl2_5",
+            system_template=CHATML_SYSTEM,
+            system_message=INTERNVL25_SYSTEM,
+            roles=CHATML_ROLES,
+            seps=("<|im_end|>\n", "<|im_end|>\n"),
+            stop="<|im_end|>",
+        ),
+        ConversationTemplate(
+            name="phi3-chat",
+            system_template="<|system|>\n{system_message}",
+            system_message=INTERNVL_SYSTEM,
+            roles=("<|user|>\n", "<|assistant|>\n"),
+            seps=("<|end|>", "<|end|>"),
+            stop="<|end|>",
+        ),
+        ConversationTemplate(
+            name="vicuna_v1.1",
+            system_template="{system_message}",
+            system_message=VICUNA_SYSTEM,
+            roles=("USER", "ASSISTANT"),
+            seps=(" ", "</s>"),
+            stop="</s>",
+            joiner=": ",
+            open_suffix=":",
+        ),
     )
 }
 

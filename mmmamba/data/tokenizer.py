@@ -107,8 +107,20 @@ def copy_tokenizer(src, dst) -> None:
             write_atomic(Path(dst) / name, lambda p, name=name: shutil.copyfile(Path(src) / name, p))
 
 
-def load_tokenizer(folder) -> ChatTokenizer:
-    """The tokenizer saved in a checkpoint folder: ours (byte-level) or a Hugging Face one."""
+def load_tokenizer(folder, chat_template: str | None = None) -> ChatTokenizer:
+    """The tokenizer saved in a checkpoint folder: ours (byte-level) or a Hugging Face one.
+
+    ``chat_template`` (``--chat-template``): a Jinja file or a conversation template's name used in
+    place of the folder's own format (``conversation_templates.override_chat_template``)."""
+    tok = _load_tokenizer(folder, own_format=chat_template is None)
+    if chat_template is not None:
+        from .conversation_templates import override_chat_template
+
+        override_chat_template(tok, chat_template)
+    return tok
+
+
+def _load_tokenizer(folder, own_format: bool) -> ChatTokenizer:
     if Path(folder).suffix.lower() == ".gguf" and Path(folder).is_file():  # a llama.cpp file's own tokenizer
         from .hf_tokenizer import HFTokenizer
 
@@ -126,5 +138,6 @@ def load_tokenizer(folder) -> ChatTokenizer:
     from .hf_tokenizer import HFTokenizer
 
     tok = HFTokenizer(folder)
-    attach_folder_template(tok, folder)  # HoVLE / InternVL: the template the config names, when the tokenizer has none
+    if own_format:  # HoVLE / InternVL: the template the config names, when the tokenizer has none
+        attach_folder_template(tok, folder)
     return tok
