@@ -74,8 +74,12 @@ def random_mamba_tensors(prefix, layer, hidden, heads, kv_heads, gen):
     }
 
 
-def hovle_tensors(vocab, llm_vocab, specials, stored_grid, s, gen, llm="InternLM2ForCausalLM", blocks=None):
-    """Every tensor of a HoVLE (or released mmMamba) model under the official names."""
+def hovle_tensors(
+    vocab, llm_vocab, specials, stored_grid, s, gen, llm="InternLM2ForCausalLM", blocks=None, holistic_shape=None
+):
+    """Every tensor of a HoVLE (or released mmMamba) model under the official names.
+
+    ``holistic_shape`` (heads, kv_heads, inter): the holistic stack's own, when it differs from the LLM's."""
     d, patch = s["hidden"], s["patch"]
     tensors = {
         "embedding_model.vision_embeddings.patch_embedding.weight": torch.randn(d, 3, patch, patch, generator=gen)
@@ -92,7 +96,8 @@ def hovle_tensors(vocab, llm_vocab, specials, stored_grid, s, gen, llm="InternLM
     if specials:
         tensors["embedding_model.special_text_embeddings.weight"] = torch.randn(specials, d, generator=gen)
     shape = (d, s["heads"], s["kv_heads"], s["inter"])
-    tensors |= random_llm_tensors("embedding_model.encoder", s["holistic"], *shape, gen)
+    own = (d, *holistic_shape) if holistic_shape else shape
+    tensors |= random_llm_tensors("embedding_model.encoder", s["holistic"], *own, gen)
     if llm == "InternLM2ForCausalLM":
         tensors |= random_llm_tensors("language_model.model.layers", s["llm"], *shape, gen)
         tensors |= {
@@ -113,7 +118,8 @@ def hovle_tensors(vocab, llm_vocab, specials, stored_grid, s, gen, llm="InternLM
         if kind == "mamba2":
             for name in ("wqkv", "wo"):
                 del tensors[f"{prefix}.{layer}.attention.{name}.weight"]
-            tensors |= random_mamba_tensors(prefix, layer, d, s["heads"], s["kv_heads"], gen)
+            heads = own[1:3] if i < s["holistic"] else shape[1:3]
+            tensors |= random_mamba_tensors(prefix, layer, d, *heads, gen)
     return tensors
 
 
@@ -147,17 +153,20 @@ def write_hovle(
     llm="InternLM2ForCausalLM",
     blocks=None,
     embedding_overrides=None,
+    chat_template=CHATML,
+    template="internlm2-chat",
+    specials_extra=(),
 ):
     """A tiny folder as HoVLE's official code saves it (``blocks``: a released mmMamba student instead,
-    with one "mamba2"/"mha" per layer, holistic layers first). Returns (tensors, tokenizer, config)."""
+    with one "mamba2"/"mha" per layer, holistic layers first). ``chat_template=None``: a tokenizer without
+    one, as HoVLE's releases ship it (the config's ``template`` names its conversation format instead).
+    Returns (tensors, tokenizer, config)."""
     folder.mkdir(parents=True, exist_ok=True)
-    tok = write_tokenizer(folder)
+    tok = write_tokenizer(folder, chat_template, SPECIALS + list(specials_extra))
     s, g = HOVLE_SHAPE, torch.Generator().manual_seed(seed)
     d, vocab = s["hidden"], len(tok)
     llm_vocab = vocab - specials  # the last `specials` ids are embedded by special_text_embeddings
     stored = stored_image_size or s["image_size"]
-    tensors = hovle_tensors(vocab, llm_vocab, specials, stored // s["patch"], s, g, llm, blocks)
-    save_file(tensors, str(folder / "model.safetensors"))
     stack = dict(
         hidden_size=d,
         num_attention_heads=s["heads"],
@@ -191,6 +200,10 @@ def write_hovle(
         pixel_shuffle_loc=pixel_shuffle_loc,
         use_pixel_shuffle_proj=True,
     ) | (embedding_overrides or {})
+    keys = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+    holistic_shape = tuple(embedding[k] for k in keys)  # the tensors follow the stack's own config
+    tensors = hovle_tensors(vocab, llm_vocab, specials, stored // s["patch"], s, g, llm, blocks, holistic_shape)
+    save_file(tensors, str(folder / "model.safetensors"))
     config = {
         "architectures": [arch],
         "model_type": "internvl_chat",
@@ -203,7 +216,7 @@ def write_hovle(
         "max_dynamic_patch": 6,
         "use_thumbnail": True,
         "normalize_encoder_output": normalize,
-        "template": "internlm2-chat",
+        "template": template,
         "select_layer": -1,
         "ps_version": "v2",
     }

@@ -193,8 +193,7 @@ def test_export_refuses_models_outside_the_released_layout(tmp_path):
     "change,message",
     [
         (dict(pixel_shuffle_loc="post"), "pixel_shuffle_loc 'post' is not supported"),
-        (dict(rope_theta=10000.0), "embedding_config gives rope_theta=10000.0 but llm_config 1000000.0"),
-        (dict(rms_norm_eps=1e-6), "norm_eps=1e-06 but llm_config 1e-05"),
+        (dict(hidden_size=48, llm_hidden_size=48), "hidden_size 48 differs from llm_config's 32; the two stacks share"),
         (dict(use_pixel_shuffle_proj=False), "use_pixel_shuffle_proj false"),
         (dict(img_context_token_id=3), "img_context_token_id 3 but the tokenizer's <IMG_CONTEXT> is 7"),
     ],
@@ -270,3 +269,107 @@ def test_released_student_without_architectures_is_recognised_by_model_type(tmp_
     (tmp_path / "config.json").write_text(json.dumps(raw))
     model = mmmamba.from_pretrained(tmp_path)
     assert model.config.mixers == ["mamba2"] * len(LINEAR)
+
+
+# The holistic stack configured apart from the LLM (HolisticEmbeddingConfig has defaults of its own)
+OWN_THETA = dict(rope_theta=1e4)
+OWN_EPS = dict(rms_norm_eps=1e-6)
+OWN_HEADS = dict(num_attention_heads=2, num_key_value_heads=1)  # head_dim 16 against the LLM's 8
+OWN_MLP = dict(intermediate_size=48)
+OWN_ALL = OWN_THETA | OWN_EPS | OWN_HEADS | OWN_MLP
+
+
+@pytest.mark.parametrize(
+    "own,blocks",
+    [
+        (OWN_THETA, None),
+        (OWN_EPS, None),
+        (OWN_HEADS, None),
+        (OWN_MLP, None),
+        (OWN_ALL, None),
+        (OWN_ALL, HYBRID),
+        (OWN_HEADS | OWN_THETA, LINEAR),
+    ],
+    ids=["theta", "eps", "heads", "mlp", "all", "all-hybrid-student", "heads-theta-linear-student"],
+)
+def test_stacks_with_their_own_settings_match_the_official_math(tmp_path, own, blocks):
+    tensors, tok, config = write_hovle(tmp_path, embedding_overrides=own, blocks=blocks, specials=1)
+    model = check_logits(tmp_path, tensors, tok, config, tiles=3, specials=1)
+    cfg, emb = model.config, config["embedding_config"]
+    for i in range(HOVLE_SHAPE["holistic"] + HOVLE_SHAPE["llm"]):
+        s = cfg.layer(i)
+        stack = emb if i < HOVLE_SHAPE["holistic"] else config["llm_config"]
+        assert (s.rope_theta, s.norm_eps, s.num_heads, s.num_kv_heads, s.intermediate_size) == (
+            stack["rope_theta"],
+            stack["rms_norm_eps"],
+            stack["num_attention_heads"],
+            stack["num_key_value_heads"],
+            stack["intermediate_size"],
+        ), i
+        assert s.head_dim == HOVLE_SHAPE["hidden"] // stack["num_attention_heads"]
+
+
+def test_embedding_config_without_a_rope_base_uses_the_official_default(tmp_path):
+    """A released folder whose embedding_config does not repeat the LLM's base runs at 1e4 there."""
+    tensors, tok, config = write_hovle(tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    del raw["embedding_config"]["rope_theta"]
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    model = mmmamba.from_pretrained(tmp_path)
+    assert model.config.layer(0).rope_theta == 1e4 and model.config.layer(2).rope_theta == 1e6
+    ids = prompt(tok, config["embedding_config"]["img_context_token_id"], 1)
+    pixels = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(2))
+    expected = official_logits(tensors, {**raw, "embedding_config": raw["embedding_config"] | OWN_THETA}, ids, pixels)
+    with torch.no_grad():
+        assert (model(ids[None], pixels).logits[0] - expected).abs().max() <= 1e-4
+
+
+def test_students_keep_every_layers_settings_through_save_load_and_export(tmp_path):
+    write_hovle(tmp_path / "teacher", embedding_overrides=OWN_ALL, specials=2)
+    teacher = mmmamba.from_pretrained(tmp_path / "teacher")
+    student = convert_to_mamba(teacher, [0, 3])  # one attention layer in each stack
+    for i, layer in enumerate(student.layers):
+        s = student.config.layer(i)
+        assert layer.mixer.cfg.num_heads == s.num_heads and layer.mixer.cfg.head_dim == s.head_dim, i
+        assert layer.input_norm.eps == s.norm_eps and layer.mlp.up_proj.out_features == s.intermediate_size, i
+    assert student.layers[0].mixer.cfg.rope_theta == 1e4 and student.layers[3].mixer.cfg.rope_theta == 1e6
+    student.save_pretrained(tmp_path / "student")
+    back = mmmamba.from_pretrained(tmp_path / "student")
+    assert back.config.layer_overrides == teacher.config.layer_overrides
+    assert [back.config.layer(i) for i in range(4)] == [teacher.config.layer(i) for i in range(4)]
+    ids = torch.randint(0, 290, (1, 25), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(back(ids).logits, student(ids).logits)
+    export_official(back, tmp_path / "official")
+    config = json.loads((tmp_path / "official" / "config.json").read_text())
+    emb, llm = config["embedding_config"], config["llm_config"]
+    assert (emb["rope_theta"], emb["rms_norm_eps"], emb["num_attention_heads"], emb["intermediate_size"]) == (
+        1e4, 1e-6, 2, 48,
+    )  # fmt: skip
+    assert (llm["rope_theta"], llm["rms_norm_eps"], llm["num_attention_heads"], llm["intermediate_size"]) == (
+        1e6, 1e-5, 4, 64,
+    )  # fmt: skip
+    again = mmmamba.from_pretrained(tmp_path / "official")
+    tensors = load_file(str(tmp_path / "official" / "model.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, back(ids).logits)
+        assert (again(ids).logits[0] - official_logits(tensors, config, ids[0])).abs().max() <= 1e-4
+
+
+def test_static_decode_equals_forward_with_stacks_of_their_own(tmp_path):
+    from tests.test_decode import decode_both_ways
+
+    write_hovle(tmp_path, embedding_overrides=OWN_ALL)
+    teacher = mmmamba.from_pretrained(tmp_path).double()
+    for model in (teacher, convert_to_mamba(teacher, [0, 3]), convert_to_mamba(teacher, [1])):
+        for static, ref in decode_both_ways(model, [[5, 6, 7, 8, 9], [10, 11]], steps=6):
+            torch.testing.assert_close(static, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_export_refuses_a_stack_whose_layers_differ(tmp_path):
+    write_hovle(tmp_path / "teacher")
+    teacher = mmmamba.from_pretrained(tmp_path / "teacher")
+    teacher.config.layer_overrides = [{"layers": [3], "rope_theta": 5e5}]
+    cfg = mmmamba.DecoderConfig.from_dict(teacher.config.to_dict())
+    with pytest.raises(mmmamba.MmmambaError, match="the LLM stack's layers differ in their settings"):
+        export_official(mmmamba.Decoder(cfg), tmp_path / "out")

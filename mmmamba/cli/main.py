@@ -656,7 +656,7 @@ def _load_for_chat(args):
         raise MmmambaError(f"--image {args.image}: {what}; give an image file")
     model = load_checkpoint(args.model).float().eval()
     model.set_backends(ssd=args.ssd_backend)
-    tok = load_tokenizer(args.model)
+    tok = load_tokenizer(args.model, args.chat_template)
     image = None
     if args.image:
         if model.config.vision is None:
@@ -682,6 +682,22 @@ class _Stream:
             self.shown = text
 
 
+def _prompt_text(tok, ids) -> str:
+    """Prompt ids as text with every special token written out (``<|im_start|>``, each ``<IMG_CONTEXT>``)."""
+    if getattr(tok, "hf", None) is not None:
+        return tok.hf.decode([int(i) for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    from ..data.tokenizer import SPECIALS
+
+    out, raw = [], bytearray()
+    for i in map(int, ids):
+        if i < 256:
+            raw.append(i)
+            continue
+        out += [raw.decode("utf-8", errors="replace"), SPECIALS[i - 256]]
+        raw = bytearray()
+    return "".join([*out, raw.decode("utf-8", errors="replace")])
+
+
 def cmd_generate(args) -> None:
     from ..data.images import attach_image
     from ..infer import generate
@@ -698,8 +714,12 @@ def cmd_generate(args) -> None:
         text, counts = attach_image(text, image, model.config.vision)
     import time
 
-    stream = _Stream(tok)
     prompt = tok.user_turn(text, image_tokens=counts)
+    if args.print_prompt:  # the exact text and token count the model would receive; nothing is generated
+        print(_prompt_text(tok, prompt))
+        print(f"-- {len(prompt)} tokens")
+        return
+    stream = _Stream(tok)
     times: list[float] = []
 
     def on_token(t) -> None:
@@ -830,6 +850,11 @@ def _sampling_args(p) -> None:
         "--ssd-backend", default="auto", choices=["auto", "torch", "fla"],
         help="Mamba-2 scan for the prompt: auto = fla on CUDA when installed, else PyTorch",
     )  # fmt: skip
+    p.add_argument(
+        "--chat-template", default=None, metavar="FILE|NAME",
+        help="format prompts with this Jinja chat-template file, or a conversation template by name "
+        "(internlm2-chat, Hermes-2, phi3-chat, vicuna_v1.1, internvl2_5) instead of the model's own",
+    )  # fmt: skip
 
 
 def cmd_info(args) -> None:
@@ -879,6 +904,10 @@ def info_lines(path) -> list[str]:
             f"  vision      {v.image_size}-pixel tiles, {v.patch_size}-pixel patches, {v.tokens_per_tile} tokens a "
             f"tile, up to {v.max_tiles} tiles"
         )
+    print("mixers: " + " ".join("A" if k == "attention" else "M" for k in cfg.mixers) + "  (A attention, M Mamba-2)")
+    for group in cfg.layer_overrides:  # layers configured apart from the defaults above (e.g. HoVLE's holistic stack)
+        own = ", ".join(f"{k} {v}" for k, v in group.items() if k != "layers")
+        print(f"layers {group['layers'][0]}-{group['layers'][-1]}: {own}")
     if cfg.conversion:
         lines.append("  conversion  " + ", ".join(f"{k} {v}" for k, v in cfg.conversion.items()))
     return lines
@@ -1178,6 +1207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="answer one prompt (and image), streaming the tokens")
     _sampling_args(p)
     p.add_argument("--prompt", required=True, help="the user message (with --image, <image> marks where it goes)")
+    p.add_argument(
+        "--print-prompt", action="store_true", help="print the exact prompt text and its token count, then exit"
+    )
     p.add_argument(
         "--prefill-chunk", type=int_in(1, 1 << 24), default=None, help="prefill the prompt in chunks of N tokens"
     )

@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import MmmambaError
 from ..layers import Attention, Mamba2Config, Mamba2Mixer
 from ..models import Decoder
+from ..models.official import OFFICIAL_MAMBA
 
 INITS = ("mimic", "inherit", "scratch")
 INHERITED = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -91,7 +92,12 @@ def seed_mamba_from_attention(
 def convert_to_mamba(
     teacher: Decoder, keep_attention: list[int], init: str = "mimic", mamba: dict | None = None
 ) -> Decoder:
-    """A student: a deep copy of ``teacher`` with every layer not in ``keep_attention`` turned into Mamba-2."""
+    """A student: a deep copy of ``teacher`` with every layer not in ``keep_attention`` turned into Mamba-2.
+
+    Each mixer takes its layer's own shapes; its gated norm takes the layer's eps, except in a HoVLE
+    teacher's students, whose gated norm uses the released mmMamba mixer's fixed eps (so that they
+    export to that layout whatever eps each stack's layer norms use). ``mamba`` options win over both.
+    """
     n = teacher.config.num_layers
     bad = [i for i in keep_attention if not 0 <= i < n]
     if bad:
@@ -100,11 +106,11 @@ def convert_to_mamba(
         raise MmmambaError("the teacher must be all-attention; convert from the original model")
     student = copy.deepcopy(teacher)
     cfg = student.config
-    cfg.mamba = {**cfg.mamba, **(mamba or {})}
+    released = {"norm_eps": OFFICIAL_MAMBA["norm_eps"]} if "hovle" in cfg.conversion else {}
+    cfg.mamba = {**released, **cfg.mamba, **(mamba or {})}
     cfg.mixers = ["attention" if i in keep_attention else "mamba2" for i in range(n)]
     cfg.conversion = {**cfg.conversion, "init": init, "keep_attention": sorted(keep_attention)}  # keep provenance
-    mamba_cfg = cfg.mamba2_config()
     for i, layer in enumerate(student.layers):
-        if cfg.mixers[i] == "mamba2":
-            layer.mixer = seed_mamba_from_attention(teacher.layers[i].mixer, mamba_cfg, init)
+        if cfg.mixers[i] == "mamba2":  # each layer's own shapes (DecoderConfig.layer_overrides)
+            layer.mixer = seed_mamba_from_attention(teacher.layers[i].mixer, cfg.mamba2_config(i), init)
     return student

@@ -131,6 +131,8 @@ class HFTokenizer(ChatTokenizer):
             else "fix or replace chat_template in its tokenizer_config.json (or chat_template.jinja)"
         )
         self._sandbox = None if self.template is None else SandboxedTemplate(self.template, self.folder, fix)
+        self.conversation = None  # a conversation template the folder's config names (conversation_templates.py)
+        self.conversation_prefix = ""
         self.stop_ids = tuple(dict.fromkeys([self.end_id, *self._turn_end_ids()]))
 
     # -- ChatTokenizer ------------------------------------------------------------------------
@@ -184,6 +186,8 @@ class HFTokenizer(ChatTokenizer):
     def _render(self, turns, prompt: bool = False) -> str:
         """The folder's template (untrusted code) rendered in a sandboxed, time- and size-bound process,
         with the variables transformers gives it (never through transformers' own renderer)."""
+        if self.conversation is not None:
+            return self.conversation_prefix + self.conversation.render(turns, prompt)
         messages = [{"role": role, "content": content} for role, content in turns]
         variables = {**_plain(self.hf.special_tokens_map), "messages": messages, "add_generation_prompt": prompt}
         return self._sandbox.render(variables)

@@ -107,8 +107,20 @@ def copy_tokenizer(src, dst) -> None:
             write_atomic(Path(dst) / name, lambda p, name=name: shutil.copyfile(Path(src) / name, p))
 
 
-def load_tokenizer(folder) -> ChatTokenizer:
-    """The tokenizer saved in a checkpoint folder: ours (byte-level) or a Hugging Face one."""
+def load_tokenizer(folder, chat_template: str | None = None) -> ChatTokenizer:
+    """The tokenizer saved in a checkpoint folder: ours (byte-level) or a Hugging Face one.
+
+    ``chat_template`` (``--chat-template``): a Jinja file or a conversation template's name used in
+    place of the folder's own format (``conversation_templates.override_chat_template``)."""
+    tok = _load_tokenizer(folder, own_format=chat_template is None)
+    if chat_template is not None:
+        from .conversation_templates import override_chat_template
+
+        override_chat_template(tok, chat_template)
+    return tok
+
+
+def _load_tokenizer(folder, own_format: bool) -> ChatTokenizer:
     if Path(folder).suffix.lower() == ".gguf" and Path(folder).is_file():  # a llama.cpp file's own tokenizer
         from .hf_tokenizer import HFTokenizer
 
@@ -124,6 +136,10 @@ def load_tokenizer(folder) -> ChatTokenizer:
         read_json(f, "tokenizer.json")  # a malformed file is one line here, not deep in transformers
     if not f.is_file() and not (Path(folder) / "tokenizer_config.json").is_file():
         raise MmmambaError(f"{folder}: no tokenizer files; copy the teacher's tokenizer files into it")
+    from .conversation_templates import attach_folder_template
     from .hf_tokenizer import HFTokenizer
 
-    return HFTokenizer(folder)
+    tok = HFTokenizer(folder)
+    if own_format:  # HoVLE / InternVL: the template the config names, when the tokenizer has none
+        attach_folder_template(tok, folder)
+    return tok

@@ -73,7 +73,10 @@ from .stages import STAGES, StageConfig, select_trainable
 from .stages import stage_loss as _stage_loss
 
 MAX_STEPS = 10_000_000
-SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size")
+SHAPE_FIELDS = (
+    "vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
+    "layer_overrides",
+)  # fmt: skip
 
 
 @dataclass

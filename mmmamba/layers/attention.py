@@ -31,12 +31,13 @@ class AttentionConfig:
 class DecodeContext:
     """What one static decode step tells every layer, all device tensors (no host sync, graph-safe).
 
-    cos, sin (b, head_dim): RoPE of the new token, gathered from a table precomputed once per theta;
+    cos, sin (b, head_dim): RoPE of the new token, gathered from a table precomputed once per
+    (theta, head_dim) — layers may differ in both;
     slot () the cache slot it is written to; key_valid (b, slots) real tokens, the new one included.
     """
 
-    cos: dict[float, Tensor]
-    sin: dict[float, Tensor]
+    cos: dict[tuple[float, int], Tensor]
+    sin: dict[tuple[float, int], Tensor]
     slot: Tensor
     key_valid: Tensor
 
@@ -156,8 +157,8 @@ class Attention(nn.Module):
         b = u.shape[0]
         h, kvh, hd = self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim
         q, k, v = self._qkv(u)
-        cos = ctx.cos[self.cfg.rope_theta][:, None]  # (b, 1, hd) broadcast over heads
-        sin = ctx.sin[self.cfg.rope_theta][:, None]
+        table = (self.cfg.rope_theta, hd)
+        cos, sin = ctx.cos[table][:, None], ctx.sin[table][:, None]  # (b, 1, hd) broadcast over heads
         q = apply_rope(q.view(b, h, hd), cos, sin)
         k = apply_rope(k.view(b, kvh, hd), cos, sin)
         cache.write(k, v.view(b, kvh, hd), ctx.slot)

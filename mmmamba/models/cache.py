@@ -18,7 +18,7 @@ from ..layers.rope import rope_cos_sin
 
 class ModelCache(nn.Module):
     def __init__(
-        self, layer_caches: list[nn.Module], batch: int, max_length: int, rope: dict[float, int], dtype, device
+        self, layer_caches: list[nn.Module], batch: int, max_length: int, rope, dtype, device
     ):
         super().__init__()
         self.layers = nn.ModuleList(layer_caches)
@@ -26,12 +26,12 @@ class ModelCache(nn.Module):
         self.register_buffer("key_valid", torch.zeros(batch, max_length, dtype=torch.bool, device=device), False)
         self.register_buffer("slot", torch.zeros((), dtype=torch.long, device=device), False)
         self.register_buffer("position", torch.zeros(batch, dtype=torch.long, device=device), False)
-        self.rope_cos: dict[float, Tensor] = {}
-        self.rope_sin: dict[float, Tensor] = {}
+        self.rope_cos: dict[tuple[float, int], Tensor] = {}
+        self.rope_sin: dict[tuple[float, int], Tensor] = {}
         positions = torch.arange(max_length, device=device)[None]  # (1, max_length)
-        for theta, head_dim in rope.items():  # one table per (theta, head_dim) the attention layers use
+        for theta, head_dim in sorted(rope):  # one table per (theta, head_dim) the attention layers use
             cos, sin = rope_cos_sin(positions, head_dim, theta, dtype)  # (1, 1, max_length, hd), as forward rounds
-            self.rope_cos[theta], self.rope_sin[theta] = cos[0, 0], sin[0, 0]
+            self.rope_cos[theta, head_dim], self.rope_sin[theta, head_dim] = cos[0, 0], sin[0, 0]
 
     def __getitem__(self, i: int) -> nn.Module:
         return self.layers[i]

@@ -231,6 +231,14 @@ def check_config_dict(raw: dict, where) -> None:
     token = raw.get("image_token_id")
     if token is not None:
         _int_field(raw, "image_token_id", where, raw["vocab_size"] - 1, low=0)
+    groups = raw.get("layer_overrides", [])
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise MmmambaError(f"{where}: layer_overrides must be a list of objects ({{'layers': [...], ...}})")
+    for group in groups:  # the sizes a layer may set, in the same limits as the defaults
+        for key in ("num_heads", "num_kv_heads", "head_dim", "intermediate_size"):
+            _int_field(group, key, f"{where} (layer_overrides)", LIMITS[key], optional=True)
+        _number_field(group, "rope_theta", f"{where} (layer_overrides)")
+        _number_field(group, "norm_eps", f"{where} (layer_overrides)", high=1.0)
 
 
 def check_hf_dict(raw: dict, where) -> None:
@@ -254,18 +262,23 @@ def check_hf_dict(raw: dict, where) -> None:
 
 
 def parameter_count(cfg: DecoderConfig) -> int:
-    """Parameters a model of ``cfg`` holds (Mamba-2 layers counted; close enough for attention)."""
-    d, h, kv, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    """Parameters a model of ``cfg`` holds (Mamba-2 layers counted; close enough for attention),
+    each layer with its own shapes (``DecoderConfig.layer``)."""
+    d = cfg.hidden_size
     kernel = int(cfg.mamba.get("conv_kernel", 2)) if isinstance(cfg.mamba, dict) else 2
-    mixer = d * hd * (2 * h + 2 * kv) + (2 * kv + h) * hd * (kernel + 1) + d * h + d * h * hd + 4 * h + 2 * hd
-    layer = mixer + 3 * d * cfg.intermediate_size + 2 * d
+    layers = 0
+    for i in range(cfg.num_layers):
+        s = cfg.layer(i)
+        h, kv, hd = s.num_heads, s.num_kv_heads, s.head_dim
+        mixer = d * hd * (2 * h + 2 * kv) + (2 * kv + h) * hd * (kernel + 1) + d * h + d * h * hd + 4 * h + 2 * hd
+        layers += mixer + 3 * d * s.intermediate_size + 2 * d
     embed = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
     vision = 0
     if cfg.vision is not None:
         v = cfg.vision
         width = max(d, v.embed_dim or d)
         vision = (v.channels * v.patch_size**2 + v.num_patches + 4 * width) * width + 4 * width * d
-    return cfg.num_layers * layer + embed + vision + d
+    return layers + embed + vision + d
 
 
 def check_fits(cfg: DecoderConfig, where, bytes_per_param: int = 4) -> int:
@@ -282,12 +295,15 @@ def check_fits(cfg: DecoderConfig, where, bytes_per_param: int = 4) -> int:
 
 def cache_bytes(cfg: DecoderConfig, batch: int, length: int, bytes_per: int = 4) -> int:
     """Memory of the decoding caches: a KV cache per attention layer, a constant state per Mamba-2 layer."""
-    attn = cfg.mixers.count("attention")
-    mamba = cfg.num_layers - attn
     kernel = int(cfg.mamba.get("conv_kernel", 2))
-    kv = attn * 2 * batch * length * cfg.num_kv_heads * cfg.head_dim * bytes_per
-    conv = (kernel - 1) * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim
-    state = mamba * batch * (cfg.num_heads * cfg.head_dim**2 + conv)
+    kv = state = 0
+    for i, kind in enumerate(cfg.mixers):
+        s = cfg.layer(i)
+        if kind == "attention":
+            kv += 2 * batch * length * s.num_kv_heads * s.head_dim * bytes_per
+        else:
+            conv = (kernel - 1) * (s.num_heads + 2 * s.num_kv_heads) * s.head_dim
+            state += batch * (s.num_heads * s.head_dim**2 + conv)
     return kv + state * max(bytes_per, 4)
 
 

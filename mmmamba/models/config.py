@@ -10,6 +10,8 @@ from ..errors import MmmambaError
 from ..layers import AttentionConfig, Mamba2Config
 
 MIXER_KINDS = ("attention", "mamba2")
+# what one layer may set for itself (``DecoderConfig.layer_overrides``); hidden_size is shared by all
+LAYER_FIELDS = ("num_heads", "num_kv_heads", "head_dim", "intermediate_size", "rope_theta", "norm_eps", "qkv_bias")
 
 # Sizes beyond these are not a model anyone can run; ``check_fits`` catches the rest against memory.
 LIMITS = {
@@ -114,6 +116,30 @@ class VisionConfig:
         return self.num_patches // self.merge**2
 
 
+@dataclass(frozen=True)
+class LayerSettings:
+    """The settings one layer computes with: the config's defaults with its overrides applied."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rope_theta: float
+    norm_eps: float
+    qkv_bias: bool
+
+
+def _check_override_value(key: str, value, where: str) -> None:
+    if key == "qkv_bias":
+        ok = isinstance(value, bool)
+    elif key in ("rope_theta", "norm_eps"):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    else:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if not ok:
+        raise MmmambaError(f"{where}: {key} = {value!r} is not a valid value; fix the config")
+
+
 @dataclass
 class DecoderConfig:
     vocab_size: int
@@ -142,6 +168,10 @@ class DecoderConfig:
     # layers after which every token's residual stream is divided by its L2 norm (no eps), e.g.
     # HoVLE's ``normalize_encoder_output`` between its holistic and LLM stacks: [holistic − 1]
     l2_norm_after: list[int] = field(default_factory=list)
+    # Layers whose settings differ from the defaults above (e.g. HoVLE's holistic stack, configured
+    # apart from its LLM): groups ``{"layers": [0, 1, …], "rope_theta": 1e4, …}`` with keys from
+    # LAYER_FIELDS; a layer is in at most one group. Empty: every layer uses the defaults.
+    layer_overrides: list[dict] = field(default_factory=list)
 
     def __post_init__(self):
         for key, high in LIMITS.items():
@@ -195,24 +225,63 @@ class DecoderConfig:
         for key, high in MAMBA_LIMITS.items():
             if key in self.mamba:
                 whole(self.mamba[key], f"mamba.{key}", 1, high)
-        self.mamba2_config()  # validate the options early
+        self._layer_settings = self._check_layer_overrides()
+        for i in range(self.num_layers) if self.layer_overrides else [0]:
+            self.mamba2_config(i)  # validate the options early (every layer's shapes when they differ)
 
-    def attention_config(self) -> AttentionConfig:
+    def _check_layer_overrides(self) -> dict[int, dict]:
+        """layer index → its overrides, after checking the groups once."""
+        if not isinstance(self.layer_overrides, list):
+            raise MmmambaError(f"config layer_overrides must be a list of groups, got {self.layer_overrides!r}")
+        per_layer: dict[int, dict] = {}
+        for group in self.layer_overrides:
+            where = f"config layer_overrides group {group!r}"
+            if not isinstance(group, dict) or not isinstance(group.get("layers"), list) or not group["layers"]:
+                raise MmmambaError(f"{where}: give a 'layers' list and the settings those layers use")
+            unknown = sorted(set(group) - {"layers", *LAYER_FIELDS})
+            if unknown:
+                raise MmmambaError(f"{where}: unknown key(s) {unknown}; a layer may set {list(LAYER_FIELDS)}")
+            for key, value in group.items():
+                if key != "layers":
+                    _check_override_value(key, value, where)
+            for i in group["layers"]:
+                if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.num_layers:
+                    raise MmmambaError(f"{where}: layer {i!r} is out of range for a {self.num_layers}-layer model")
+                if i in per_layer:
+                    raise MmmambaError(f"{where}: layer {i} is in two groups; list each layer once")
+                per_layer[i] = {k: v for k, v in group.items() if k != "layers"}
+        for i, over in per_layer.items():
+            s = self.layer(i, over)
+            if s.num_heads % s.num_kv_heads:
+                raise MmmambaError(
+                    f"config layer {i}: num_heads {s.num_heads} is not a multiple of num_kv_heads {s.num_kv_heads}"
+                )
+        return per_layer
+
+    def layer(self, i: int, overrides: dict | None = None) -> LayerSettings:
+        """The settings layer ``i`` computes with."""
+        over = self._layer_settings.get(i, {}) if overrides is None else overrides
+        return LayerSettings(**{k: over.get(k, getattr(self, k)) for k in LAYER_FIELDS})
+
+    def attention_config(self, i: int = 0) -> AttentionConfig:
+        s = self.layer(i)
         return AttentionConfig(
-            self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.qkv_bias, self.rope_theta
+            self.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim, s.qkv_bias, float(s.rope_theta)
         )
 
-    def mamba2_config(self) -> Mamba2Config:
-        options = {"norm_eps": self.norm_eps, **self.mamba}
+    def mamba2_config(self, i: int = 0) -> Mamba2Config:
+        s = self.layer(i)
+        options = {"norm_eps": s.norm_eps, **self.mamba}
         try:
-            return Mamba2Config(
-                self.hidden_size, self.num_heads, self.num_kv_heads, self.head_dim, self.qkv_bias, **options
-            )
+            return Mamba2Config(self.hidden_size, s.num_heads, s.num_kv_heads, s.head_dim, s.qkv_bias, **options)
         except (TypeError, ValueError) as e:
             raise MmmambaError(f"bad mamba options {self.mamba}: {e}") from None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if not d["layer_overrides"]:  # a uniform model writes the config.json it always has
+            del d["layer_overrides"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> DecoderConfig:

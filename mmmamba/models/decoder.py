@@ -19,19 +19,21 @@ from .config import DecoderConfig
 from .vision import build_vision
 
 
-def build_mixer(kind: str, cfg: DecoderConfig) -> nn.Module:
+def build_mixer(kind: str, cfg: DecoderConfig, i: int = 0) -> nn.Module:
+    """Layer ``i``'s mixer, with that layer's settings (``DecoderConfig.layer``)."""
     if kind == "attention":
-        return Attention(cfg.attention_config())
-    return Mamba2Mixer(cfg.mamba2_config())
+        return Attention(cfg.attention_config(i))
+    return Mamba2Mixer(cfg.mamba2_config(i))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: DecoderConfig, kind: str):
+    def __init__(self, cfg: DecoderConfig, kind: str, i: int = 0):
         super().__init__()
-        self.input_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.mixer = build_mixer(kind, cfg)
-        self.post_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+        s = cfg.layer(i)
+        self.input_norm = RMSNorm(cfg.hidden_size, s.norm_eps)
+        self.mixer = build_mixer(kind, cfg, i)
+        self.post_norm = RMSNorm(cfg.hidden_size, s.norm_eps)
+        self.mlp = SwiGLU(cfg.hidden_size, s.intermediate_size)
 
     def forward(
         self, x: Tensor, positions: Tensor, valid: Tensor | None, cache, cu_seqlens: Tensor | None = None
@@ -63,7 +65,7 @@ class Decoder(nn.Module):
             nn.Embedding(cfg.special_embeddings, cfg.hidden_size) if cfg.special_embeddings else None
         )
         self.vision = build_vision(cfg.vision, cfg.hidden_size) if cfg.vision is not None else None
-        self.layers = nn.ModuleList(DecoderLayer(cfg, kind) for kind in cfg.mixers)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, kind, i) for i, kind in enumerate(cfg.mixers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -84,7 +86,7 @@ class Decoder(nn.Module):
         dtype, device = dtype or p.dtype, device or p.device
         layers = [layer.mixer.make_cache(batch, max_length, dtype, device) for layer in self.layers]
         attention = [layer.mixer.cfg for layer in self.layers if isinstance(layer.mixer, Attention)]
-        rope = {a.rope_theta: a.head_dim for a in attention}
+        rope = {(a.rope_theta, a.head_dim) for a in attention}
         return ModelCache(layers, batch, max_length, rope, dtype, device)
 
     @torch.no_grad()

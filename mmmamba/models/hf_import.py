@@ -16,7 +16,7 @@ from ..checks import whole
 from ..errors import MmmambaError
 from .build import build_loaded
 from .checkpoint import read_safetensors
-from .config import DecoderConfig, VisionConfig
+from .config import LAYER_FIELDS, DecoderConfig, VisionConfig
 from .decoder import Decoder
 from .hf_families import (
     FAMILIES,
@@ -97,7 +97,6 @@ EMBEDDING_DEFAULTS = dict(
     img_context_token_id=92546,
     pixel_shuffle_loc="pre",
 )
-STACK_KEYS = ("hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size", "rope_theta", "norm_eps")
 
 
 def holistic_kind(raw: dict) -> str | None:
@@ -140,8 +139,10 @@ def holistic_fields(raw: dict, folder: Path, where: str, kind: str) -> tuple[dic
     """HoVLE or a released mmMamba student: the holistic-embedding stack + the LLM stack as one
     Decoder, HoVLE's image front-end, its own text table and the L2 normalisation between stacks.
 
-    Settings the two stacks compute with must agree (one DecoderConfig serves every layer);
-    ``pixel_shuffle_loc: post`` (two token streams of different lengths) is refused.
+    The LLM's settings are the config's defaults; where the holistic stack's differ (RoPE base, norm
+    eps, heads, MLP width: ``HolisticEmbeddingConfig`` has defaults of its own), its layers carry
+    them as ``layer_overrides``. Refused: stacks of different widths (one residual stream) and
+    ``pixel_shuffle_loc: post`` (two token streams of different lengths).
     """
     student = kind == "mmmamba"
     if "embedding_config" not in raw and "vision_config" in raw:
@@ -157,12 +158,16 @@ def holistic_fields(raw: dict, folder: Path, where: str, kind: str) -> tuple[dic
         raise MmmambaError(f"{lw}: LLM architecture {llm_arch!r} is not supported; use one of {list(HOVLE_LLMS)}")
     fields = llm_fields({**llm, "bias": False} if student else llm, lw, llm_arch)
     stack = embedding_stack(emb, ew, student)
-    for key in (*STACK_KEYS, "qkv_bias"):
-        if stack[key] != fields[key]:
-            raise MmmambaError(
-                f"{where}: embedding_config gives {key}={stack[key]} but llm_config {fields[key]}; stacks with "
-                "different settings are not supported (one config serves every layer)"
-            )
+    if stack["hidden_size"] != fields["hidden_size"]:
+        raise MmmambaError(
+            f"{where}: embedding_config hidden_size {stack['hidden_size']} differs from llm_config's "
+            f"{fields['hidden_size']}; the two stacks share one residual stream, so they must be equally wide"
+        )
+    holistic = emb["num_hidden_layers"]
+    if not isinstance(holistic, int) or holistic < 1:
+        raise MmmambaError(f"{ew}: num_hidden_layers must be at least 1")
+    own = {k: stack[k] for k in LAYER_FIELDS if stack[k] != fields[k]}  # the LLM's settings are the defaults
+    overrides = [{"layers": list(range(holistic)), **own}] if own else []
     if emb["llm_hidden_size"] != fields["hidden_size"]:
         raise MmmambaError(f"{ew}: llm_hidden_size {emb['llm_hidden_size']} differs from hidden_size")
     if emb.get("use_ls"):
@@ -180,9 +185,6 @@ def holistic_fields(raw: dict, folder: Path, where: str, kind: str) -> tuple[dic
         raise MmmambaError(
             f"{where}: downsample_ratio {ratio} differs from embedding_config's {emb['downsample_ratio']}"
         )
-    holistic = emb["num_hidden_layers"]
-    if holistic < 1:
-        raise MmmambaError(f"{ew}: num_hidden_layers must be at least 1")
     image_token = int(emb["img_context_token_id"])
     from_tokenizer = token_id_from_files(folder, "<IMG_CONTEXT>")
     if from_tokenizer is not None and from_tokenizer != image_token:
@@ -217,6 +219,7 @@ def holistic_fields(raw: dict, folder: Path, where: str, kind: str) -> tuple[dic
         text_vocab_size=int(emb["llm_vocab_size"]),
         special_embeddings=len(emb["special_token_maps"]),
         l2_norm_after=[holistic - 1] if raw.get("normalize_encoder_output") else [],
+        layer_overrides=overrides,
     )
     if student:
         fields.update(official_student_fields(emb, llm, where))
@@ -276,13 +279,14 @@ def load_hf_decoder(path, raw: dict, dtype: torch.dtype | None = None) -> Decode
         ours = names[name]
         if ours is None:
             raise MmmambaError(f"{path}: tensor {name!r} has no place in a {cfg.conversion['source']} model")
+        layer = cfg.layer(int(ours.split(".")[1])) if ours.startswith("layers.") else None
         if ".mixer.wqkv." in ours:  # InternLM2 packing → our q/k/v projections
-            parts = split_packed_qkv(t, cfg.num_kv_heads, cfg.num_heads, cfg.head_dim)
+            parts = split_packed_qkv(t, layer.num_kv_heads, layer.num_heads, layer.head_dim)
             for proj, part in zip(("q_proj", "k_proj", "v_proj"), parts):
                 tensors[ours.replace("wqkv", proj)] = part
             continue
         if ours.endswith(".mixer.wvkqgdt.weight"):  # mmMamba packing → our v/k/q/g/dt projections
-            for proj, part in split_wvkqgdt(t, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim).items():
+            for proj, part in split_wvkqgdt(t, layer.num_heads, layer.num_kv_heads, layer.head_dim).items():
                 tensors[ours.replace("wvkqgdt", proj)] = part
             continue
         if ours.endswith(".mixer.conv_weight"):

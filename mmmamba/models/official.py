@@ -86,12 +86,21 @@ def _export_problem(cfg) -> str | None:
         return "only HoVLE-structured models (imported from HoVLE or a released mmMamba, then converted) export"
     if cfg.l2_norm_after not in ([], [stacks[0] - 1]):
         return f"l2_norm_after {cfg.l2_norm_after}: the released layout normalises only between its two stacks"
-    if cfg.qkv_bias or cfg.tie_embeddings:
+    layers = [cfg.layer(i) for i in range(cfg.num_layers)]
+    if any(s.qkv_bias for s in layers) or cfg.tie_embeddings:
         return "q/k/v biases and tied embeddings have no place in the released layout"
-    if cfg.head_dim * cfg.num_heads != cfg.hidden_size:
-        return f"head_dim {cfg.head_dim} × {cfg.num_heads} heads != hidden_size; the released code derives head_dim"
-    if "mamba2" in cfg.mixers:
-        options = cfg.mamba2_config()
+    for i, s in enumerate(layers):
+        if s.head_dim * s.num_heads != cfg.hidden_size:
+            return f"layer {i}: head_dim {s.head_dim} × {s.num_heads} heads != hidden_size (derived in the release)"
+    for name, stack in (("holistic", layers[: stacks[0]]), ("LLM", layers[stacks[0] :])):
+        if any(s != stack[0] for s in stack):
+            return f"the {name} stack's layers differ in their settings; the released layout has one config per stack"
+    if cfg.norm_eps != layers[-1].norm_eps:
+        return f"the final norm's eps {cfg.norm_eps} differs from the LLM layers' {layers[-1].norm_eps}"
+    for i, kind in enumerate(cfg.mixers):
+        if kind != "mamba2":
+            continue
+        options = cfg.mamba2_config(i)
         differ = {k: getattr(options, k) for k, v in OFFICIAL_MAMBA.items() if getattr(options, k) != v}
         if differ:
             return f"Mamba-2 options {differ} differ from the released mixer's {OFFICIAL_MAMBA}"
@@ -121,7 +130,8 @@ def official_tensors(model) -> dict[str, Tensor]:
                 out[f"{prefix}.{table[module]}.{leaf}"] = v
         if kind == "attention":
             q, k_, v_ = mixer["q_proj"], mixer["k_proj"], mixer["v_proj"]
-            out[f"{prefix}.attention.wqkv.weight"] = pack_qkv(q, k_, v_, cfg.num_kv_heads, cfg.head_dim)
+            layer = cfg.layer(i)
+            out[f"{prefix}.attention.wqkv.weight"] = pack_qkv(q, k_, v_, layer.num_kv_heads, layer.head_dim)
             out[f"{prefix}.attention.wo.weight"] = mixer["o_proj"]
             continue
         names = {v: k for k, v in MMMAMBA_MAMBA_LAYER.items()}
@@ -150,17 +160,19 @@ def official_config(cfg) -> dict:
     specials = hovle.get("special_token_maps") or {}
     if len(specials) != cfg.special_embeddings:
         specials = {f"<special_{i}>": cfg.text_vocab_size + i for i in range(cfg.special_embeddings)}
-    stack = dict(
-        hidden_size=cfg.hidden_size,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        intermediate_size=cfg.intermediate_size,
-        hidden_act="silu",
-        rms_norm_eps=cfg.norm_eps,
-        rope_theta=cfg.rope_theta,
-        rope_scaling=None,
-        max_position_embeddings=cfg.max_position,
-    )
+
+    def stack(s) -> dict:  # one stack's settings (``_export_problem``: its layers all agree)
+        return dict(
+            hidden_size=cfg.hidden_size,
+            num_attention_heads=s.num_heads,
+            num_key_value_heads=s.num_kv_heads,
+            intermediate_size=s.intermediate_size,
+            hidden_act="silu",
+            rms_norm_eps=s.norm_eps,
+            rope_theta=s.rope_theta,
+            rope_scaling=None,
+            max_position_embeddings=cfg.max_position,
+        )
     grid = v.position_grid or v.grid
     embedding = dict(
         model_type="mmMamba_embedding",
@@ -169,7 +181,7 @@ def official_config(cfg) -> dict:
         num_channels=v.channels,
         patch_size=v.patch_size,
         image_size=grid * v.patch_size,
-        **stack,
+        **stack(cfg.layer(0)),
         attention_bias=False,
         use_ls=False,
         special_token_maps=specials,
@@ -186,7 +198,7 @@ def official_config(cfg) -> dict:
         vocab_size=cfg.vocab_size,
         num_hidden_layers=llm_layers,
         layers_block_type=blocks[holistic:],
-        **stack,
+        **stack(cfg.layer(holistic)),
         bias=False,
         tie_word_embeddings=False,
     )
