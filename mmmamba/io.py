@@ -551,6 +551,13 @@ class RunLock:
                 f"{self.flag} {self.folder}: another mmmamba process (PID {holder}) is writing this run folder; "
                 "wait for it to finish or stop it, or use another folder"
             ) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if not same:  # the holder before us removed the file as we opened it: lock the one there now
+            os.close(fd)
+            return self.acquire()
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -571,11 +578,14 @@ class RunLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        os.close(self._fd)  # closing the descriptor releases the lock; the file stays (others may hold it open)
+        try:  # removed while still held: the folder keeps no trace of the lock (a waiter re-checks the inode)
+            (self.folder / self.NAME).unlink()
+        except OSError:
+            pass  # a read-only or vanished folder: the file stays, harmless
+        os.close(self._fd)  # closing the descriptor releases the lock
         self._fd = None
-        if self._made and [p.name for p in self.folder.iterdir()] == [self.NAME]:
-            remove_tree(self.folder / self.NAME)  # nothing was written: leave no folder behind
-            self.folder.rmdir()
+        if self._made and not any(self.folder.iterdir()):
+            self.folder.rmdir()  # nothing was written: leave no folder behind
 
     def __enter__(self) -> RunLock:
         return self.acquire()
