@@ -138,6 +138,9 @@ def granite_config(model, expand: int | None = None, tokens: dict | None = None)
         "mamba_chunk_size": m.chunk_size,
         "mamba_conv_bias": m.conv_bias,
         "mamba_proj_bias": cfg.qkv_bias,
+        # transformers 5.24 cannot cache an all-Mamba GraniteMoeHybrid (its forward asks the cache for a
+        # length only attention layers keep): a linear student runs there without a cache (docs/SERVING.md)
+        "use_cache": "attention" in cfg.mixers,
         **(tokens or {}),
         "dtype": dtype,
         "torch_dtype": dtype,
