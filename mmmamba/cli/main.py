@@ -207,7 +207,7 @@ def cmd_convert(args) -> None:
         return
     torch.manual_seed(args.seed)
     teacher = load_checkpoint(args.teacher)
-    student = convert_to_mamba(teacher, keep, init=args.init, mamba={"conv_kernel": args.conv_kernel})
+    student = convert_to_mamba(teacher, keep, init=args.init, mamba=_mamba_options(args))
     student.config.conversion["teacher"] = str(args.teacher)
     if auto is not None:
         student.config.conversion["auto_keep"] = auto
@@ -229,6 +229,11 @@ def kept_summary(mixers: list[str], auto: int | None, rank: str | None) -> str:
     )
 
 
+def _mamba_options(args) -> dict:
+    """The Mamba-2 options ``convert`` stores in the student's config."""
+    return {"conv_kernel": args.conv_kernel, "gate_order": args.gate_order}
+
+
 def _convert_estimate(args, cfg, keep, out) -> None:
     """--dry-run: what convert would write, the memory and time it needs; nothing is written."""
     import dataclasses
@@ -238,7 +243,7 @@ def _convert_estimate(args, cfg, keep, out) -> None:
     from ..models.checkpoint import check_fits, parameter_count
 
     mixers = ["attention" if i in keep else "mamba2" for i in range(cfg.num_layers)]
-    student = dataclasses.replace(cfg, mixers=mixers, mamba={"conv_kernel": args.conv_kernel})
+    student = dataclasses.replace(cfg, mixers=mixers, mamba=_mamba_options(args))
     need = check_fits(cfg, args.teacher) + check_fits(student, "the student")
     disk = 4 * parameter_count(student)
     check_free_space(out, disk, "the student checkpoint")
@@ -917,16 +922,45 @@ def cmd_export(args) -> None:
     from ..data.tokenizer import TOKENIZER_FILES, copy_tokenizer
     from ..io import check_output_dir, same_or_inside
     from ..models import load_checkpoint
-    from ..models.official import export_official
 
     reads_model("--model", args.model)
     out = check_output_dir(args.out)
     if same_or_inside(out, args.model):
         raise MmmambaError(f"--out {out}: inside the model folder {args.model}; write the export elsewhere")
     check_outputs_in(out, ["config.json", "model.safetensors", *TOKENIZER_FILES])
-    export_official(load_checkpoint(args.model), out)
-    copy_tokenizer(args.model, out)
+    if args.mamba_expand is not None and args.format != "granite-hybrid":
+        raise MmmambaError(f"--mamba-expand {args.mamba_expand}: only for --format granite-hybrid; drop it")
+    model = load_checkpoint(args.model)
+    if args.format == "granite-hybrid":
+        from ..models.granite import export_granite, write_granite_tokenizer
+
+        export_granite(model, out, args.mamba_expand, write_granite_tokenizer(args.model, out))
+    else:
+        from ..models.official import export_official
+
+        export_official(model, out)
+        copy_tokenizer(args.model, out)
     print(f"wrote {out}: {args.model} in the {args.format} layout")
+
+
+def cmd_import_granite(args) -> None:
+    from ..io import check_output_dir, same_or_inside
+    from ..models import save_checkpoint
+    from ..models.checkpoint import read_model_config
+    from ..models.granite import ARCH, load_granite
+
+    out = check_output_dir(args.out)
+    if same_or_inside(args.folder, out):
+        raise MmmambaError(f"--out {out} is or contains {args.folder}; write the checkpoint to a new folder")
+    raw, ours = read_model_config(args.folder)
+    if ours or raw.get("architectures") != [ARCH]:
+        raise MmmambaError(f"{args.folder}: not a {ARCH} folder (its config.json names another architecture)")
+    from ..data.tokenizer import copy_tokenizer
+
+    model = load_granite(args.folder, raw)
+    save_checkpoint(model, out, extra=lambda d: copy_tokenizer(args.folder, d))
+    kinds = " ".join("A" if k == "attention" else "M" for k in model.config.mixers)
+    print(f"wrote {out}: {args.folder} ({kinds}; A attention, M Mamba-2 gate-first)")
 
 
 OUTSIDE_HELP = "read image paths that leave the data folder (.. or absolute); refused by default"
@@ -960,6 +994,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--conv-kernel", type=int_in(1, 64), default=2,
         help="causal conv kernel size (paper: 2; 4 answered exact offsets better at 4 and 30 layers, RESULTS.md)",
+    )  # fmt: skip
+    p.add_argument(
+        "--gate-order", default="norm-first", choices=["norm-first", "gate-first"],
+        help="the mixer's output: norm-first = RMSNorm(y)·SiLU(gate) (the paper's, the released mmMamba's); "
+        "gate-first = RMSNorm(y·SiLU(gate)) (Mamba-2's: `export --format granite-hybrid` needs it, docs/SERVING.md)",
     )  # fmt: skip
     p.add_argument("--seed", type=SEED, default=0, help="random seed for the new parameters")
     p.add_argument("--max-shard-size", default="2GB", help="split the safetensors above this size (e.g. 500MB)")
@@ -1043,7 +1082,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=cmd_data_teacher_text)
 
-    p = sub.add_parser("import", help="bring a model in from another format (gguf: a llama.cpp file)")
+    p = sub.add_parser("import", help="bring a model in from another format (gguf: a llama.cpp file; granite-hybrid)")
     isub = p.add_subparsers(dest="action", required=True, metavar="FORMAT")
     p = isub.add_parser("gguf", help="dequantize a .gguf file into a checkpoint folder (weights + tokenizer)")
     p.add_argument("file", help="the .gguf file (Llama or Qwen2; F32/F16/BF16/Q8_0/Q4_0/Q4_1/K-quants)")
@@ -1051,6 +1090,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of the weights")
     p.add_argument("--max-shard-size", default="2GB", help="split the safetensors above this size (e.g. 500MB)")
     p.set_defaults(func=cmd_import_gguf)
+    p = isub.add_parser("granite-hybrid", help="a GraniteMoeHybrid folder (e.g. from `export --format granite-hybrid`)")
+    p.add_argument("folder", help="the folder (config.json, safetensors, tokenizer files)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.set_defaults(func=cmd_import_granite)
 
     p = sub.add_parser("teacher", help="teacher VLMs: train the embedded one, or graft and tune one from an LLM")
     tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -1228,10 +1271,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint folder")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("export", help="write a model in another layout (mmmamba-official: the released mmMamba)")
-    p.add_argument("--format", required=True, choices=["mmmamba-official"], help="target layout")
-    p.add_argument("--model", required=True, help="checkpoint folder (a HoVLE-structured teacher or student)")
+    p = sub.add_parser(
+        "export", help="write a model in another layout (mmmamba-official: the released mmMamba; granite-hybrid: "
+        "transformers' GraniteMoeHybrid, served by vLLM, SGLang, llama.cpp, MLX)",
+    )  # fmt: skip
+    p.add_argument("--format", required=True, choices=["mmmamba-official", "granite-hybrid"], help="target layout")
+    p.add_argument(
+        "--model", required=True,
+        help="checkpoint folder (mmmamba-official: a HoVLE-structured model; granite-hybrid: a gate-first text "
+        "student)",
+    )  # fmt: skip
     p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument(
+        "--mamba-expand", type=int_in(1, 64), default=None,
+        help="granite-hybrid: pad each Mamba-2 mixer with zero heads to expand × hidden channels (exact; llama.cpp "
+        "needs 2). Default: the smallest that holds the heads",
+    )  # fmt: skip
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="speed benchmarks (GPU): whole models, one layer's scan; tables and plots")

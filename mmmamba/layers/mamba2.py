@@ -2,7 +2,9 @@
 
 Inherited from attention: q_proj → C, k_proj → B, v_proj → x, o_proj → output.
 New: causal conv over [x, B, C], Δ = softplus(u·Wdt + dt_bias), A = −exp(A_log),
-per-head gated RMSNorm with gate SiLU(u·Wg), optional D skip and q/k norm.
+per-head gated RMSNorm with gate SiLU(u·Wg), optional D skip and q/k norm. ``gate_order``: norm-first
+(the paper's, RMSNorm(y)·SiLU(gate)) or gate-first (Mamba-2's, RMSNorm(y·SiLU(gate))); serving engines
+(transformers' GraniteMoeHybrid, vLLM, llama.cpp) compute gate-first.
 GQA: B and x are repeated so every query head has its own pair.
 """
 
@@ -16,7 +18,7 @@ from torch import Tensor, nn
 
 from ..ops import causal_conv1d, causal_conv1d_step, ssd_scan, ssd_step
 from ..ops.ssd import resolve_backend
-from .norm import GatedHeadNorm, rms_norm
+from .norm import GATE_ORDERS, rms_norm
 from .projections import add_qkvo_projections, fuse_linears
 
 ACTIVATIONS = {"silu": F.silu, "identity": lambda t: t}
@@ -39,6 +41,7 @@ class Mamba2Config:
     dt_min: float = 1e-3
     dt_max: float = 0.1
     ssd_backend: str = "auto"  # the scan's implementation: auto | torch | fla (ops.ssd); a runtime choice
+    gate_order: str = "norm-first"  # norm-first (paper) | gate-first (Mamba-2); configs without it: norm-first
 
     def __post_init__(self):
         if self.conv_activation not in ACTIVATIONS:
@@ -47,6 +50,8 @@ class Mamba2Config:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.conv_kernel < 1:
             raise ValueError("conv_kernel must be at least 1")
+        if self.gate_order not in GATE_ORDERS:
+            raise ValueError(f"gate_order must be one of {list(GATE_ORDERS)}, got {self.gate_order!r}")
 
     @property
     def conv_dim(self) -> int:
@@ -88,7 +93,7 @@ class Mamba2Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.zeros(h))
         self.D = nn.Parameter(torch.ones(h)) if cfg.use_D else None
         self.g_proj = nn.Linear(d, h * hd, bias=False)
-        self.out_norm = GatedHeadNorm(hd, cfg.norm_eps)
+        self.out_norm = GATE_ORDERS[cfg.gate_order](hd, cfg.norm_eps)
         if cfg.qk_norm:
             self.q_norm = nn.Parameter(torch.ones(hd))
             self.k_norm = nn.Parameter(torch.ones(hd))

@@ -1,4 +1,4 @@
-"""RMSNorm, and the gated per-head RMSNorm that closes the Mamba-2 mixer."""
+"""RMSNorm, and the two gated per-head RMSNorms that close the Mamba-2 mixer (one per gate order)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ class RMSNorm(nn.Module):
 
 
 class GatedHeadNorm(nn.Module):
-    """RMSNorm of each head's output (one head_dim-wide weight shared by heads), times SiLU(gate)."""
+    """Norm first (the paper's, the released mmMamba's): RMSNorm of each head's output (one
+    head_dim-wide weight shared by heads), times SiLU(gate)."""
 
     def __init__(self, head_dim: int, eps: float = 1e-5):
         super().__init__()
@@ -36,3 +37,18 @@ class GatedHeadNorm(nn.Module):
     def forward(self, y: Tensor, gate: Tensor) -> Tensor:
         """y and gate (..., h, head_dim)."""
         return rms_norm(y, self.weight, self.eps) * F.silu(gate)
+
+
+class GateFirstHeadNorm(GatedHeadNorm):
+    """Gate first (Mamba-2's own, transformers' ``GraniteMoeHybridRMSNormGated`` with one group per head):
+    y · SiLU(gate), then RMSNorm of each head (one head_dim-wide weight shared by heads), in float32."""
+
+    def forward(self, y: Tensor, gate: Tensor) -> Tensor:
+        """y and gate (..., h, head_dim)."""
+        wide = torch.promote_types(y.dtype, torch.float32)
+        z = y.to(wide) * F.silu(gate.to(wide))
+        z = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * z.to(y.dtype)
+
+
+GATE_ORDERS = {"norm-first": GatedHeadNorm, "gate-first": GateFirstHeadNorm}

@@ -1,6 +1,6 @@
 """Loading a model from any source we accept: our checkpoint folder, a Hugging Face folder (ours
-name tables, ``hf_import``), a llama.cpp ``.gguf`` file (``gguf``). The one place that dispatches
-on the source; ``checkpoint`` below it knows files, not model classes.
+name tables, ``hf_import``; a GraniteMoeHybrid one, ``granite``), a llama.cpp ``.gguf`` file
+(``gguf``). The one place that dispatches on the source; ``checkpoint`` below it knows files, not model classes.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from .checkpoint import config_from_dict, is_gguf_file, manifest_sizes, read_mod
 from .config import DecoderConfig
 from .decoder import Decoder
 
+GRANITE = "GraniteMoeHybridForCausalLM"  # granite.ARCH, named here so that the module loads only when used
+
 
 def load_config(path) -> DecoderConfig:
     """The DecoderConfig of a checkpoint folder (ours or Hugging Face) or a .gguf file, without its weights."""
@@ -22,6 +24,10 @@ def load_config(path) -> DecoderConfig:
 
         return gguf_config(open_gguf(path), path)[0]
     raw, ours = read_model_config(path)
+    if not ours and raw.get("architectures") == [GRANITE]:
+        from .granite import granite_decoder_config
+
+        return granite_decoder_config(raw, f"{path}/config.json")[0]
     if not ours:
         from .hf_import import hf_config
 
@@ -37,6 +43,10 @@ def load_checkpoint(path, dtype: torch.dtype | None = None) -> Decoder:
         return load_gguf_decoder(path, dtype)
     raw, ours = read_model_config(path)
     manifest_sizes(path)
+    if not ours and raw.get("architectures") == [GRANITE]:
+        from .granite import load_granite
+
+        return load_granite(path, raw, dtype)
     if not ours:
         from .hf_import import load_hf_decoder
 

@@ -81,6 +81,9 @@ def official_student_fields(emb: dict, llm: dict, where: str) -> dict:
 
 def _export_problem(cfg) -> str | None:
     """Why a model cannot be written in the released layout (None: it can)."""
+    if "mamba2" in cfg.mixers and cfg.mamba2_config().gate_order != "norm-first":
+        order = cfg.mamba2_config().gate_order
+        return f"gate order {order}: the released mixer is norm-first; convert with --gate-order norm-first"
     stacks = cfg.conversion.get("stacks", [])
     if cfg.vision is None or cfg.vision.style != "hovle" or len(stacks) != 2 or not cfg.text_vocab_size:
         return "only HoVLE-structured models (imported from HoVLE or a released mmMamba, then converted) export"
