@@ -65,7 +65,7 @@ class ByteTokenizer(ChatTokenizer):
 
     def save(self, folder) -> None:
         spec = {"kind": "byte", "specials": list(SPECIALS), "image_tokens": self.image_tokens}
-        write_json_atomic(Path(folder) / FILENAME, spec)
+        write_json_atomic(Path(folder) / FILENAME, spec, digits=None)
 
     @classmethod
     def load(cls, folder) -> ByteTokenizer:

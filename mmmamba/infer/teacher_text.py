@@ -229,7 +229,7 @@ def write_teacher_text(
         )
     if (out / "corpus.json").is_file() and (out / PLAN_FILE).exists():
         return read_json(out / "corpus.json", "corpus file")  # finished before
-    write_json_atomic(out / PLAN_FILE, plan)
+    write_json_atomic(out / PLAN_FILE, plan, digits=None)  # compared on resume: exact
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     batches = batches_of(rows, cfg.batch_size)

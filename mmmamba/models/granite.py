@@ -216,7 +216,7 @@ def export_granite(model, out, expand: int | None = None, tokens: dict | None = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "model.safetensors", lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    write_json_atomic(out / "config.json", config)
+    write_json_atomic(out / "config.json", config, digits=None)  # a model config: exact floats
     return out
 
 
