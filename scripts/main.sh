@@ -21,7 +21,7 @@ stage 1 "task suite -> $OUT/suite"
 stage 2 "the teacher's test accuracy"
 mmmamba eval --model models/tiny-teacher --data "$OUT/suite" --split test --json "$OUT/teacher_eval.json"
 stage 3 "convert and distil linear and hybrid (progress below; each run's log: $OUT/runs/NAME/stdout.log)"
-python scripts/ablations.py --teacher models/tiny-teacher --data "$OUT/suite" --out "$OUT/runs" \
+python -m mmmamba.experiments.ablations --teacher models/tiny-teacher --data "$OUT/suite" --out "$OUT/runs" \
   --runs linear hybrid_every4 --total-steps "$STEPS" --batch-size 16 --lr-scale 10 --eval-every 100 \
   --teacher-eval "$OUT/teacher_eval.json" --progress
 stage 4 "answers on one test image"

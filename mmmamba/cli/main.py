@@ -146,7 +146,7 @@ def shard_size(text: str) -> int:
 def reads_model(flag: str, path) -> None:
     """Register a model's files (a folder's config, weights, tokenizer; or a .gguf) as this command's input."""
     from ..io import inputs
-    from ..models.checkpoint import checkpoint_files
+    from ..formats.checkpoint import checkpoint_files
 
     if path is not None:
         inputs().add_files(checkpoint_files(path), flag)
@@ -183,9 +183,9 @@ def cmd_convert(args) -> None:
     from ..convert import convert_to_mamba
     from ..convert.layer_spec import parse_auto, parse_keep_attention
     from ..data.tokenizer import copy_tokenizer
+    from ..formats import load_checkpoint, save_checkpoint
+    from ..formats.loading import load_config
     from ..io import check_output_dir, same_or_inside
-    from ..models import load_checkpoint, save_checkpoint
-    from ..models.loading import load_config
 
     reads_model("--teacher", args.teacher)
     out = check_output_dir(args.out)
@@ -240,7 +240,6 @@ def _convert_estimate(args, cfg, keep, out) -> None:
 
     from ..convert.layer_spec import parse_auto
     from ..io import check_free_space, free_bytes, human_bytes
-    from ..models.checkpoint import check_fits, parameter_count
 
     mixers = ["attention" if i in keep else "mamba2" for i in range(cfg.num_layers)]
     student = dataclasses.replace(cfg, mixers=mixers, mamba=_mamba_options(args))
@@ -320,10 +319,11 @@ def cmd_data_text(args) -> None:
 
 def cmd_data_self_distill(args) -> None:
     from ..data.tokenizer import load_tokenizer
+    from ..formats import load_checkpoint
     from ..infer import SamplingConfig
     from ..infer.self_distill import read_prompts, self_distill
     from ..io import check_output_dir, inputs, same_or_inside
-    from ..models import load_checkpoint
+    from ..formats import load_checkpoint
 
     reads_model("--teacher", args.teacher)
     inputs().add_file(args.prompts, "--prompts")
@@ -354,7 +354,7 @@ def cmd_data_teacher_text(args) -> None:
     from ..data.tokenizer import load_tokenizer
     from ..infer.teacher_text import TeacherTextConfig, plan_rows, write_teacher_text
     from ..io import check_output_dir, same_or_inside
-    from ..models import load_checkpoint
+    from ..formats import load_checkpoint
 
     out = check_output_dir(args.out)
     for flag, src in (("--teacher", args.teacher), ("--prefixes", args.prefixes), ("--prompts", args.prompts)):
@@ -380,8 +380,8 @@ def cmd_data_teacher_text(args) -> None:
 def cmd_import_gguf(args) -> None:
     import torch
 
+    from ..formats.gguf import import_gguf, open_gguf
     from ..io import check_free_space, check_output_dir, human_bytes, same_or_inside
-    from ..models.gguf import import_gguf, open_gguf
 
     reads_model("file", args.file)
     out = check_output_dir(args.out)
@@ -401,7 +401,7 @@ def cmd_import_gguf(args) -> None:
 
 def cmd_teacher_graft(args) -> None:
     from ..io import same_or_inside
-    from ..training.vlm_teacher import GraftConfig, graft_vision
+    from ..teacher.vlm import GraftConfig, graft_vision
 
     reads_model("--llm", args.llm)
     if same_or_inside(args.llm, args.out):
@@ -412,7 +412,7 @@ def cmd_teacher_graft(args) -> None:
 
 def cmd_teacher_tune(args) -> None:
     from ..io import same_or_inside
-    from ..training.vlm_teacher import TuneConfig, tune_vlm_teacher
+    from ..teacher.vlm import TuneConfig, tune_vlm_teacher
 
     reads_model("--init", args.init)
     for flag, folder in [("--data", args.data)] + [("--text", t) for t in args.text]:
@@ -438,7 +438,7 @@ def cmd_teacher_tune(args) -> None:
 
 
 def cmd_teacher_train(args) -> None:
-    from ..training.teacher import train_teacher
+    from ..teacher.train import train_teacher
 
     reads_folder("--data", args.data)
     device = resolve_device(args.device)
@@ -462,7 +462,7 @@ def cmd_eval(args) -> None:
     from ..evaluation.freeform import print_freeform
     from ..evaluation.tasks import print_table
     from ..io import check_output_file, check_outputs_distinct, inputs, write_json_atomic, write_jsonl_atomic
-    from ..models import load_checkpoint
+    from ..formats import load_checkpoint
 
     reads_model("--model", args.model)
     reads_model("--teacher", args.teacher)
@@ -523,8 +523,8 @@ def eval_benchmark(args, device) -> None:
     from ..data.tokenizer import load_tokenizer
     from ..evaluation.benchmarks import print_benchmark, read_benchmark, score_benchmark
     from ..evaluation.tasks import predict
+    from ..formats import load_checkpoint
     from ..io import write_json_atomic
-    from ..models import load_checkpoint
 
     samples, info = read_benchmark(args.benchmark, args.data, args.split, args.limit)
     model = load_checkpoint(args.model).float().to(device)
@@ -540,8 +540,8 @@ def eval_text(args, device) -> None:
     """``mmmamba eval`` on a ``mmmamba data text`` corpus: perplexity, KL to --teacher, multiple choice."""
     from ..data.tokenizer import load_tokenizer
     from ..evaluation.text import evaluate_text, print_text_report
+    from ..formats import load_checkpoint
     from ..io import write_json_atomic
-    from ..models import load_checkpoint
 
     model = load_checkpoint(args.model).float().to(device)
     tok = load_tokenizer(args.model)
@@ -622,7 +622,7 @@ def side_output(out, suffix: str) -> Path:
 
 
 def cmd_report(args) -> None:
-    from ..evaluation.report import write_report
+    from ..experiments.report import write_report
     from ..io import check_output_file, check_outputs_distinct, inputs
 
     args.chart = args.chart or side_output(args.out, "_chart.png")
@@ -647,8 +647,8 @@ def cmd_report(args) -> None:
 def _load_for_chat(args):
     from ..data.images import ImageProcessor
     from ..data.tokenizer import IMAGE_MARK, load_tokenizer
+    from ..formats import load_checkpoint
     from ..infer import SamplingConfig
-    from ..models import load_checkpoint
 
     prompt = check_text(getattr(args, "prompt", "") or "", "--prompt")
     if args.image is None and IMAGE_MARK in prompt:
@@ -772,9 +772,9 @@ def _chat_image(model, name, path: str):
 
 def cmd_chat(args) -> None:
     from ..data.tokenizer import IMAGE_MARK
+    from ..formats.checkpoint import cache_bytes
     from ..infer import ChatSession
     from ..io import human_bytes, machine_memory
-    from ..models.checkpoint import cache_bytes
 
     model, tok, image, sampling = _load_for_chat(args)
     length = min(args.max_context or model.config.max_position, model.config.max_position)
@@ -871,8 +871,8 @@ def info_lines(path) -> list[str]:
     """A checkpoint in a few readable lines: size and dtype, layers and mixers, attention and Mamba-2 shapes,
     the decode cache, the image front-end, how it was converted."""
     from ..io import human_bytes
-    from ..models import load_checkpoint
-    from ..models.checkpoint import cache_bytes, checkpoint_files
+    from ..formats import load_checkpoint
+    from ..formats.checkpoint import cache_bytes, checkpoint_files
 
     model = load_checkpoint(path)
     cfg = model.config
@@ -921,7 +921,7 @@ def info_lines(path) -> list[str]:
 def cmd_export(args) -> None:
     from ..data.tokenizer import TOKENIZER_FILES, copy_tokenizer
     from ..io import check_output_dir, same_or_inside
-    from ..models import load_checkpoint
+    from ..formats import load_checkpoint
 
     reads_model("--model", args.model)
     out = check_output_dir(args.out)
@@ -932,11 +932,11 @@ def cmd_export(args) -> None:
         raise MmmambaError(f"--mamba-expand {args.mamba_expand}: only for --format granite-hybrid; drop it")
     model = load_checkpoint(args.model)
     if args.format == "granite-hybrid":
-        from ..models.granite import export_granite, write_granite_tokenizer
+        from ..formats.granite import export_granite, write_granite_tokenizer
 
         export_granite(model, out, args.mamba_expand, write_granite_tokenizer(args.model, out))
     else:
-        from ..models.official import export_official
+        from ..formats.official import export_official
 
         export_official(model, out)
         copy_tokenizer(args.model, out)
@@ -945,9 +945,9 @@ def cmd_export(args) -> None:
 
 def cmd_import_granite(args) -> None:
     from ..io import check_output_dir, same_or_inside
-    from ..models import save_checkpoint
-    from ..models.checkpoint import read_model_config
-    from ..models.granite import ARCH, load_granite
+    from ..formats import save_checkpoint
+    from ..formats.checkpoint import read_model_config
+    from ..formats.granite import ARCH, load_granite
 
     out = check_output_dir(args.out)
     if same_or_inside(args.folder, out):
@@ -1238,7 +1238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="RESULTS.md tables + PNG chart + quality.json from distillation runs")
     p.add_argument(
-        "--runs", nargs="+", required=True, help="run folders (or result.json files) of scripts/ablations.py"
+        "--runs", nargs="+", required=True, help="run folders (or result.json files) of `python -m mmmamba.experiments.ablations`"
     )
     p.add_argument("--teacher-eval", required=True, help="the teacher's `mmmamba eval --json` file")
     p.add_argument("--out", required=True, help="the markdown file to write, e.g. runs/main/RESULTS.md")

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import MmmambaError
 from ..layers import Attention, Mamba2Config, Mamba2Mixer
 from ..models import Decoder
-from ..models.official import OFFICIAL_MAMBA
+from ..formats.official import OFFICIAL_MAMBA
 
 INITS = ("mimic", "inherit", "scratch")
 INHERITED = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -22,7 +22,7 @@ _PROBE_USER, _PROBE_REPLY = "Hi.", "Hello."  # stand-in earlier turns when cutti
 
 def _load_hf(folder: Path):
     if folder.suffix.lower() == ".gguf" and folder.is_file():  # tokenizer and template from the file's metadata
-        from ..models.gguf import gguf_hf_tokenizer
+        from ..formats.gguf import gguf_hf_tokenizer
 
         return gguf_hf_tokenizer(folder)
     try:

@@ -98,7 +98,7 @@ TOKENIZER_FILES = (
 def copy_tokenizer(src, dst) -> None:
     """Copy a checkpoint's tokenizer files next to a derived checkpoint (those the source has), atomically."""
     if Path(src).suffix.lower() == ".gguf" and Path(src).is_file():  # built from the file's metadata
-        from ..models.gguf import gguf_hf_tokenizer, write_tokenizer
+        from ..formats.gguf import gguf_hf_tokenizer, write_tokenizer
 
         write_tokenizer(gguf_hf_tokenizer(src), dst)
         return

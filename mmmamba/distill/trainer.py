@@ -34,6 +34,7 @@ from ..data.mixture import MixtureSampler, parse_sources, shares
 from ..data.text_corpus import is_text_corpus, text_examples
 from ..data.tokenizer import ChatTokenizer, copy_tokenizer, load_tokenizer
 from ..errors import MmmambaError
+from ..formats import load_checkpoint, save_checkpoint
 from ..io import (
     RunLock,
     check_free_space,
@@ -50,7 +51,7 @@ from ..io import (
     write_json_atomic,
     write_text_atomic,
 )
-from ..models import Decoder, DecoderConfig, load_checkpoint, save_checkpoint
+from ..models import Decoder, DecoderConfig
 from ..ops.ssd import BACKENDS as SSD_BACKENDS
 from ..training.loop import StepReport, train_loop
 from ..training.optim import NonFiniteGuard, make_adamw

@@ -14,7 +14,6 @@ from ..ops.decode_attention import BACKENDS as ATTENTION_BACKENDS
 from ..ops.packing import Unpacker
 from ..ops.ssd import BACKENDS as SSD_BACKENDS
 from .cache import ModelCache
-from .checkpoint import MAX_SHARD_BYTES, save_checkpoint
 from .config import DecoderConfig
 from .vision import build_vision
 
@@ -251,4 +250,6 @@ class Decoder(nn.Module):
         return out
 
     def save_pretrained(self, path, max_shard_bytes: int | None = None) -> None:
+        from ..formats.checkpoint import MAX_SHARD_BYTES, save_checkpoint
+
         save_checkpoint(self, path, max_shard_bytes or MAX_SHARD_BYTES)

@@ -8,7 +8,7 @@ into one row: the state resets at every boundary.
 When gradients are needed the scan runs through fla's ``chunk_gla`` with the head's decay repeated
 over the key dim (the same recurrence): fla refuses ``chunk_simple_gla``'s backward on Hopper with
 Triton 3.4–3.7.0 (wrong gated dq/dk/dg, fla issue #640), and GLA's backward uses other kernels,
-checked against float64 by ``scripts/gpu_check_kernels.py``.
+checked against float64 by ``tests/gpu/check_kernels.py``.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import torch
 
 from ..checks import whole
 from ..errors import MmmambaError
+from ..formats.checkpoint import check_finite
 from ..io import write_atomic
-from ..models.checkpoint import check_finite
 
 STATE_FILE = "train_state.pt"
 

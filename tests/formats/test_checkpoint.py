@@ -1,0 +1,73 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import mmmamba
+from mmmamba.convert import convert_to_mamba
+from mmmamba.formats import save_checkpoint
+from mmmamba.models import Decoder
+from tests.conftest import tiny_config
+
+
+def assert_bit_exact(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_save_load_round_trip_is_bit_exact(tmp_path, teacher, tie):
+    torch.manual_seed(0)
+    model = convert_to_mamba(Decoder(tiny_config(tie_embeddings=tie)), [1])
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").is_file() and (tmp_path / "model.safetensors").is_file()
+    loaded = mmmamba.from_pretrained(tmp_path)
+    assert loaded.config == model.config
+    assert_bit_exact(model, loaded)
+    if tie:
+        assert loaded.lm_head.weight.data_ptr() == loaded.embed_tokens.weight.data_ptr()
+    ids = torch.randint(0, 59, (1, 7))
+    torch.testing.assert_close(loaded(ids).logits, model.eval()(ids).logits, rtol=0, atol=0)
+
+
+def test_sharded_round_trip(tmp_path, teacher):
+    save_checkpoint(teacher, tmp_path, max_shard_bytes=20_000)
+    shards = sorted(tmp_path.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "model.safetensors.index.json").is_file()
+    assert_bit_exact(teacher, mmmamba.from_pretrained(tmp_path))
+
+
+def test_missing_tensor_is_named(tmp_path, teacher):
+    teacher.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["layers.2.mixer.k_proj.weight"]
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(mmmamba.MmmambaError, match=r"layers\.2\.mixer\.k_proj\.weight.*missing"):
+        mmmamba.from_pretrained(tmp_path)
+
+
+def test_wrong_shape_is_named(tmp_path, teacher):
+    teacher.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["norm.weight"] = torch.ones(3, dtype=torch.float64)
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(mmmamba.MmmambaError, match=r"'norm\.weight' has shape \(3,\)"):
+        mmmamba.from_pretrained(tmp_path)
+
+
+def test_truncated_weights_and_bad_config_give_one_line_errors(tmp_path, teacher):
+    teacher.save_pretrained(tmp_path)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(mmmamba.MmmambaError, match="model.safetensors: unreadable") as e:
+        mmmamba.from_pretrained(tmp_path)
+    assert "\n" not in str(e.value)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(mmmamba.MmmambaError, match="config.json: not valid JSON"):
+        mmmamba.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"format": "mmmamba", "vocab_size": 3}))
+    with pytest.raises(mmmamba.MmmambaError, match="incomplete"):
+        mmmamba.from_pretrained(tmp_path)
