@@ -145,8 +145,8 @@ def shard_size(text: str) -> int:
 
 def reads_model(flag: str, path) -> None:
     """Register a model's files (a folder's config, weights, tokenizer; or a .gguf) as this command's input."""
-    from ..io import inputs
     from ..formats.checkpoint import checkpoint_files
+    from ..io import inputs
 
     if path is not None:
         inputs().add_files(checkpoint_files(path), flag)
@@ -239,6 +239,7 @@ def _convert_estimate(args, cfg, keep, out) -> None:
     import dataclasses
 
     from ..convert.layer_spec import parse_auto
+    from ..formats.checkpoint import check_fits, parameter_count
     from ..io import check_free_space, free_bytes, human_bytes
 
     mixers = ["attention" if i in keep else "mamba2" for i in range(cfg.num_layers)]
@@ -323,7 +324,6 @@ def cmd_data_self_distill(args) -> None:
     from ..infer import SamplingConfig
     from ..infer.self_distill import read_prompts, self_distill
     from ..io import check_output_dir, inputs, same_or_inside
-    from ..formats import load_checkpoint
 
     reads_model("--teacher", args.teacher)
     inputs().add_file(args.prompts, "--prompts")
@@ -352,9 +352,9 @@ def cmd_data_self_distill(args) -> None:
 
 def cmd_data_teacher_text(args) -> None:
     from ..data.tokenizer import load_tokenizer
+    from ..formats import load_checkpoint
     from ..infer.teacher_text import TeacherTextConfig, plan_rows, write_teacher_text
     from ..io import check_output_dir, same_or_inside
-    from ..formats import load_checkpoint
 
     out = check_output_dir(args.out)
     for flag, src in (("--teacher", args.teacher), ("--prefixes", args.prefixes), ("--prompts", args.prompts)):
@@ -461,8 +461,8 @@ def cmd_eval(args) -> None:
     from ..evaluation.evaluate import evaluate
     from ..evaluation.freeform import print_freeform
     from ..evaluation.tasks import print_table
-    from ..io import check_output_file, check_outputs_distinct, inputs, write_json_atomic, write_jsonl_atomic
     from ..formats import load_checkpoint
+    from ..io import check_output_file, check_outputs_distinct, inputs, write_json_atomic, write_jsonl_atomic
 
     reads_model("--model", args.model)
     reads_model("--teacher", args.teacher)
@@ -870,9 +870,9 @@ def cmd_info(args) -> None:
 def info_lines(path) -> list[str]:
     """A checkpoint in a few readable lines: size and dtype, layers and mixers, attention and Mamba-2 shapes,
     the decode cache, the image front-end, how it was converted."""
-    from ..io import human_bytes
     from ..formats import load_checkpoint
     from ..formats.checkpoint import cache_bytes, checkpoint_files
+    from ..io import human_bytes
 
     model = load_checkpoint(path)
     cfg = model.config
@@ -920,8 +920,8 @@ def info_lines(path) -> list[str]:
 
 def cmd_export(args) -> None:
     from ..data.tokenizer import TOKENIZER_FILES, copy_tokenizer
-    from ..io import check_output_dir, same_or_inside
     from ..formats import load_checkpoint
+    from ..io import check_output_dir, same_or_inside
 
     reads_model("--model", args.model)
     out = check_output_dir(args.out)
@@ -944,10 +944,10 @@ def cmd_export(args) -> None:
 
 
 def cmd_import_granite(args) -> None:
-    from ..io import check_output_dir, same_or_inside
     from ..formats import save_checkpoint
     from ..formats.checkpoint import read_model_config
     from ..formats.granite import ARCH, load_granite
+    from ..io import check_output_dir, same_or_inside
 
     out = check_output_dir(args.out)
     if same_or_inside(args.folder, out):
@@ -1238,7 +1238,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="RESULTS.md tables + PNG chart + quality.json from distillation runs")
     p.add_argument(
-        "--runs", nargs="+", required=True, help="run folders (or result.json files) of `python -m mmmamba.experiments.ablations`"
+        "--runs",
+        nargs="+",
+        required=True,
+        help="run folders (or result.json files) of `python -m mmmamba.experiments.ablations`",
     )
     p.add_argument("--teacher-eval", required=True, help="the teacher's `mmmamba eval --json` file")
     p.add_argument("--out", required=True, help="the markdown file to write, e.g. runs/main/RESULTS.md")

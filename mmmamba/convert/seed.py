@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from ..errors import MmmambaError
+from ..formats.official import OFFICIAL_MAMBA
 from ..layers import Attention, Mamba2Config, Mamba2Mixer
 from ..models import Decoder
-from ..formats.official import OFFICIAL_MAMBA
 
 INITS = ("mimic", "inherit", "scratch")
 INHERITED = ("q_proj", "k_proj", "v_proj", "o_proj")

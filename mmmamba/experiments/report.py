@@ -74,10 +74,10 @@ def read_results(paths) -> list[dict]:
     for p in map(Path, paths):
         f = p / "result.json" if p.is_dir() else p
         if not f.is_file():
-            raise MmmambaError(f"{p}: no result.json; pass run folders from `python -m mmmamba.experiments.ablations` or their JSON files")
+            raise MmmambaError(f"{p}: no result.json; pass run folders of the ablation grid or their JSON files")
         row = check_eval(read_json(f, "run result"), f)
         if not isinstance(row.get("name"), str) or not isinstance(row.get("group"), str):
-            raise MmmambaError(f"{f}: needs string 'name' and 'group'; pass result.json files of `python -m mmmamba.experiments.ablations`")
+            raise MmmambaError(f"{f}: needs string 'name' and 'group'; pass result.json files of the ablation grid")
         commands = row.get("commands", [])
         if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
             raise MmmambaError(f"{f}: 'commands' must be a list of strings")
@@ -99,7 +99,7 @@ def read_results(paths) -> list[dict]:
                 if isinstance(text, dict) and key in text:
                     real(text[key], f"text.{key}", 0, low_open=True)
         except MmmambaError as e:
-            raise MmmambaError(f"{f}: {e}; pass result.json files of `python -m mmmamba.experiments.ablations`") from None
+            raise MmmambaError(f"{f}: {e}; pass result.json files of the ablation grid") from None
         row.setdefault("commands", [])
         rows.append(row)
     return rows

@@ -14,12 +14,10 @@ import torch
 
 from ..checks import whole
 from ..errors import MmmambaError
-from ..models.config import DecoderConfig, VisionConfig
+from ..models.config import LAYER_FIELDS, DecoderConfig, VisionConfig
 from ..models.decoder import Decoder
 from .build import build_loaded
 from .checkpoint import read_safetensors
-from ..models.config import LAYER_FIELDS, DecoderConfig, VisionConfig
-from ..models.decoder import Decoder
 from .hf_families import (
     FAMILIES,
     HOVLE_LLMS,

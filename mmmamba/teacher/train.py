@@ -16,9 +16,9 @@ from ..data.scenes import CELL, IMAGE_SIZE
 from ..data.tokenizer import ByteTokenizer
 from ..errors import MmmambaError
 from ..evaluation.tasks import predict, score
+from ..formats import save_checkpoint
 from ..io import RunLock, check_free_space, check_output_dir, folder_digest, write_text_atomic
 from ..models import Decoder, DecoderConfig, VisionConfig
-from ..formats import save_checkpoint
 from ..training.loop import StepReport, train_loop
 from ..training.losses import next_token_loss
 from ..training.optim import NonFiniteGuard, OptimConfig, make_adamw

@@ -32,11 +32,11 @@ from ..data.text_corpus import is_text_corpus, text_examples
 from ..data.tokenizer import ByteTokenizer, ChatTokenizer, load_tokenizer
 from ..errors import MmmambaError
 from ..evaluation.tasks import predict, score
-from ..io import RunLock, check_output_dir, folder_digest, read_json, write_json_atomic, write_text_atomic
-from ..models import Decoder, VisionConfig
 from ..formats import load_checkpoint, save_checkpoint
 from ..formats.checkpoint import check_fits
 from ..formats.gguf import write_tokenizer
+from ..io import RunLock, check_output_dir, folder_digest, read_json, write_json_atomic, write_text_atomic
+from ..models import Decoder, VisionConfig
 from ..training.loop import StepReport, train_loop
 from ..training.losses import masked_ce, next_token_loss
 from ..training.optim import NonFiniteGuard, OptimConfig, make_adamw

@@ -24,8 +24,8 @@ from mmmamba.cli.main import main
 from mmmamba.convert import convert_to_mamba
 from mmmamba.data.suite import make_suite
 from mmmamba.data.tokenizer import ByteTokenizer
-from mmmamba.models import Decoder, DecoderConfig, VisionConfig
 from mmmamba.formats import save_checkpoint
+from mmmamba.models import Decoder, DecoderConfig, VisionConfig
 from tests.formats.hf_folders import write_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

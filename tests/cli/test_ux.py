@@ -17,11 +17,11 @@ from mmmamba.data.suite import make_suite
 from mmmamba.data.tokenizer import ByteTokenizer, load_tokenizer
 from mmmamba.errors import MmmambaError
 from mmmamba.evaluation.tasks import score
+from mmmamba.formats import load_checkpoint, save_checkpoint
 from mmmamba.infer import ChatSession, SamplingConfig
 from mmmamba.infer.sampling import sample_next
 from mmmamba.io import round_floats, write_json_atomic
 from mmmamba.models import Decoder, DecoderConfig, VisionConfig
-from mmmamba.formats import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")

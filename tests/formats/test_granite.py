@@ -13,10 +13,10 @@ from mmmamba.cli.main import main
 from mmmamba.convert import convert_to_mamba
 from mmmamba.data.tokenizer import ByteTokenizer, load_tokenizer
 from mmmamba.errors import MmmambaError
-from mmmamba.infer import generate
-from mmmamba.models import Decoder, DecoderConfig
 from mmmamba.formats import load_checkpoint, save_checkpoint
 from mmmamba.formats.granite import export_granite, write_granite_tokenizer
+from mmmamba.infer import generate
+from mmmamba.models import Decoder, DecoderConfig
 
 transformers = pytest.importorskip("transformers")
 VOCAB = ByteTokenizer().vocab_size  # 264: the students carry our byte tokenizer, exported as its HF equivalent

@@ -10,9 +10,9 @@ import torch
 from mmmamba.cli.main import main
 from mmmamba.data.text_corpus import is_text_corpus, read_text_split, text_examples
 from mmmamba.data.tokenizer import load_tokenizer
+from mmmamba.formats import load_checkpoint
 from mmmamba.infer import teacher_text as tt
 from mmmamba.infer.sampling import nucleus_sample, nucleus_sample_reference
-from mmmamba.formats import load_checkpoint
 
 TEACHER = "models/tiny-teacher"
 

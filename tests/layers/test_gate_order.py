@@ -13,14 +13,13 @@ import torch.nn.functional as F
 from mmmamba.convert import convert_to_mamba
 from mmmamba.distill.stages import STAGES, select_trainable
 from mmmamba.errors import MmmambaError
+from mmmamba.formats import load_checkpoint, save_checkpoint
+from mmmamba.formats.official import export_official
 from mmmamba.infer.decode_step import DecodeStep
 from mmmamba.infer.generate import left_pad, prefill
 from mmmamba.layers import Mamba2Config, Mamba2Mixer
 from mmmamba.models import Decoder
-from mmmamba.formats import load_checkpoint, save_checkpoint
-from mmmamba.formats.official import export_official
-
-from .conftest import tiny_config
+from tests.conftest import tiny_config
 
 F64 = torch.float64
 ORDERS = ["norm-first", "gate-first"]

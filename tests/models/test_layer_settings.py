@@ -10,12 +10,12 @@ import torch.nn.functional as F
 
 import mmmamba
 from mmmamba.convert import convert_to_mamba
-from mmmamba.models import Decoder
 from mmmamba.formats import load_checkpoint
 from mmmamba.formats.checkpoint import cache_bytes, parameter_count
+from mmmamba.models import Decoder
+from tests.conftest import tiny_config
 
-from .conftest import tiny_config
-from .test_decode import decode_both_ways
+from tests.infer.test_decode import decode_both_ways
 
 GROUPS = [
     {"layers": [0, 1], "rope_theta": 1e6, "norm_eps": 1e-6, "num_heads": 2, "num_kv_heads": 1, "head_dim": 16},

@@ -15,9 +15,9 @@ from mmmamba.convert import convert_to_mamba
 from mmmamba.data.suite import make_suite
 from mmmamba.data.tokenizer import ByteTokenizer
 from mmmamba.errors import MmmambaError
+from mmmamba.formats import load_checkpoint, save_checkpoint
 from mmmamba.io import CommandInputs, RunLock, command_inputs, recover_for_reading, write_text_atomic
 from mmmamba.models import Decoder, DecoderConfig, VisionConfig
-from mmmamba.formats import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(scope="module")
