@@ -14,7 +14,6 @@ from mmmamba.formats import load_checkpoint
 from mmmamba.formats.checkpoint import cache_bytes, parameter_count
 from mmmamba.models import Decoder
 from tests.conftest import tiny_config
-
 from tests.infer.test_decode import decode_both_ways
 
 GROUPS = [
