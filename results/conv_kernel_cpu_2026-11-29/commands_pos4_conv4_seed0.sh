@@ -1,5 +1,5 @@
 set -e
-cd /work/main && source .venv/bin/activate
+# from the repository root, with the package installed
 O=OUT/conv_pos4
 mkdir -p $O
 for k in 4; do
