@@ -42,6 +42,7 @@ LAYER = {  # theirs → ours, under model.layers.N / layers.N, every layer
 ATTENTION = {f"self_attn.{p}_proj.{leaf}": f"mixer.{p}_proj.{leaf}" for p in "qkvo" for leaf in ("weight", "bias")}
 MAMBA = {"mamba.dt_bias": "mixer.dt_bias", "mamba.A_log": "mixer.A_log"}  # per head; the rest is packed below
 LAYER_TYPES = {"attention": "attention", "mamba2": "mamba"}
+NO_LIMIT = 1e30  # time_step_limit's upper end: no clamp
 
 
 def _problem(model) -> str | None:
@@ -141,6 +142,8 @@ def granite_config(model, expand: int | None = None, tokens: dict | None = None)
         # transformers 5.24 cannot cache an all-Mamba GraniteMoeHybrid (its forward asks the cache for a
         # length only attention layers keep): a linear student runs there without a cache (docs/SERVING.md)
         "use_cache": "attention" in cfg.mixers,
+        # no clamp on Δ, written out: mlx-lm's default is (0.001, 100); JSON has no inf, and 1e30 clamps nothing
+        "time_step_limit": [0.0, NO_LIMIT],
         **(tokens or {}),
         "dtype": dtype,
         "torch_dtype": dtype,
@@ -268,7 +271,7 @@ def granite_decoder_config(raw: dict, where: str) -> tuple[DecoderConfig, int]:
     for key in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
         _is(raw, key, 1.0, where, "mmmamba has no such multiplier; only 1 imports")
     limit = raw.get("time_step_limit")
-    if limit is not None and (limit[0] != 0 or limit[1] not in (None, float("inf"))):
+    if limit is not None and (limit[0] != 0 or not (limit[1] is None or limit[1] >= NO_LIMIT)):
         raise MmmambaError(f"{where}: time_step_limit {limit}: mmmamba does not clamp Δ; only (0, inf) imports")
     params = raw.get("rope_parameters") or {}
     if params.get("rope_type", "default") != "default" or (raw.get("rope_scaling") or {}):
