@@ -525,8 +525,15 @@ def distill(
         settings["data_weights"] = {str(d): w for d, w in zip(folders, weights)}
     settings["data_identity"] = data_identity(data_dir)
     lock = RunLock(out) if lead and not dry_run else None
+    refused = None
     if lock is not None:
-        lock.acquire()  # one writer: a second one is refused here, naming this one's PID
+        try:
+            lock.acquire()  # one writer: a second one is refused here, naming this one's PID
+        except MmmambaError as e:
+            lock, refused = None, str(e)
+    refused = comm.broadcast_object(refused)  # every process stops, or every process sees the folder rank 0 made
+    if refused is not None:
+        raise MmmambaError(refused)
     try:
         return _distill(teacher_dir, student_dir, data_dir, out, cfg, settings, comm, device, stop_after, dry_run,
                         progress)  # fmt: skip

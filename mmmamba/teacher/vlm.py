@@ -379,6 +379,11 @@ def tune_vlm_teacher(init_dir, data_dir, text_dirs: list, out, cfg: TuneConfig) 
         **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("device", "eval_every", "val_limit", "pack")},
         "data_identity": [folder_digest(d, DATA_FILES) for d in [Path(data_dir), *text_dirs]],
     }
+    if (out / "config.json").is_file() and not (out / "tune_config.json").is_file():
+        raise MmmambaError(
+            f"--out {out}: holds a model that no `teacher tune` run started (no tune_config.json); its weights "
+            "would be replaced, so tune into a new folder"
+        )
     with RunLock(out):  # one writer; stale temporaries of a killed save are removed
         return _tune(model, init_dir, data_dir, text_dirs, out, cfg, settings)
 
