@@ -104,7 +104,9 @@ def main():
     p.add_argument("--work", required=True, help="folder for the .deb files, unpacked packages, table and corpus")
     p.add_argument("--packages", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
     p.add_argument("--tokenizer", default=None, help="model folder whose tokenizer counts and builds the corpus")
-    p.add_argument("--tokens-per-word", type=float, default=1.4, help="estimate without --tokenizer")
+    p.add_argument(
+        "--tokens-per-word", type=float, default=2.0, help="estimate without --tokenizer (SmolLM2 on python3.11-doc)"
+    )
     p.add_argument("--near-duplicate", type=float, default=0.3)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--count-only", action="store_true", help="write packages.json, build no corpus")
