@@ -36,7 +36,7 @@ FOLDERS = {
     "git-doc": ["usr/share/doc/git-doc"],
     "cmake-doc": ["usr/share/doc/cmake-data/html"],
     "nodejs-doc": ["usr/share/doc/nodejs/api"],
-    "debian-reference-en": ["usr/share/doc/debian-reference-en"],
+    "debian-reference-en": ["usr/share/debian-reference"],
     "gnucash-docs": ["usr/share/doc/gnucash-docs/gnucash-guide-en", "usr/share/doc/gnucash-docs/gnucash-help-en"],
     "rust-doc": [  # the books, not the generated std/core API pages
         f"usr/share/doc/rust-doc/html/{b}"
@@ -104,7 +104,9 @@ def main():
     p.add_argument("--work", required=True, help="folder for the .deb files, unpacked packages, table and corpus")
     p.add_argument("--packages", nargs="+", default=list(FOLDERS), choices=list(FOLDERS))
     p.add_argument("--tokenizer", default=None, help="model folder whose tokenizer counts and builds the corpus")
-    p.add_argument("--tokens-per-word", type=float, default=1.4, help="estimate without --tokenizer")
+    p.add_argument(
+        "--tokens-per-word", type=float, default=2.0, help="estimate without --tokenizer (SmolLM2 on python3.11-doc)"
+    )
     p.add_argument("--near-duplicate", type=float, default=0.3)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--count-only", action="store_true", help="write packages.json, build no corpus")
@@ -119,8 +121,9 @@ def main():
     table_file = work / "packages.json"
     table = json.loads(table_file.read_text()) if table_file.exists() else {}
     for pkg in args.packages:
-        if pkg not in table or (tok is not None and "tokens" not in table[pkg]):
-            table[pkg] = {"folders": [str(f.relative_to(work)) for f in folders[pkg]]}
+        named = [str(f.relative_to(work)) for f in folders[pkg]]
+        if table.get(pkg, {}).get("folders") != named or (tok is not None and "tokens" not in table[pkg]):
+            table[pkg] = {"folders": named}
             table[pkg] |= count(folders[pkg], tok, args.tokens_per_word, args.near_duplicate)
             write_json_atomic(table_file, table)
         print(f"{pkg:<22} {json.dumps({k: v for k, v in table[pkg].items() if k != 'folders'})}", flush=True)
