@@ -1,6 +1,6 @@
 """llama.cpp serves our students as a user would run it (issue 28; not in CI: the build takes long).
 
-    python scripts/check_llama_cpp.py --work /tmp/llama [--model STUDENT] [--site DIR] [--sdist FILE]
+    python recipes/check_llama_cpp.py --work /tmp/llama [--model STUDENT] [--site DIR] [--sdist FILE]
 
 1. builds ``llama-cpp-python`` from its PyPI sdist on the CPU into WORK/site (``--site`` reuses a build;
    ``--sdist`` a downloaded file): it vendors llama.cpp and its ``convert_hf_to_gguf.py``;
@@ -72,8 +72,9 @@ def tiny_students(work: Path, vendor: Path) -> list[Path]:
     import torch
 
     from mmmamba.convert import convert_to_mamba
-    from mmmamba.models import Decoder, DecoderConfig, save_checkpoint
-    from mmmamba.models.gguf import gguf_hf_tokenizer, write_tokenizer
+    from mmmamba.formats import save_checkpoint
+    from mmmamba.formats.gguf import gguf_hf_tokenizer, write_tokenizer
+    from mmmamba.models import Decoder, DecoderConfig
 
     hf = gguf_hf_tokenizer(vendor / "models" / "ggml-vocab-gpt-2.gguf")
     out = []
@@ -118,8 +119,8 @@ def llama_logits(site: Path, gguf: Path, prompts: list[list[int]], new_tokens: i
 def ours(model_dir: Path, prompts: list[list[int]], new_tokens: int):
     import torch
 
+    from mmmamba.formats import load_checkpoint
     from mmmamba.infer import generate
-    from mmmamba.models import load_checkpoint
 
     model = load_checkpoint(model_dir).float().eval()
     with torch.no_grad():
