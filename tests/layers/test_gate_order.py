@@ -168,3 +168,20 @@ def test_official_export_refuses_gate_first(tmp_path):
     student = convert_to_mamba(tiny_teacher(), [], mamba={"gate_order": "gate-first"})
     with pytest.raises(MmmambaError, match="gate order gate-first.*--gate-order norm-first"):
         export_official(student, tmp_path / "out")
+
+
+def test_convert_cli_stores_the_gate_order(tmp_path, capsys):
+    from mmmamba.cli.main import main
+    from mmmamba.data.tokenizer import ByteTokenizer
+
+    save_checkpoint(tiny_teacher().float(), tmp_path / "t", extra=ByteTokenizer().save)
+    for order in ORDERS:
+        out = tmp_path / order
+        assert main(["convert", "--teacher", str(tmp_path / "t"), "--out", str(out), "--gate-order", order]) == 0
+        assert json.loads((out / "config.json").read_text())["mamba"]["gate_order"] == order
+        assert load_checkpoint(out).layers[0].mixer.out_norm.__class__.__name__ == (
+            "GatedHeadNorm" if order == "norm-first" else "GateFirstHeadNorm"
+        )
+    bad = ["convert", "--teacher", str(tmp_path / "t"), "--out", str(tmp_path / "x"), "--gate-order", "last"]
+    assert main(bad) == 2
+    assert "invalid choice" in capsys.readouterr().err
