@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from mmmamba.bench.speed import add_shape_arguments
 from mmmamba.infer.teacher_text import TeacherTextConfig, Writer
 from mmmamba.models import Decoder, DecoderConfig
 
@@ -26,12 +27,7 @@ from mmmamba.models import Decoder, DecoderConfig
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--layers", type=int, default=30)
-    p.add_argument("--hidden", type=int, default=576)
-    p.add_argument("--heads", type=int, default=9)
-    p.add_argument("--kv-heads", type=int, default=3)
-    p.add_argument("--mlp", type=int, default=1536)
-    p.add_argument("--vocab", type=int, default=49152)
+    add_shape_arguments(p, layers=30, hidden=576, heads=9, kv_heads=3, mlp=1536, vocab=49152)  # SmolLM2-135M's
     p.add_argument("--batch-sizes", default="256,512,1024,2048")
     p.add_argument("--prefix-tokens", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=192)

@@ -23,6 +23,7 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from mmmamba.bench.speed import add_shape_arguments
 from mmmamba.convert import convert_to_mamba
 from mmmamba.data.conversations import Batch
 from mmmamba.distill.stages import STAGES, select_trainable, stage_loss
@@ -34,12 +35,7 @@ from mmmamba.training.optim import NonFiniteGuard, make_adamw
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--layers", type=int, default=30)
-    p.add_argument("--hidden", type=int, default=576)
-    p.add_argument("--heads", type=int, default=9)
-    p.add_argument("--kv-heads", type=int, default=3)
-    p.add_argument("--mlp", type=int, default=1536)
-    p.add_argument("--vocab", type=int, default=49152)
+    add_shape_arguments(p, layers=30, hidden=576, heads=9, kv_heads=3, mlp=1536, vocab=49152)  # SmolLM2-135M's
     p.add_argument("--rows", type=int, default=64, help="samples per step, packed into one row")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per sample")
     p.add_argument("--steps", type=int, default=8, help="timed steps (after 2 warm-up steps)")
