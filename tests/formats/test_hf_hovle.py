@@ -357,7 +357,7 @@ def test_students_keep_every_layers_settings_through_save_load_and_export(tmp_pa
 
 
 def test_static_decode_equals_forward_with_stacks_of_their_own(tmp_path):
-    from tests.test_decode import decode_both_ways
+    from tests.infer.test_decode import decode_both_ways
 
     write_hovle(tmp_path, embedding_overrides=OWN_ALL)
     teacher = mmmamba.from_pretrained(tmp_path).double()
