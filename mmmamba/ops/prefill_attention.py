@@ -82,22 +82,21 @@ def _attention_lse(q: Tensor, k: Tensor, v: Tensor, causal: bool, key_mask: Tens
             tri = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
             mask = tri if mask is None else mask & tri
         return attention_lse_reference(q, k, v, mask)
-    if key_mask is None:
-        if q.device.type == "cpu":  # the CPU kernel reads batch and head strides wrongly: cache slices are copied
-            q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-            return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, scale=scale)
-        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)[:2]
-    bias = _key_bias(key_mask, q, k.shape[2])
-    if q.device.type == "cpu":
+    bias = None if key_mask is None else _key_bias(key_mask, q, k.shape[2])
+    if q.device.type == "cpu":  # the CPU kernel reads batch and head strides wrongly: cache slices are copied
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, 0.0, causal, attn_mask=bias, scale=scale
         )
+    elif bias is None:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False, scale=scale)[:2]
     else:
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
             q, k, v, bias, True, 0.0, causal, scale=scale
         )[:2]
         lse = lse[..., : q.shape[2]]  # the kernel pads lse's length to its block size
+    if key_mask is None:
+        return out, lse
     # a query that sees no key: the kernels disagree on its lse (0, −inf); make it −inf
     seen = key_mask[:, :, 0, :]  # (b, 1, S)
     seen = seen.cumsum(-1)[..., : q.shape[2]] > 0 if causal else seen.any(-1, keepdim=True)
