@@ -183,7 +183,7 @@ def measure_hf(model, context: int, args) -> dict:
 
     row["decode_ms"] = cuda_time_ms(lambda: step(token), warmup=args.warmup, iters=args.decode_steps)
     row["tokens_per_s"] = tokens_per_s(step, token, args.new_tokens)
-    row["cache_bytes"] = 2 * args.layers * context * args.kv_heads * (args.hidden // args.heads) * 2  # K and V, bf16
+    row["cache_bytes"] = hf_cache_bytes(args, context)
     row["peak_gb"] = torch.cuda.max_memory_allocated() / 1e9
     return row
 
@@ -346,10 +346,15 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def hf_cache_bytes(args, context: int) -> int:
+    """One row of transformers' KV cache at ``context``: K and V, bf16, every layer."""
+    return 2 * args.layers * context * args.kv_heads * (args.hidden // args.heads) * 2
+
+
 def batch_row_bytes(model, name: str, context: int, args) -> int:
     """Cache bytes of one row at ``context``: what each more row of the batch costs."""
     if name == "hf":
-        return 2 * args.layers * context * args.kv_heads * (args.hidden // args.heads) * 2  # K and V, bf16
+        return hf_cache_bytes(args, context)
     return kv_bytes(model.make_cache(1, context + 64))
 
 
