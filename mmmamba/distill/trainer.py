@@ -6,6 +6,7 @@ Output folder:
   after_stage{S}/      complete student checkpoint after stage S (every parameter, tokenizer, manifest)
   train_state.pt       in-progress stage: student, optimizer, step, RNG, skip counters (resumes exactly)
   log.csv, loss.png    per-step training loss and periodic validation loss
+  val.csv              stage 3's validations: KL, student and teacher perplexity, against tokens seen
 
 Crash safety: every file is written under a temporary name and renamed; ``after_stage{S}`` is
 written complete (tokenizer included) into a temporary folder and renamed into place, and only
@@ -69,9 +70,10 @@ from ..training.state import (
     save_state,
 )
 from .auto_keep import RANKS, apply_auto_keep
-from .losses import mamba_layers
+from .losses import kl_to_teacher, mamba_layers
 from .stages import STAGES, StageConfig, select_trainable
 from .stages import stage_loss as _stage_loss
+from .validation import ValLog, target_nll, tokens_logged
 
 MAX_STEPS = 10_000_000
 SHAPE_FIELDS = (
@@ -588,6 +590,7 @@ def _distill(teacher_dir, student_dir, data_dir, out: Path, cfg, settings, comm,
     teacher, tok, train, val = prep.teacher.to(device), prep.tok, prep.train, prep.val
     val = [b.to(device) for b in val]
     logger = Logger(out) if lead else None
+    val_log = ValLog(out) if lead else None
     done_steps = 0
 
     student_src, last_good = Path(student_dir), str(student_dir)
@@ -645,6 +648,7 @@ def _distill(teacher_dir, student_dir, data_dir, out: Path, cfg, settings, comm,
                 set_optimizer_state_dict(student, opt, osd, options=StateDictOptions(full_state_dict=True))
         if lead:
             logger.truncate(stage_id, start)
+            val_log.truncate(stage_id, start)
         guard = NonFiniteGuard(
             f"stage {stage_id}", cfg.max_bad_steps, extra.get("skipped", 0), extra.get("in_a_row", 0)
         )
@@ -673,7 +677,7 @@ def _distill(teacher_dir, student_dir, data_dir, out: Path, cfg, settings, comm,
 
         def after_step(r: StepReport) -> bool:
             nonlocal done_steps
-            val_loss = None
+            val_loss = fit = None
             if r.step % cfg.eval_every == 0 or r.step == steps:  # noqa: B023
                 student.eval()  # noqa: B023
                 with torch.no_grad(), autocast:  # noqa: B023
@@ -681,8 +685,11 @@ def _distill(teacher_dir, student_dir, data_dir, out: Path, cfg, settings, comm,
                     if layer_mode:  # noqa: B023 - each process holds its layers' share of the loss
                         losses = [comm.sum(v.detach().reshape(1)) for v in losses]
                     val_loss = sum(float(v) for v in losses) / len(val)
+                    fit = target_nll(teacher, student, val) if stage.loss is kl_to_teacher else None  # noqa: B023
             if lead:
                 logger.row(stage_id, r.step, r.lr, r.loss if r.good else None, val_loss, r.tokens, r.seconds)  # noqa: B023
+                if val_loss is not None and fit is not None:
+                    val_log.add(stage_id, r.step, tokens_logged(logger.path), val_loss, fit)  # noqa: B023
             done_steps += 1
             stop = stop_after is not None and done_steps >= stop_after
             if val_loss is not None or stop:

@@ -116,6 +116,38 @@ def test_kill_and_resume_equals_uninterrupted(setup, tmp_path):
     assert len(log) == 1 + 8 and log[2].split(",")[4] != ""  # one row per step, val at step 2
     assert log[0].endswith(",tokens,seconds")
     assert all(int(r.split(",")[5]) > 0 and float(r.split(",")[6]) > 0 for r in log[1:])  # tokens/s per stage
+    # stage 3's validations, with the tokens seen over both stages; the resumed run's curve is the same
+    full_val, cut_val = ((tmp_path / d / "val.csv").read_text().splitlines() for d in ("full", "cut"))
+    assert [r.split(",")[:3] for r in full_val] == [r.split(",")[:3] for r in cut_val]
+    assert full_val[0].split(",") == ["stage", "step", "tokens_seen", "val_kl", "val_nll", "teacher_val_nll",
+                                      "val_ppl_ratio"]  # fmt: skip
+    tokens = [int(r.split(",")[5]) for r in log[1:]]
+    assert [r.split(",")[:3] for r in full_val[1:]] == [["3", "2", str(sum(tokens[:6]))], ["3", "4", str(sum(tokens))]]
+
+
+def test_target_nll_is_each_models_mean_target_cross_entropy(setup):
+    import math
+
+    import torch.nn.functional as F
+
+    from mmmamba.distill.validation import target_nll
+
+    import copy
+
+    _, shared, batch = setup
+    teacher = copy.deepcopy(shared).double()  # the module's fixture stays float32
+    student = convert_to_mamba(teacher, [1]).double()
+    fit = target_nll(teacher, student, [batch, batch])
+
+    def mean_ce(model):  # every target once, by hand: position t predicts token t + 1
+        logits = model(batch.input_ids, batch.pixel_values).logits[:, :-1]
+        target = batch.loss_mask[:, 1:].bool()
+        return float(F.cross_entropy(logits[target], batch.input_ids[:, 1:][target]))
+
+    with torch.no_grad():
+        s, t = mean_ce(student), mean_ce(teacher)
+    assert math.isclose(fit["val_nll"], s, rel_tol=1e-9) and math.isclose(fit["teacher_val_nll"], t, rel_tol=1e-9)
+    assert math.isclose(fit["val_ppl_ratio"], math.exp(s - t), rel_tol=1e-9)
 
 
 def test_ssd_backend_is_checked_and_may_change_on_resume(setup, tmp_path):

@@ -1,0 +1,71 @@
+"""What a run's validation records beside the stage loss: in stages that match the teacher's
+next-token distribution, the student's and the teacher's perplexity on the validation targets.
+
+``val.csv`` (one row per validation of such a stage) gives the curves against tokens seen:
+``tokens_seen`` counts every real token trained on so far, over all stages of the run.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import torch
+
+from ..io import write_text_atomic
+from ..training.losses import next_token_loss
+
+VAL_COLUMNS = ("stage", "step", "tokens_seen", "val_kl", "val_nll", "teacher_val_nll", "val_ppl_ratio")
+
+
+@torch.no_grad()
+def target_nll(teacher, student, batches) -> dict[str, float]:
+    """Mean next-token NLL of the student and of the teacher over the batches' target tokens, and the
+    ratio of their perplexities (exp of the NLL difference)."""
+    s_sum = t_sum = 0.0
+    count = 0
+    for b in batches:
+        weight = b.loss_mask.float()  # each target counts once: ce_rows then returns a sum
+        s_sum += float(next_token_loss(student, b.input_ids, b.pixel_values, b.loss_mask, weight=weight))
+        t_sum += float(next_token_loss(teacher, b.input_ids, b.pixel_values, b.loss_mask, weight=weight))
+        count += int(b.loss_mask[:, 1:].sum())
+    count = max(count, 1)
+    s, t = s_sum / count, t_sum / count
+    return {"val_nll": s, "teacher_val_nll": t, "val_ppl_ratio": math.exp(s - t)}
+
+
+class ValLog:
+    """``val.csv`` in a run folder: written whole on every change (atomic), truncated on resume."""
+
+    def __init__(self, out: Path):
+        self.path = out / "val.csv"
+
+    def rows(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return list(csv.DictReader(self.path.open()))
+
+    def _write(self, rows: list[dict]) -> None:
+        lines = [",".join(VAL_COLUMNS)] + [",".join(str(r[c]) for c in VAL_COLUMNS) for r in rows]
+        write_text_atomic(self.path, "\n".join(lines) + "\n")
+
+    def truncate(self, stage: int, step: int) -> None:
+        """Forget rows past (stage, step): the steps a resumed run will take again."""
+        rows = self.rows()
+        keep = [r for r in rows if (int(r["stage"]), int(r["step"])) <= (stage, step)]
+        if len(keep) != len(rows):
+            self._write(keep)
+
+    def add(self, stage: int, step: int, tokens_seen: int, val_kl: float, fit: dict[str, float]) -> None:
+        row = {"stage": stage, "step": step, "tokens_seen": tokens_seen, "val_kl": f"{val_kl:.6g}"}
+        row |= {k: f"{v:.6g}" for k, v in fit.items()}
+        self._write(self.rows() + [row])
+
+
+def tokens_logged(log_csv: Path) -> int:
+    """Real tokens trained on so far: the sum of a run log's per-step ``tokens``."""
+    if not log_csv.is_file():
+        return 0
+    with log_csv.open() as f:
+        return sum(int(r["tokens"]) for r in csv.DictReader(f) if r.get("tokens"))
