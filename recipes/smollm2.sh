@@ -8,7 +8,7 @@
 #   GGUF=path/to/model.gguf ...      # another GGUF; CONVERT_ARGS="--gate-order gate-first" (every student)
 #   SSD=torch|fla|auto (the training scan), MICRO=32 (samples per forward), PROMPTS=2000 (self-distill prompts)
 #   TT_ROWS=16000 TT_PER_PROMPT=2 (teacher-written text: rows from corpus prefixes, samples per prompt; 0 = none)
-#   STOP_AFTER=data stops once the teacher and every data set exist
+#   STOP_AFTER=data stops once the teacher and every data set exist; STOP_AFTER=distill once the students are distilled
 #
 # Data: the teacher's greedy answers to prompts made from the text corpus's train split (the chat set),
 # text the teacher writes at temperature 1 / top-p 0.95 from train-split prefixes and those prompts
@@ -69,7 +69,7 @@ for line in open(f"{text_dir}/train.jsonl", encoding="utf-8"):
         elif 200 <= len(p) <= 700 and ">>>" not in p:
             passages.append(p)
 rng = random.Random(0)
-prompts = [f"Explain {h} in Python, briefly." for h in sorted(heads) if len(h) > 3]
+prompts = [f"Explain {h}, briefly." for h in sorted(heads) if len(h) > 3]
 prompts += [f"Summarize this in two sentences:\n{p}" for p in rng.sample(passages, min(n_prompts // 3, len(passages)))]
 rng.shuffle(prompts)
 with open(f"{r}/prompts.txt", "w", encoding="utf-8") as f:
@@ -101,6 +101,7 @@ for spec in $STUDENTS; do
     --lr-scale "$LR_SCALE" --ssd-backend "$SSD" --eval-every "$EVAL_EVERY" 2>&1 | tee -a "$R/$name/distill.log"
   echo "$name distill wall time: $(( $(date +%s) - start )) s" | tee -a "$R/$name/distill.log"
 done
+[ "${STOP_AFTER:-}" != distill ] || exit 0  # STOP_AFTER=distill: no evaluation yet
 
 # 5. evaluate teacher and students side by side: held-out chat prompts (agreement with the teacher's greedy
 #    answers) and held-out real text (perplexity, KL(teacher || model), cloze multiple choice)
