@@ -10,6 +10,7 @@ import torch
 
 from mmmamba.bench import report as bench_report
 from mmmamba.bench import scan, speed
+from mmmamba.cli import formats as cli_formats
 from mmmamba.cli import main as cli
 from mmmamba.cli.main import main
 from mmmamba.convert import convert_to_mamba
@@ -113,7 +114,7 @@ def test_interrupt_of_a_command_with_nothing_to_resume_does_not_promise_a_resume
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_info", interrupted)
+    monkeypatch.setattr(cli_formats, "cmd_info", interrupted)
     assert main(["info", "--model", str(world / "teacher")]) == 130
     assert "resume" not in capsys.readouterr().err
 

@@ -11,10 +11,11 @@ import torch
 
 from mmmamba.cli.main import main
 from mmmamba.convert import convert_to_mamba
+from mmmamba.data.granite_tokenizer import write_granite_tokenizer
 from mmmamba.data.tokenizer import ByteTokenizer, load_tokenizer
 from mmmamba.errors import MmmambaError
 from mmmamba.formats import load_checkpoint, save_checkpoint
-from mmmamba.formats.granite import export_granite, write_granite_tokenizer
+from mmmamba.formats.granite import export_granite
 from mmmamba.infer import generate
 from mmmamba.models import Decoder, DecoderConfig
 
