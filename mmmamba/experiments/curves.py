@@ -56,12 +56,12 @@ def plot(curves: dict[str, list[dict]], out: Path, targets: dict[str, float]) ->
 
 
 def table(curves: dict[str, list[dict]]) -> str:
-    lines = ["| run | stage-3 step | tokens seen (M) | val ppl / teacher | val KL nats/token |", "|---|---|---|---|---|"]
+    lines = ["| run | stage-3 step | tokens seen (M) | val ppl / teacher | val KL nats/token |"]
+    lines.append("|---|---|---|---|---|")
     for name, rows in curves.items():
-        lines += [
-            f"| {name} | {int(r['step'])} | {r['tokens_seen'] / 1e6:.1f} | {r['val_ppl_ratio']:.3f} | {r['val_kl']:.3f} |"
-            for r in rows
-        ]
+        for r in rows:
+            millions, ratio, kl = r["tokens_seen"] / 1e6, r["val_ppl_ratio"], r["val_kl"]
+            lines.append(f"| {name} | {int(r['step'])} | {millions:.1f} | {ratio:.3f} | {kl:.3f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -126,13 +126,12 @@ def test_kill_and_resume_equals_uninterrupted(setup, tmp_path):
 
 
 def test_target_nll_is_each_models_mean_target_cross_entropy(setup):
+    import copy
     import math
 
     import torch.nn.functional as F
 
     from mmmamba.distill.validation import target_nll
-
-    import copy
 
     _, shared, batch = setup
     teacher = copy.deepcopy(shared).double()  # the module's fixture stays float32
