@@ -15,6 +15,8 @@ import numbers
 
 from .errors import MmmambaError
 
+MAX_STEPS = 10_000_000  # the most optimizer steps any run, stage or phase may take (the one definition)
+
 
 def _show(v) -> str:
     text = repr(v)

@@ -25,9 +25,10 @@ def main():
     from mmmamba.convert import convert_to_mamba
     from mmmamba.data.conversations import collate
     from mmmamba.data.tokenizer import copy_tokenizer
+    from mmmamba.distill.config import DistillConfig
     from mmmamba.distill.losses import layer_errors, teacher_layer_io
+    from mmmamba.distill.prepare import prepare
     from mmmamba.distill.stages import STAGES, select_trainable
-    from mmmamba.distill.trainer import DistillConfig, prepare
     from mmmamba.formats import load_checkpoint, save_checkpoint
     from mmmamba.training.optim import make_adamw, set_lr
 

@@ -268,9 +268,9 @@ def batch_step_ms_hf(model, context: int, args, batch: int) -> float:
 
 
 def train_step(stage, teacher, student, batch, opt) -> None:
-    from ..distill.trainer import DistillConfig, stage_loss
+    from ..distill.stages import stage_loss
 
-    loss = stage_loss(stage, DistillConfig(), teacher, student, batch)
+    loss = stage_loss(stage, teacher, student, batch)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -7,6 +7,7 @@ import argparse
 import math
 from pathlib import Path
 
+from ..checks import MAX_STEPS
 from ..errors import MmmambaError
 
 
@@ -75,7 +76,6 @@ def float_in(low: float, high: float, low_open: bool = False):
     return parse
 
 
-MAX_STEPS = 10_000_000
 COUNT = int_in(1, MAX_STEPS)
 SEED = int_in(0, 2**63 - 1)
 

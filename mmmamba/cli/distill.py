@@ -58,7 +58,8 @@ def add_distill(sub) -> None:
 
 
 def cmd_distill(args) -> None:
-    from ..distill.trainer import DistillConfig, distill
+    from ..distill.config import DistillConfig
+    from ..distill.trainer import distill
     from ..io import human_bytes
 
     try:

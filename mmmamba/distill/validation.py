@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..io import write_text_atomic
 from ..training.losses import next_token_loss
+from ..training.run import RunLog
 
 VAL_COLUMNS = ("stage", "step", "tokens_seen", "val_kl", "val_nll", "teacher_val_nll", "val_ppl_ratio")
 
@@ -35,32 +35,9 @@ def target_nll(teacher, student, batches) -> dict[str, float]:
     return {"val_nll": s, "teacher_val_nll": t, "val_ppl_ratio": math.exp(s - t)}
 
 
-class ValLog:
-    """``val.csv`` in a run folder: written whole on every change (atomic), truncated on resume."""
-
-    def __init__(self, out: Path):
-        self.path = out / "val.csv"
-
-    def rows(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return list(csv.DictReader(self.path.open()))
-
-    def _write(self, rows: list[dict]) -> None:
-        lines = [",".join(VAL_COLUMNS)] + [",".join(str(r[c]) for c in VAL_COLUMNS) for r in rows]
-        write_text_atomic(self.path, "\n".join(lines) + "\n")
-
-    def truncate(self, stage: int, step: int) -> None:
-        """Forget rows past (stage, step): the steps a resumed run will take again."""
-        rows = self.rows()
-        keep = [r for r in rows if (int(r["stage"]), int(r["step"])) <= (stage, step)]
-        if len(keep) != len(rows):
-            self._write(keep)
-
-    def add(self, stage: int, step: int, tokens_seen: int, val_kl: float, fit: dict[str, float]) -> None:
-        row = {"stage": stage, "step": step, "tokens_seen": tokens_seen, "val_kl": f"{val_kl:.6g}"}
-        row |= {k: f"{v:.6g}" for k, v in fit.items()}
-        self._write(self.rows() + [row])
+def val_log(out: Path) -> RunLog:
+    """``val.csv`` of a run folder."""
+    return RunLog(Path(out) / "val.csv", VAL_COLUMNS, key=("stage", "step"))
 
 
 def tokens_logged(log_csv: Path) -> int:

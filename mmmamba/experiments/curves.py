@@ -14,7 +14,7 @@ import argparse
 import io
 from pathlib import Path
 
-from ..distill.validation import ValLog
+from ..distill.validation import val_log
 from ..errors import MmmambaError
 from ..io import write_atomic, write_text_atomic
 
@@ -22,7 +22,7 @@ from ..io import write_atomic, write_text_atomic
 def read_curves(runs: dict[str, Path]) -> dict[str, list[dict]]:
     curves = {}
     for name, folder in runs.items():
-        rows = ValLog(Path(folder)).rows()
+        rows = val_log(Path(folder)).rows()
         if not rows:
             raise MmmambaError(f"{folder}: no val.csv rows (does the run include stage 3 with validation?)")
         curves[name] = [{k: float(v) for k, v in r.items()} for r in rows]

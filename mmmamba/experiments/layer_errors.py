@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 
 from ..distill.auto_keep import layer_fit
-from ..distill.trainer import DistillConfig, prepare
+from ..distill.config import DistillConfig
+from ..distill.prepare import prepare
 
 
 def top(scores: dict[int, float], k: int) -> list[int]:

@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from ..convert.seed import INITS, convert_to_mamba
+from ..distill.config import DistillConfig
+from ..distill.prepare import prepare
 from ..distill.stages import STAGES
-from ..distill.trainer import DistillConfig, prepare
 from ..formats import load_checkpoint, save_checkpoint
 from ..training.losses import masked_kl
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..checks import MAX_STEPS
 from ..data.conversations import collate, encode_sample, read_split
 from ..data.images import ImageProcessor
 from ..data.scenes import CELL, IMAGE_SIZE
@@ -74,8 +75,8 @@ def train_teacher(
     p = PRESETS[preset]
     steps = p.steps if steps is None else steps
     for name, v in (("--steps", steps), ("--eval-every", eval_every)):
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 10_000_000:
-            raise MmmambaError(f"{name} {v}: give a whole number between 1 and 10000000")
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_STEPS:
+            raise MmmambaError(f"{name} {v}: give a whole number between 1 and {MAX_STEPS}")
     out = Path(out)
     check_output_dir(out)
     if (out / "config.json").is_file() and not (out / STATE_FILE).is_file():

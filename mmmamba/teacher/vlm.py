@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..checks import MAX_STEPS
 from ..data.conversations import Batch, Example, collate, encode_sample, pack, read_split
 from ..data.hf_tokenizer import HFTokenizer
 from ..data.images import ImageProcessor
@@ -152,8 +153,8 @@ class TuneConfig:
         for name in ("embed_steps", "all_steps", "batch_size", "text_batch_size", "eval_every", "val_limit"):
             v = getattr(self, name)
             low = 0 if name.endswith("_steps") else 1
-            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= 10_000_000:
-                raise MmmambaError(f"--{name.replace('_', '-')} {v}: give a whole number between {low} and 10000000")
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= MAX_STEPS:
+                raise MmmambaError(f"--{name.replace('_', '-')} {v}: give a whole number between {low} and {MAX_STEPS}")
         for name in ("embed_lr", "all_lr"):
             if not 0 < getattr(self, name) < 1:
                 raise MmmambaError(f"--{name.replace('_', '-')} {getattr(self, name)}: give a rate between 0 and 1")

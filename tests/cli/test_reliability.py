@@ -20,11 +20,13 @@ from mmmamba.convert import convert_to_mamba
 from mmmamba.data.suite import make_suite
 from mmmamba.data.tokenizer import ByteTokenizer, load_tokenizer
 from mmmamba.distill import trainer
-from mmmamba.distill.trainer import DistillConfig, distill
+from mmmamba.distill.config import DistillConfig
+from mmmamba.distill.trainer import distill
 from mmmamba.errors import MmmambaError
 from mmmamba.formats import checkpoint, load_checkpoint, save_checkpoint
 from mmmamba.infer import generate
 from mmmamba.models import Decoder, DecoderConfig, VisionConfig
+from mmmamba.training import run as run_folder
 from mmmamba.training.state import STATE_FILE
 
 
@@ -435,15 +437,15 @@ KILL_POINTS = {
     "tokenizer_copy": (trainer, "copy_tokenizer", 1, False),
     "manifest_then_publish": (checkpoint, "publish_dir", 1, False),
     # right after the stage marker appeared, before train_state.pt is removed
-    "after_stage1_marker": (trainer, "save_checkpoint", 1, True),
-    "after_stage3_marker": (trainer, "save_checkpoint", 2, True),
+    "after_stage1_marker": (run_folder, "save_checkpoint", 1, True),
+    "after_stage3_marker": (run_folder, "save_checkpoint", 2, True),
     # after the state was removed, before the loss plot
     "plot_after_stage1": (trainer, "plot_losses", 1, False),
     # inside a training-state save
     "save_state_first": (trainer, "save_state", 1, False),
     "save_state_in_stage3": (trainer, "save_state", 3, False),
-    "distill_config_write": (trainer, "write_json_atomic", 1, False),
-    "log_truncate": (trainer.Logger, "truncate", 2, False),
+    "distill_config_write": (run_folder, "write_json_atomic", 1, False),
+    "log_truncate": (run_folder.RunLog, "truncate", 2, False),
 }
 
 
@@ -579,8 +581,8 @@ def test_non_finite_steps_are_skipped_counted_and_stop_the_run(world, tmp_path, 
     real = trainer.stage_loss
     calls = {"n": 0}
 
-    def sometimes_nan(stage, cfg, teacher, student, batch):
-        loss = real(stage, cfg, teacher, student, batch)
+    def sometimes_nan(stage, teacher, student, batch):
+        loss = real(stage, teacher, student, batch)
         calls["n"] += 1
         return loss * float("nan") if calls["n"] in (2, 5) and student.training else loss
 

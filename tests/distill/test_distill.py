@@ -10,8 +10,10 @@ from mmmamba.data.conversations import collate, encode_sample, read_jsonl
 from mmmamba.data.images import ImageProcessor
 from mmmamba.data.suite import make_suite
 from mmmamba.data.tokenizer import ByteTokenizer
-from mmmamba.distill.stages import STAGES, select_trainable
-from mmmamba.distill.trainer import DistillConfig, distill, prepare, stage_loss
+from mmmamba.distill.config import DistillConfig
+from mmmamba.distill.prepare import prepare
+from mmmamba.distill.stages import STAGES, select_trainable, stage_loss
+from mmmamba.distill.trainer import distill
 from mmmamba.errors import MmmambaError
 from mmmamba.formats import load_checkpoint
 from mmmamba.models import Decoder, DecoderConfig, VisionConfig
@@ -51,7 +53,7 @@ def one_step(stage_id, teacher, student, batch, lr=1e-2):
     opt = make_adamw(params, stage.optim)
     for g in opt.param_groups:
         g["lr"] = lr
-    loss = stage_loss(stage, DistillConfig(), teacher, student, batch)
+    loss = stage_loss(stage, teacher, student, batch)
     loss.backward()
     opt.step()
     return {n for n, _ in params}, loss.item()

@@ -1,16 +1,16 @@
 """Distillation curves: val.csv rows come back as the table's points, and bad input is one line, exit 2."""
 
-from mmmamba.distill.validation import ValLog
+from mmmamba.distill.validation import val_log
 from mmmamba.experiments.curves import main
 
 
 def test_curves_table_and_plot_from_val_csv(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    log = ValLog(run)
-    log.add(3, 100, 2_500_000, 0.7, {"val_nll": 2.9, "teacher_val_nll": 2.2, "val_ppl_ratio": 2.01})
-    log.add(3, 200, 5_000_000, 0.6, {"val_nll": 2.7, "teacher_val_nll": 2.2, "val_ppl_ratio": 1.65})
-    log.add(3, 300, 7_500_000, 0.5, {"val_nll": 2.6, "teacher_val_nll": 2.2, "val_ppl_ratio": 1.49})
+    log = val_log(run)
+    log.add(3, 100, 2_500_000, 0.7, 2.9, 2.2, 2.01)
+    log.add(3, 200, 5_000_000, 0.6, 2.7, 2.2, 1.65)
+    log.add(3, 300, 7_500_000, 0.5, 2.6, 2.2, 1.49)
     log.truncate(3, 200)  # a resume from step 200 forgets step 300
     assert main(["--runs", f"s={run}", "--out", str(tmp_path / "c.png"), "--table", str(tmp_path / "c.md"),
                  "--target", "s=1.25"]) == 0  # fmt: skip

@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 
 from mmmamba.convert import convert_to_mamba
 from mmmamba.data.suite import make_suite
-from mmmamba.distill.trainer import DistillConfig, distill
+from mmmamba.distill.config import DistillConfig
+from mmmamba.distill.trainer import distill
 from mmmamba.formats import load_checkpoint
 from mmmamba.training.parallel import layer_owners
 
@@ -108,11 +109,11 @@ def test_weights_moved(runs):
 
 def test_packed_micro_batches_keep_every_sample_and_rows_within_the_limit():
     from mmmamba.data.conversations import Example
-    from mmmamba.distill.trainer import _micro_batches
+    from mmmamba.distill.trainer import micro_batches
 
     examples = [Example(list(range(1, n + 1)), [False] * n, None) for n in (5, 9, 3, 7, 2)]
     cfg = DistillConfig(pack=True, micro_batch=4)
-    rows = _micro_batches(examples, [0, 1, 2, 3, 4], cfg, 0, "cpu", limit=12)
+    rows = micro_batches(examples, [0, 1, 2, 3, 4], cfg, 0, "cpu", limit=12)
     assert [r.input_ids.shape[1] for r in rows] == [5, 12, 7, 2]  # [0], [1, 2], [3], then the next micro-batch [4]
     assert [r.cu_seqlens.tolist() for r in rows] == [[0, 5], [0, 9, 12], [0, 7], [0, 2]]
 

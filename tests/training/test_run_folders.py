@@ -199,17 +199,17 @@ def distill_args(world, run, data):
 
 
 def test_a_resume_with_other_data_is_refused(world, tmp_path, capsys, monkeypatch):
-    from mmmamba.distill import trainer
+    from mmmamba.training import run as run_folder
 
     run = tmp_path / "run"
-    real = trainer.save_checkpoint
+    real = run_folder.save_checkpoint
 
     def killed_before_stage_2(model, path, *a, **k):
         if path.name == "after_stage2":
             raise KeyboardInterrupt
         return real(model, path, *a, **k)
 
-    monkeypatch.setattr(trainer, "save_checkpoint", killed_before_stage_2)
+    monkeypatch.setattr(run_folder, "save_checkpoint", killed_before_stage_2)
     assert main(distill_args(world, run, world / "data")) == 130
     monkeypatch.undo()
     err = refused(distill_args(world, run, world / "data2"), capsys, run)

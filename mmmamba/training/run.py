@@ -1,0 +1,173 @@
+"""A training run's folder, one implementation for every trainer (distillation, teacher training, teacher
+tuning): the settings it started with, its CSV log and plot, the checkpoints it publishes, and what is
+finished and what is pending.
+
+    run = RunFolder(out, settings_file="distill_config.json")
+    log = run.log("log.csv", COLUMNS, key=("stage", "step"))
+    with run:                               # one writer: a second process is refused, naming the holder
+        run.check_settings(settings)        # a rerun with other settings or data is refused, before any work
+        run.save_settings(settings)
+        if not run.finished("stage1"):
+            ...                             # train, ``log.add(...)``, save the training state
+            run.publish("stage1", model, extra=copy_tokenizer)   # after_stage1/, written whole then renamed
+
+Every write is atomic (``io.py``); a kill at any point leaves a folder that the same command resumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..errors import MmmambaError
+from ..formats import save_checkpoint
+from ..io import RunLock, read_json, recover_dir, write_atomic, write_json_atomic, write_text_atomic
+
+
+class RunLog:
+    """A run's CSV log at ``path``: ``columns``, one row per step (or validation). The ``key`` columns
+    (whole numbers) order the rows, so that a resume can forget the rows past the step it resumes from."""
+
+    def __init__(self, path, columns: Sequence[str], key: Sequence[str] = ("step",)):
+        self.path, self.columns, self.key = Path(path), tuple(columns), tuple(key)
+
+    def start(self) -> None:
+        """Create the log with its header, unless it exists."""
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.path, ",".join(self.columns) + "\n")
+
+    def rows(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        with self.path.open() as f:
+            return list(csv.DictReader(f))
+
+    def truncate(self, *upto: int) -> None:
+        """Forget rows whose key is past ``upto``: the steps a resumed run will take again."""
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        header = lines[0].rstrip("\n").split(",") if lines else []
+        at = [header.index(k) for k in self.key if k in header]
+        keep = lines[:1] + [line for line in lines[1:] if _key(line, at) <= tuple(upto)]
+        if len(keep) != len(lines):
+            write_text_atomic(self.path, "".join(keep))
+
+    def add(self, *values) -> None:
+        """Append one row, values in column order (None is written empty; floats to 6 significant digits)."""
+        self.start()
+        with self.path.open("a") as f:
+            csv.writer(f).writerow([_cell(v) for v in values])
+
+
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def write_figure(path, fig) -> None:
+    """A matplotlib figure as a PNG, written atomically, then closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(Path(path), lambda p: p.write_bytes(buf.getvalue()))
+
+
+class RunFolder:
+    """The folder ``out`` of one run. ``what`` names the run in messages ("run", "teacher run")."""
+
+    def __init__(self, out, settings_file: str, what: str = "run"):
+        self.out = Path(out)
+        self.settings_file = self.out / settings_file
+        self.what = what
+        self._lock: RunLock | None = None
+
+    # one writer -------------------------------------------------------------------------------------
+    def __enter__(self) -> RunFolder:
+        self._lock = RunLock(self.out).acquire()  # also removes temporaries a killed writer left
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # settings ---------------------------------------------------------------------------------------
+    def check_settings(self, settings: dict, has_work: bool | None = None) -> None:
+        """Refuse a folder that holds a run started with other settings or on other data. An unreadable
+        settings file is refused only when the folder holds work (else it is simply rewritten)."""
+        f = self.settings_file
+        if not f.exists():
+            return
+        try:
+            old = read_json(f, "run settings file")
+        except MmmambaError as e:
+            if self.has_work() if has_work is None else has_work:
+                raise MmmambaError(
+                    f"{e}; the run folder holds finished work, so restore the file or use a new --out"
+                ) from None
+            return
+        old.setdefault("data_identity", settings.get("data_identity"))  # a run recorded before data identities
+        if old == settings:
+            return
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff == ["data_identity"]:
+            raise MmmambaError(
+                f"{self.out}: holds a {self.what} on other data (the data files differ from the ones it started "
+                f"with, {f.name}); resume with the same data or use a new --out"
+            )
+        raise MmmambaError(
+            f"{self.out}: holds a {self.what} with other settings ({', '.join(diff)} differ in {f.name}); "
+            "use the same settings or a new --out"
+        )
+
+    def save_settings(self, settings: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.settings_file, settings, digits=None)
+
+    # finished and pending ---------------------------------------------------------------------------
+    def part(self, name: str) -> Path:
+        """The folder a finished part of the run is published to: ``after_<name>``."""
+        return self.out / f"after_{name}"
+
+    def finished(self, name: str) -> bool:
+        return (self.part(name) / "config.json").is_file()
+
+    def recover(self, names: Sequence[str]) -> None:
+        """Finish or undo publishing interrupted by a kill (the lock holder only)."""
+        for name in names:
+            recover_dir(self.part(name))
+
+    def has_work(self) -> bool:
+        """Anything a rerun would lose: a published part or a pending training state."""
+        return any(self.out.glob("after_*")) or any(self.out.glob("train_state*")) or any(self.out.glob("state_*"))
+
+    def publish(self, name: str, model, extra: Callable[[Path], None] | None = None) -> Path:
+        """Write the model whole into ``after_<name>`` (tokenizer and all, via ``extra``), then rename it in."""
+        folder = self.part(name)
+        save_checkpoint(model, folder, extra=extra)
+        return folder
+
+    def log(self, name: str, columns: Sequence[str], key: Sequence[str] = ("step",)) -> RunLog:
+        """One of the run's CSV logs (``log.csv``, ``val.csv``, …)."""
+        return RunLog(self.out / name, columns, key)
+
+
+def _key(line: str, at: list[int]) -> tuple:
+    fields = line.rstrip("\n").split(",")
+    try:
+        return tuple(_number(fields[i]) for i in at)
+    except (IndexError, ValueError):
+        return ()
+
+
+def _number(text: str) -> int:
+    return int(text)
