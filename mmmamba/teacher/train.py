@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +17,13 @@ from ..data.tokenizer import ByteTokenizer
 from ..errors import MmmambaError
 from ..evaluation.tasks import predict, score
 from ..formats import save_checkpoint
-from ..io import RunLock, check_free_space, check_output_dir, folder_digest, write_text_atomic
+from ..io import check_free_space, check_output_dir, folder_digest
 from ..models import Decoder, DecoderConfig, VisionConfig
 from ..training.loop import StepReport, train_loop
 from ..training.losses import next_token_loss
 from ..training.optim import NonFiniteGuard, OptimConfig, make_adamw
-from ..training.state import STATE_FILE, batch_indices, load_state, save_state
+from ..training.run import RunFolder
+from ..training.state import STATE_FILE, batch_indices, load_state, read_state, save_state
 
 
 @dataclass
@@ -84,11 +84,15 @@ def train_teacher(
             f"--out {out}: holds a finished model without a training state (nothing to resume); "
             "train into a new folder"
         )
-    with RunLock(out):  # one writer; stale temporaries of a killed save are removed
-        return _train_teacher(p, preset, data, out, seed, steps, eval_every, device, max_train, allow_outside)
+    with RunFolder(out, "train_config.json", what="teacher run") as run:  # one writer
+        return _train_teacher(run, p, preset, data, seed, steps, eval_every, device, max_train, allow_outside)
 
 
-def _train_teacher(p, preset, data, out: Path, seed, steps, eval_every, device, max_train, allow_outside) -> dict:
+LOG_COLUMNS = ("step", "lr", "loss", "val_accuracy")
+
+
+def _train_teacher(run: RunFolder, p, preset, data, seed, steps, eval_every, device, max_train, allow_outside) -> dict:
+    out = run.out
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     tok = ByteTokenizer(image_tokens=(IMAGE_SIZE // CELL) ** 2)
@@ -110,25 +114,16 @@ def _train_teacher(p, preset, data, out: Path, seed, steps, eval_every, device, 
         encode_sample(s, tok, images, limit)  # every validation image readable before the first step
     settings = {"preset": preset, "steps": steps, "seed": seed, "batch_size": p.batch_size, "n_train": len(train)}
     settings["data_identity"] = folder_digest(data, ("train.jsonl", "val.jsonl", "suite.json"))
+    if not run.settings_file.exists() and (old := read_state(out)) is not None and old["extra"]:
+        run.save_settings(old["extra"])  # a run from before train_config.json kept its settings in the state
+    run.check_settings(settings)
     resumed = load_state(out, model, opt, steps)
     start = 0 if resumed is None else resumed[0]
-    if resumed is not None:
-        resumed[1].setdefault("data_identity", settings["data_identity"])  # a state from before data identities
-    if resumed is not None and resumed[1] != settings and {**resumed[1], "data_identity": None} == {
-        **settings, "data_identity": None
-    }:
-        raise MmmambaError(
-            f"{out}: holds a run on other data (--data {data} differs from the data it started with); "
-            "resume with the same --data or train into a new --out"
-        )
-    if resumed is not None and resumed[1] != settings:
-        raise MmmambaError(
-            f"{out}: holds a run started with {resumed[1]}, not {settings}; use the same settings or a new --out"
-        )
-    log_path = out / "train_log.csv"
-    if start == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(log_path, "step,lr,loss,val_accuracy\n")
+    run.save_settings(settings)
+    log = run.log("train_log.csv", LOG_COLUMNS)
+    if start == 0 and log.path.exists():
+        log.path.unlink()  # a fresh start: the rows of a run that never saved a state go
+    log.start()
     report = {}
     guard = NonFiniteGuard(f"teacher {preset}")
     t0 = time.time()
@@ -146,8 +141,7 @@ def _train_teacher(p, preset, data, out: Path, seed, steps, eval_every, device, 
                 f"step {r.step}: loss {r.loss:.4f}, val accuracy {report['mean_accuracy']:.3f} "
                 f"{ {k: round(v, 2) for k, v in report['per_family'].items()} }"
             )
-            with log_path.open("a") as f:
-                csv.writer(f).writerow([r.step, f"{r.lr:.3e}", f"{r.loss:.5f}", f"{report['mean_accuracy']:.4f}"])
+            log.add(r.step, f"{r.lr:.3e}", f"{r.loss:.5f}", f"{report['mean_accuracy']:.4f}")
             save_state(out, model, opt, r.step, settings)
         return False
 

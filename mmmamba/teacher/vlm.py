@@ -13,7 +13,6 @@ suite's test accuracy and the text perplexity before and after.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -36,11 +35,12 @@ from ..evaluation.tasks import predict, score
 from ..formats import load_checkpoint, save_checkpoint
 from ..formats.checkpoint import check_fits
 from ..formats.gguf import write_tokenizer
-from ..io import RunLock, check_output_dir, folder_digest, read_json, write_json_atomic, write_text_atomic
+from ..io import check_output_dir, folder_digest, read_json, write_json_atomic
 from ..models import Decoder, VisionConfig
 from ..training.loop import StepReport, train_loop
 from ..training.losses import masked_ce, next_token_loss
 from ..training.optim import NonFiniteGuard, OptimConfig, make_adamw
+from ..training.run import RunFolder, RunLog
 from ..training.state import batch_indices, load_state, save_state
 
 VOCAB_TABLES = ("embed_tokens.weight", "lm_head.weight")
@@ -292,8 +292,9 @@ def piece_loss(model: Decoder, piece: WeightedBatch) -> torch.Tensor:
     return piece.weight * next_token_loss(model, b.input_ids, b.pixel_values, b.loss_mask, b.loss_mask[:, 1:].sum())
 
 
-def _run_phase(model, tok, data: TuneData, phase: TunePhase, cfg: TuneConfig, out: Path, log: Path) -> None:
+def _run_phase(run: RunFolder, log: RunLog, model, tok, data: TuneData, phase: TunePhase, cfg: TuneConfig) -> None:
     """Train one phase into ``out/state_<name>`` (resumable) and write ``out/after_<name>``."""
+    out = run.out
     device, state_dir = cfg.device, out / f"state_{phase.name}"
     params = _set_trainable(model, phase)
     optim = OptimConfig(lr=phase.lr)
@@ -314,8 +315,7 @@ def _run_phase(model, tok, data: TuneData, phase: TunePhase, cfg: TuneConfig, ou
                 f"{phase.name} step {r.step}: loss {r.loss:.4f}, val accuracy {acc:.3f} "
                 f"(lowest: {lowest} {families[lowest]:.3f}), text val ppl {ppl}"
             )
-            with log.open("a") as f:
-                csv.writer(f).writerow([phase.name, r.step, f"{r.lr:.3e}", f"{r.loss:.5f}", f"{acc:.4f}", ppl or ""])
+            log.add(phase.name, r.step, f"{r.lr:.3e}", f"{r.loss:.5f}", f"{acc:.4f}", ppl or "")
             with (out / "tune_val_families.jsonl").open("a") as f:  # per family: levers chosen on val, not test
                 f.write(json.dumps({"phase": phase.name, "step": r.step, "per_family": families}) + "\n")
             save_state(state_dir, model, opt, r.step)
@@ -337,30 +337,11 @@ def _run_phase(model, tok, data: TuneData, phase: TunePhase, cfg: TuneConfig, ou
         train_mode=model.train,
     )
     model.eval()
-    save_checkpoint(model, out / f"after_{phase.name}", extra=_tokenizer_writer(tok))
+    run.publish(phase.name, model, extra=_tokenizer_writer(tok))
 
 
 def _tokenizer_writer(tok: ChatTokenizer):
     return tok.save if isinstance(tok, ByteTokenizer) else (lambda folder: write_tokenizer(tok.hf, folder))
-
-
-def _check_settings(f: Path, settings: dict) -> None:
-    """A run folder continues only with the settings it was started with (finished phases are reused)."""
-    if not f.is_file():
-        return
-    old = read_json(f, "run settings file")
-    old.setdefault("data_identity", settings.get("data_identity"))  # a run recorded before data identities
-    if old != settings:
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if diff == ["data_identity"]:
-            raise MmmambaError(
-                f"{f.parent}: holds a teacher run on other data (the files of --data / --text differ from the "
-                "ones it started with); resume with the same data or use a new --out"
-            )
-        raise MmmambaError(
-            f"{f.parent}: holds a teacher run with other settings ({', '.join(diff)} differ in {f.name}); "
-            "use the same settings or a new --out"
-        )
 
 
 def tune_vlm_teacher(init_dir, data_dir, text_dirs: list, out, cfg: TuneConfig) -> dict:
@@ -385,37 +366,38 @@ def tune_vlm_teacher(init_dir, data_dir, text_dirs: list, out, cfg: TuneConfig) 
             f"--out {out}: holds a model that no `teacher tune` run started (no tune_config.json); its weights "
             "would be replaced, so tune into a new folder"
         )
-    with RunLock(out):  # one writer; stale temporaries of a killed save are removed
-        return _tune(model, init_dir, data_dir, text_dirs, out, cfg, settings)
+    with RunFolder(out, "tune_config.json", what="teacher run") as run:  # one writer
+        return _tune(run, model, init_dir, data_dir, text_dirs, cfg, settings)
 
 
 DATA_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "corpus.json", "suite.json", "meta.json")
 
 
-def _tune(model, init_dir, data_dir, text_dirs, out: Path, cfg: TuneConfig, settings: dict) -> dict:
-    _check_settings(out / "tune_config.json", settings)  # before the data's long encode, as the finished check
+LOG_COLUMNS = ("phase", "step", "lr", "loss", "val_accuracy", "text_val_ppl")
+
+
+def _tune(run: RunFolder, model, init_dir, data_dir, text_dirs, cfg: TuneConfig, settings: dict) -> dict:
+    out = run.out
+    run.check_settings(settings)  # before the data's long encode, as the finished check
     if (out / "teacher_report.json").is_file():  # written last: the run is finished
         print(f"{out}: finished already; its report is {out / 'teacher_report.json'}")
         return read_json(out / "teacher_report.json", "teacher_report.json")
     tok = load_tokenizer(init_dir)
     data = load_tune_data(data_dir, text_dirs, tok, model, cfg)
     model.to(cfg.device)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "tune_config.json", settings, digits=None)
-    log = out / "tune_log.csv"
-    if not log.is_file():
-        write_text_atomic(log, "phase,step,lr,loss,val_accuracy,text_val_ppl\n")
+    run.save_settings(settings)
+    log = run.log("tune_log.csv", LOG_COLUMNS)
+    log.start()
     before = out / "text_before.json"
     if not before.is_file():  # the LLM's own text perplexity, measured once before any training
         write_json_atomic(before, {"text_test_ppl": text_perplexity(model, data.text_test, cfg.device)})
     t0 = time.time()
     for phase in cfg.phases():
-        done = out / f"after_{phase.name}"
-        if (done / "config.json").is_file():
-            model = load_checkpoint(done).float().to(cfg.device)
+        if run.finished(phase.name):
+            model = load_checkpoint(run.part(phase.name)).float().to(cfg.device)
             continue
         if phase.steps:
-            _run_phase(model, tok, data, phase, cfg, out, log)
+            _run_phase(run, log, model, tok, data, phase, cfg)
     model.eval()
     suite = score(data.suite_test, predict(model, tok, data.suite_test))
     report = {

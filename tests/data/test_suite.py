@@ -209,7 +209,7 @@ def test_teacher_training_writes_a_checkpoint_and_refuses_a_mismatched_resume(su
     model = mmmamba.from_pretrained(tmp_path)
     assert ByteTokenizer.load(tmp_path).image_tokens == model.config.vision.num_patches == 16
     assert (tmp_path / "train_log.csv").read_text().splitlines()[1].startswith("2,")
-    with pytest.raises(MmmambaError, match="holds a run started with"):
+    with pytest.raises(MmmambaError, match="holds a teacher run with other settings .steps differ"):
         train_teacher("tiny", suite, tmp_path, steps=3, eval_every=2, device="cpu")
 
 
