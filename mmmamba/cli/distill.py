@@ -62,15 +62,14 @@ def cmd_distill(args) -> None:
     from ..distill.trainer import distill
     from ..io import human_bytes
 
-    try:
+    try:  # the flags' text into the config; its own check() holds the rules (stages 1-3 in order, step range)
         stages = [int(s) for s in args.stages.split(",")]
         steps = [int(s) for s in args.steps_per_stage.split(",")]
     except ValueError:
         stages, steps = [], []
     if len(steps) == 1:
         steps *= len(stages)
-    bad = len(steps) != len(stages) or any(s not in (1, 2, 3) for s in stages) or stages != sorted(set(stages))
-    if bad or not stages or any(not 1 <= n <= MAX_STEPS for n in steps):
+    if not stages or len(steps) != len(stages):
         raise MmmambaError(
             f"--stages {args.stages} / --steps-per-stage {args.steps_per_stage}: give stages from 1,2,3 "
             f"in order and one step count (1..{MAX_STEPS}), or one per stage"
@@ -93,7 +92,7 @@ def cmd_distill(args) -> None:
         parallel=args.parallel,
         ssd_backend=args.ssd_backend,
         checkpoint_activations=args.checkpoint_activations,
-    )
+    ).check()
     reads_model("--teacher", args.teacher)
     reads_model("--student", args.student)
     for d in args.data:

@@ -149,15 +149,20 @@ class TuneConfig:
             TunePhase("all", self.all_steps, "all", self.all_lr, self.text_weight),
         ]
 
+    FLAGS = {"all_steps": "--steps", "all_lr": "--lr"}  # the CLI's names where they differ from the field's
+
+    def flag(self, name: str) -> str:
+        return self.FLAGS.get(name, "--" + name.replace("_", "-"))
+
     def check(self) -> None:
         for name in ("embed_steps", "all_steps", "batch_size", "text_batch_size", "eval_every", "val_limit"):
             v = getattr(self, name)
             low = 0 if name.endswith("_steps") else 1
             if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= MAX_STEPS:
-                raise MmmambaError(f"--{name.replace('_', '-')} {v}: give a whole number between {low} and {MAX_STEPS}")
+                raise MmmambaError(f"{self.flag(name)} {v}: give a whole number between {low} and {MAX_STEPS}")
         for name in ("embed_lr", "all_lr"):
-            if not 0 < getattr(self, name) < 1:
-                raise MmmambaError(f"--{name.replace('_', '-')} {getattr(self, name)}: give a rate between 0 and 1")
+            if not 0 < getattr(self, name) <= 1:
+                raise MmmambaError(f"{self.flag(name)} {getattr(self, name)}: give a rate above 0, at most 1")
         if not 0 <= self.text_weight < 1:
             raise MmmambaError(f"--text-weight {self.text_weight}: give a share in [0, 1)")
 
