@@ -166,21 +166,16 @@ def rank_slice(idx: list[int], comm: Comm) -> list[int]:
     return idx[comm.rank * per : (comm.rank + 1) * per]
 
 
-def micro_batches(examples, idx: list[int], cfg: DistillConfig, pad_id: int, device, limit: int) -> list[Batch]:
-    """This process's samples in micro-batches of ``cfg.micro_batch``; packed, a micro-batch becomes as
-    many rows (of one sample or more) as keep each row within ``limit`` tokens (the model's max_position)."""
+def micro_batches(examples, idx: list[int], cfg: DistillConfig, pad_id: int, device) -> list[Batch]:
+    """This process's samples in micro-batches of ``cfg.micro_batch`` (the memory knob: samples per
+    forward); packed, each micro-batch is one row. A packed row may be longer than the model's
+    max_position: positions, the scan and attention restart at every sample (each sample fits, checked
+    when it is encoded), and one long row launches the step's many small kernels once, not once a row."""
     size = cfg.micro_batch or len(idx)
     groups = [idx[i : i + size] for i in range(0, len(idx), size)]
     if not cfg.pack:
         return batches(examples, groups, pad_id, device)
-    rows: list[list[int]] = []
-    for g in groups:
-        rows.append([])
-        for i in g:
-            if rows[-1] and sum(len(examples[j].ids) for j in rows[-1]) + len(examples[i].ids) > limit:
-                rows.append([])
-            rows[-1].append(i)
-    return [pack_examples([examples[i] for i in r]).to(device) for r in rows]
+    return [pack_examples([examples[i] for i in g]).to(device) for g in groups]
 
 
 def _gather_owned(student: Decoder, owners: dict[int, int], comm: Comm) -> None:
@@ -286,8 +281,7 @@ class StageRun:
 
     def micro_batches(self, step: int) -> list[Batch]:
         mine = rank_slice(self.sampler.indices(step), self.comm)
-        limit = self.teacher.config.max_position
-        return micro_batches(self.train_examples, mine, self.cfg, self.pad_id, self.device, limit)
+        return micro_batches(self.train_examples, mine, self.cfg, self.pad_id, self.device)
 
     def validate(self) -> tuple[float, dict | None]:
         """The stage loss over the val batches and, where the stage matches next-token distributions,

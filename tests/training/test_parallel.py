@@ -107,15 +107,15 @@ def test_weights_moved(runs):
     assert any(".mixer.dt_bias" in k for k in moved) and not any("mlp" in k for k in moved)
 
 
-def test_packed_micro_batches_keep_every_sample_and_rows_within_the_limit():
+def test_packed_micro_batches_keep_every_sample_one_row_each():
     from mmmamba.data.conversations import Example
     from mmmamba.distill.trainer import micro_batches
 
     examples = [Example(list(range(1, n + 1)), [False] * n, None) for n in (5, 9, 3, 7, 2)]
     cfg = DistillConfig(pack=True, micro_batch=4)
-    rows = micro_batches(examples, [0, 1, 2, 3, 4], cfg, 0, "cpu", limit=12)
-    assert [r.input_ids.shape[1] for r in rows] == [5, 12, 7, 2]  # [0], [1, 2], [3], then the next micro-batch [4]
-    assert [r.cu_seqlens.tolist() for r in rows] == [[0, 5], [0, 9, 12], [0, 7], [0, 2]]
+    rows = micro_batches(examples, [0, 1, 2, 3, 4], cfg, 0, "cpu")
+    assert [r.input_ids.shape[1] for r in rows] == [24, 2]  # samples 0-3 in one row, then the next micro-batch
+    assert [r.cu_seqlens.tolist() for r in rows] == [[0, 5, 14, 17, 24], [0, 2]]
 
 
 def test_layer_owners_split_evenly():
