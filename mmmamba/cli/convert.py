@@ -102,8 +102,8 @@ def _convert_estimate(args, cfg, keep, out) -> None:
     import dataclasses
 
     from ..convert.layer_spec import parse_auto
-    from ..formats.checkpoint import check_fits, parameter_count
     from ..io import check_free_space, free_bytes, human_bytes
+    from ..models.sizing import check_fits, parameter_count
 
     mixers = ["attention" if i in keep else "mamba2" for i in range(cfg.num_layers)]
     student = dataclasses.replace(cfg, mixers=mixers, mamba=_mamba_options(args))

@@ -103,8 +103,9 @@ def info_lines(path) -> list[str]:
     """A checkpoint in a few readable lines: size and dtype, layers and mixers, attention and Mamba-2 shapes,
     the decode cache, the image front-end, how it was converted."""
     from ..formats import load_checkpoint
-    from ..formats.checkpoint import cache_bytes, checkpoint_files
+    from ..formats.checkpoint import checkpoint_files
     from ..io import human_bytes
+    from ..models.sizing import cache_bytes
 
     model = load_checkpoint(path)
     cfg = model.config

@@ -186,9 +186,9 @@ def _chat_image(model, name, path: str):
 
 def cmd_chat(args) -> None:
     from ..data.tokenizer import IMAGE_MARK
-    from ..formats.checkpoint import cache_bytes
     from ..infer import ChatSession
     from ..io import human_bytes, machine_memory
+    from ..models.sizing import cache_bytes
 
     model, tok, image, sampling = _load_for_chat(args)
     length = min(args.max_context or model.config.max_position, model.config.max_position)

@@ -6,7 +6,8 @@ import torch
 
 from ..models.config import DecoderConfig
 from ..models.decoder import Decoder
-from .checkpoint import check_fits, load_state_strict
+from ..models.sizing import check_fits
+from .checkpoint import load_state_strict
 
 
 def build_loaded(cfg: DecoderConfig, tensors: dict[str, torch.Tensor], source, dtype=None) -> Decoder:

@@ -33,10 +33,10 @@ from ..data.tokenizer import ByteTokenizer, ChatTokenizer, load_tokenizer
 from ..errors import MmmambaError
 from ..evaluation.tasks import predict, score
 from ..formats import load_checkpoint, save_checkpoint
-from ..formats.checkpoint import check_fits
 from ..formats.gguf import write_tokenizer
 from ..io import check_output_dir, folder_digest, read_json, write_json_atomic
 from ..models import Decoder, VisionConfig
+from ..models.sizing import check_fits
 from ..training.loop import StepReport, train_loop
 from ..training.losses import masked_ce, next_token_loss
 from ..training.optim import NonFiniteGuard, OptimConfig, make_adamw

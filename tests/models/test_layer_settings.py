@@ -11,8 +11,8 @@ import torch.nn.functional as F
 import mmmamba
 from mmmamba.convert import convert_to_mamba
 from mmmamba.formats import load_checkpoint
-from mmmamba.formats.checkpoint import cache_bytes, parameter_count
 from mmmamba.models import Decoder
+from mmmamba.models.sizing import cache_bytes, parameter_count
 from tests.conftest import tiny_config
 from tests.infer.test_decode import decode_both_ways
 
