@@ -15,16 +15,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "mmmamba"
 
-# Package-level imports that close a cycle today, to be removed: (importer, imported) -> why it is there and
-# what removes it. Each cycle is broken by deleting its entry's import (move the code to the lower package);
-# then delete the entry too (test_known_cycles_are_still_there says when one is gone).
-KNOWN_CYCLES_TO_REMOVE: dict[tuple[str, str], str] = {
-    # models -> formats -> models: formats reads and writes Decoder/DecoderConfig (the lower direction), but
-    # the public Decoder.save_pretrained (README) calls formats.checkpoint.save_checkpoint. Removing it is an
-    # API change or a move of the checkpoint writer into models, not a small behaviour-neutral fix.
-    ("mmmamba.models", "mmmamba.formats"): "mmmamba/models/decoder.py: Decoder.save_pretrained",
-}
-
 # Library modules that may import mmmamba.cli: `python -m mmmamba` runs the command line.
 ENTRY_POINTS = {"mmmamba.__main__"}
 
@@ -103,23 +93,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
-    seen, todo = {start}, [start]
-    while todo:
-        for w in graph.get(todo.pop(), ()):
-            if w == goal:
-                return True
-            if w not in seen:
-                seen.add(w)
-                todo.append(w)
-    return False
-
-
-def graph_of(edges, leave_out=()) -> dict[str, set[str]]:
+def graph_of(edges) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = defaultdict(set)
     for a, b in edges:
-        if (a, b) not in leave_out:
-            graph[a].add(b)
+        graph[a].add(b)
     return graph
 
 
@@ -138,15 +115,8 @@ def test_the_graph_sees_lazy_and_relative_imports():
 
 def test_no_package_import_cycles():
     edges = package_edges()
-    cycle = find_cycle(graph_of(edges, leave_out=KNOWN_CYCLES_TO_REMOVE))
+    cycle = find_cycle(graph_of(edges))
     assert cycle is None, "package import cycle (move the code to the lower package):\n" + describe(cycle, edges)
-
-
-def test_known_cycles_are_still_there():
-    edges = package_edges()
-    for (a, b), why in KNOWN_CYCLES_TO_REMOVE.items():
-        assert (a, b) in edges, f"{a} no longer imports {b} ({why}): delete its KNOWN_CYCLES_TO_REMOVE entry"
-        assert reaches(graph_of(edges), b, a), f"{a} -> {b} closes no cycle any more ({why}): delete its entry"
 
 
 def test_the_library_does_not_import_the_command_line_or_scripts():

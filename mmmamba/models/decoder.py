@@ -248,8 +248,3 @@ class Decoder(nn.Module):
             x = x[logits_at]  # (b, L, d) → (N, d)
         out.logits = self.lm_head(self.norm(x))
         return out
-
-    def save_pretrained(self, path, max_shard_bytes: int | None = None) -> None:
-        from ..formats.checkpoint import MAX_SHARD_BYTES, save_checkpoint
-
-        save_checkpoint(self, path, max_shard_bytes or MAX_SHARD_BYTES)

@@ -10,6 +10,7 @@ from PIL import Image
 import mmmamba
 from mmmamba.cli.main import main
 from mmmamba.data.tokenizer import load_tokenizer
+from mmmamba.formats import save_checkpoint
 from tests.formats.hf_folders import write_hovle, write_tokenizer
 
 QA = [("what is in the picture?", "a red square"), ("count the shapes", "3"), ("hello there", "hi")]
@@ -43,7 +44,7 @@ def run_pipeline(tmp_path, teacher, capsys):
     assert len(list(student.glob("model-*.safetensors"))) > 1 and (student / "model.safetensors.index.json").exists()
     seeded = mmmamba.from_pretrained(student)
     again = tmp_path / "again"
-    seeded.save_pretrained(again)
+    save_checkpoint(seeded, again)
     assert all(
         torch.equal(a, b)
         for a, b in zip(seeded.state_dict().values(), mmmamba.from_pretrained(again).state_dict().values())

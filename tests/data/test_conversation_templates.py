@@ -12,6 +12,7 @@ from mmmamba.cli.main import main
 from mmmamba.convert import convert_to_mamba
 from mmmamba.data.conversation_templates import TEMPLATES, get_template, use_conversation_template
 from mmmamba.data.tokenizer import load_tokenizer
+from mmmamba.formats import save_checkpoint
 from tests.formats.hf_folders import write_hovle
 
 ZH = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
@@ -136,7 +137,7 @@ def test_an_own_chat_template_wins_and_unknown_names_are_refused(tmp_path):
 def test_converted_students_keep_the_teachers_template(tmp_path):
     write_hovle(tmp_path / "teacher", chat_template=None, template="phi3-chat", specials_extra=PHI3)
     student = convert_to_mamba(mmmamba.from_pretrained(tmp_path / "teacher"), [0])
-    student.save_pretrained(tmp_path / "student")
+    save_checkpoint(student, tmp_path / "student")
     (tmp_path / "teacher" / "tokenizer.json").rename(tmp_path / "student" / "tokenizer.json")
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         if (tmp_path / "teacher" / name).is_file():

@@ -15,7 +15,7 @@ from mmmamba.distill.prepare import prepare
 from mmmamba.distill.stages import STAGES, select_trainable, stage_loss
 from mmmamba.distill.trainer import distill
 from mmmamba.errors import MmmambaError
-from mmmamba.formats import load_checkpoint
+from mmmamba.formats import load_checkpoint, save_checkpoint
 from mmmamba.models import Decoder, DecoderConfig, VisionConfig
 from mmmamba.training.losses import masked_kl, masked_mse
 from mmmamba.training.optim import make_adamw
@@ -39,9 +39,9 @@ def setup(tmp_path_factory):
         image_token_id=tok.image_token_id,
     )
     teacher = Decoder(cfg)
-    teacher.save_pretrained(root / "teacher")
+    save_checkpoint(teacher, root / "teacher")
     tok.save(root / "teacher")
-    convert_to_mamba(teacher, [1]).save_pretrained(root / "student")
+    save_checkpoint(convert_to_mamba(teacher, [1]), root / "student")
     samples = read_jsonl(root / "data" / "train.jsonl")[:6]
     batch = collate([encode_sample(s, tok, ImageProcessor(cfg.vision)) for s in samples], tok.pad_id)
     return root, teacher.eval(), batch

@@ -22,7 +22,7 @@ def assert_bit_exact(a, b):
 def test_save_load_round_trip_is_bit_exact(tmp_path, teacher, tie):
     torch.manual_seed(0)
     model = convert_to_mamba(Decoder(tiny_config(tie_embeddings=tie)), [1])
-    model.save_pretrained(tmp_path)
+    save_checkpoint(model, tmp_path)
     assert (tmp_path / "config.json").is_file() and (tmp_path / "model.safetensors").is_file()
     loaded = mmmamba.from_pretrained(tmp_path)
     assert loaded.config == model.config
@@ -41,7 +41,7 @@ def test_sharded_round_trip(tmp_path, teacher):
 
 
 def test_missing_tensor_is_named(tmp_path, teacher):
-    teacher.save_pretrained(tmp_path)
+    save_checkpoint(teacher, tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
     del tensors["layers.2.mixer.k_proj.weight"]
     save_file(tensors, tmp_path / "model.safetensors")
@@ -50,7 +50,7 @@ def test_missing_tensor_is_named(tmp_path, teacher):
 
 
 def test_wrong_shape_is_named(tmp_path, teacher):
-    teacher.save_pretrained(tmp_path)
+    save_checkpoint(teacher, tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
     tensors["norm.weight"] = torch.ones(3, dtype=torch.float64)
     save_file(tensors, tmp_path / "model.safetensors")
@@ -59,7 +59,7 @@ def test_wrong_shape_is_named(tmp_path, teacher):
 
 
 def test_truncated_weights_and_bad_config_give_one_line_errors(tmp_path, teacher):
-    teacher.save_pretrained(tmp_path)
+    save_checkpoint(teacher, tmp_path)
     f = tmp_path / "model.safetensors"
     f.write_bytes(f.read_bytes()[:1000])
     with pytest.raises(mmmamba.MmmambaError, match="model.safetensors: unreadable") as e:

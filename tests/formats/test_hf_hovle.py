@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 import mmmamba
 from mmmamba.cli.main import main
 from mmmamba.convert import convert_to_mamba
+from mmmamba.formats import save_checkpoint
 from mmmamba.formats.hf_families import split_packed_qkv
 from mmmamba.formats.official import export_official, split_wvkqgdt
 from tests.formats.hf_folders import HOVLE_SHAPE, write_hovle
@@ -154,7 +155,7 @@ def test_converted_hovle_student_exports_through_the_cli(tmp_path, capsys):
     write_hovle(tmp_path / "teacher", specials=1)
     teacher = mmmamba.from_pretrained(tmp_path / "teacher")
     student = convert_to_mamba(teacher, [0, 3])
-    student.save_pretrained(tmp_path / "student")
+    save_checkpoint(student, tmp_path / "student")
     (tmp_path / "teacher" / "tokenizer.json").rename(tmp_path / "student" / "tokenizer.json")
     args = ["export", "--format", "mmmamba-official", "--model", str(tmp_path / "student")]
     assert main([*args, "--out", str(tmp_path / "official")]) == 0
@@ -175,7 +176,7 @@ def test_students_keep_the_hovle_features_through_convert_save_and_load(tmp_path
     write_hovle(tmp_path / "teacher", specials=2, stored_image_size=28)
     teacher = mmmamba.from_pretrained(tmp_path / "teacher")
     student = convert_to_mamba(teacher, [])
-    student.save_pretrained(tmp_path / "student")
+    save_checkpoint(student, tmp_path / "student")
     back = mmmamba.from_pretrained(tmp_path / "student")
     for key in ("l2_norm_after", "text_vocab_size", "special_embeddings", "vision"):
         assert getattr(back.config, key) == getattr(teacher.config, key), key
@@ -338,7 +339,7 @@ def test_students_keep_every_layers_settings_through_save_load_and_export(tmp_pa
         assert layer.mixer.cfg.num_heads == s.num_heads and layer.mixer.cfg.head_dim == s.head_dim, i
         assert layer.input_norm.eps == s.norm_eps and layer.mlp.up_proj.out_features == s.intermediate_size, i
     assert student.layers[0].mixer.cfg.rope_theta == 1e4 and student.layers[3].mixer.cfg.rope_theta == 1e6
-    student.save_pretrained(tmp_path / "student")
+    save_checkpoint(student, tmp_path / "student")
     back = mmmamba.from_pretrained(tmp_path / "student")
     assert back.config.layer_overrides == teacher.config.layer_overrides
     assert [back.config.layer(i) for i in range(4)] == [teacher.config.layer(i) for i in range(4)]

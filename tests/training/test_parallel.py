@@ -13,7 +13,7 @@ from mmmamba.convert import convert_to_mamba
 from mmmamba.data.suite import make_suite
 from mmmamba.distill.config import DistillConfig
 from mmmamba.distill.trainer import distill
-from mmmamba.formats import load_checkpoint
+from mmmamba.formats import load_checkpoint, save_checkpoint
 from mmmamba.training.parallel import layer_owners
 
 TINY = Path(__file__).resolve().parents[2] / "models" / "tiny-teacher"
@@ -46,7 +46,7 @@ def spawn(root: Path, jobs: list, world: int = 2) -> None:
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("parallel")
     make_suite(root / "data", seed=3, sizes={"train": 8, "val": 2, "test": 1})
-    convert_to_mamba(load_checkpoint(TINY), [1]).save_pretrained(root / "student")  # hybrid: attention in layer 1
+    save_checkpoint(convert_to_mamba(load_checkpoint(TINY), [1]), root / "student")  # hybrid: attention in layer 1
     one = lambda out, stop=None, **kw: distill(  # noqa: E731
         TINY, root / "student", root / "data", root / out, DistillConfig(**{**CFG, **kw}), stop, progress=False
     )
