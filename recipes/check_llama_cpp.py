@@ -1,4 +1,4 @@
-"""llama.cpp serves our students as a user would run it (issue 28; not in CI: the build takes long).
+"""llama.cpp serves our students as a user would run it (not in CI: building llama-cpp-python takes minutes).
 
     python recipes/check_llama_cpp.py --work /tmp/llama [--model STUDENT] [--site DIR] [--sdist FILE]
 

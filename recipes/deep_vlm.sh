@@ -1,30 +1,24 @@
 #!/usr/bin/env bash
-# Issue #15: the paper's tables at real depth. SmolLM2-135M-Instruct (30 layers, from its GGUF) becomes a
-# decoder-only VLM (a Fuyu-style patch embedding in front of the LLM, `mmmamba teacher graft`), is trained
-# on the task suite with text mixed in (`mmmamba teacher tune`: the patch embedding alone, then
-# everything), and is then distilled into every row of scripts/ablations.py --grid deep with the same
+# The paper's tables at real depth. SmolLM2-135M-Instruct (30 layers, from its GGUF) becomes a decoder-only
+# VLM (a Fuyu-style patch embedding in front of the LLM, `mmmamba teacher graft`), is trained on the task
+# suite with text mixed in (`mmmamba teacher tune`: the patch embedding alone, then everything), and is
+# then distilled into every row of `python -m mmmamba.experiments.ablations --grid deep` with the same
 # budget: linear; 2, 4, 8 attention layers kept; six placements of 8; five stage sets; three inits.
 # `mmmamba report` turns the runs into $R/RESULTS_deep.md and a chart, next to the paper's numbers.
 #
-#   GGUF=path/SmolLM2-135M-Instruct.Q4_1.gguf TEXT=runs/smol/text bash scripts/vlm_teacher_tables.sh
+#   GGUF=path/SmolLM2-135M-Instruct.Q4_1.gguf TEXT=runs/smol/text bash recipes/deep_vlm.sh
+#   ... JOBS=2 RUNS="linear keep_autorel8" bash recipes/deep_vlm.sh      # a subset of the rows
 #
-# TEXT: a `mmmamba data text` corpus built with the SmolLM2 tokenizer (the python3.11-doc corpus of
-# scripts/gpu_smollm2_session.sh); it is mixed into the teacher's training and distillation, and its test
-# split gives every model's text perplexity. DATA_SEED: the task suite's seed (2911, run F's: never used to tune
-# anything; runs A-E used 1129, whose test results informed the levers below). Budget: EMBED_STEPS, TUNE_STEPS, TUNE_LR, TUNE_BATCH, TOTAL_STEPS (each distillation run; split 1:1:2 over the
-# stages it runs), BATCH, JOBS (runs side by side on one GPU), SUITE (samples per family), FAMILY_TRAIN (another
-# train size for a family: the teacher and every row train on it; val and test do not change), RUNS (a subset).
-# Resumable: finished steps are skipped.
-# Run on one H200 on 2026-11-29 in six sessions (RESULTS.md, BENCHMARKS §5d–5j, through
-# scripts/gpu_smollm2_session.sh with JOB=deep): runs A and B tuned one teacher at lr 1e-4, batch 64 on
-# 3 000 samples a family (0.826, 0.819); run C tuned three side by side at batch 128 on 8 000 a family and
-# kept lr 3e-4 by validation accuracy (test 0.944); run D tuned 3e-4 alone for 1 500 steps (test 0.944
-# again) and distilled five rows at 480 steps; run E (its teacher recipe is the default) added 24 000 more distinct
-# `reverse` words to train (FAMILY_TRAIN) and packed the tune: test 0.958, the scored teacher 562 s from
-# the queue's start; three rows at 960 steps, 683-749 s each side by side. Run F (the defaults below, a sixth
-# session) kept run E's teacher recipe on a fresh seed (2911: test 0.981) and gave the rows a 4-tap conv
-# (CONVERT_ARGS) and four times the distinct `position` samples (DISTILL_FAMILY_TRAIN): linear 0.938 of the
-# teacher, auto:8 0.985 (0.982 with the conv alone, on the teacher's suite), 988-1 025 s a row, three side by side.
+# Needs: a CUDA GPU (an H200 holds 7 rows side by side at the defaults), python with mmmamba[gguf].
+# TEXT: a `mmmamba data text` corpus built with the SmolLM2 tokenizer (e.g. recipes/debian_docs.py, or
+# `mmmamba data text --inputs python3.11-doc/html`); it is mixed into the teacher's training and
+# distillation, and its test split gives every model's text perplexity. DATA_SEED: the task suite's seed.
+# Budget: EMBED_STEPS, TUNE_STEPS, TUNE_LR, TUNE_BATCH, TOTAL_STEPS (each distillation run; split 1:1:2 over
+# the stages it runs), BATCH, JOBS (runs side by side on one GPU), SUITE (samples per family), FAMILY_TRAIN
+# (another train size for a family: the teacher and every row train on it; val and test do not change),
+# CONVERT_ARGS, DISTILL_FAMILY_TRAIN, RUNS (a subset). Resumable: finished steps are skipped.
+# The defaults reproduce RESULTS.md §2 (one H200, 2026-11-29): teacher test 0.981, linear 0.938 of it,
+# auto:8 0.985. How they were chosen: results/deep_h200_2026-11-29f/NOTES.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}

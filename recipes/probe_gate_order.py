@@ -1,4 +1,4 @@
-"""What does the gate order cost in stage 1? A cheap probe of issue 28's question (not the end-to-end answer).
+"""What does the gate order cost in stage 1? A cheap probe (the end-to-end answer is recipes/gate_order_cost.sh).
 
     python recipes/probe_gate_order.py --teacher models/tiny-teacher --data runs/gate_order/suite \
         --seeds 0 1 2 --steps 150

@@ -1,4 +1,4 @@
-"""Where the suite's hardest families go wrong, from `mmmamba eval --answers` files (RESULTS.md #15, run C):
+"""Where the suite's hardest families go wrong, from `mmmamba eval --answers` files (RESULTS.md §2):
 `position` split into the row and the column of the answer ("row R column C"), `reverse` by word length.
 
     python -m mmmamba.experiments.answer_breakdown results/deep_h200_2026-11-29c/teacher_answers.jsonl \\

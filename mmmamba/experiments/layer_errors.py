@@ -7,7 +7,7 @@ auto:K (mmmamba/distill/auto_keep.py) keeps as attention the K layers with the l
 validation error: the MSE of each mixer's output to its teacher attention layer's output. This prints,
 per layer and averaged over the first validation batches of ``--data``: the teacher output's mean
 square, that MSE, and their ratio (the relative error), then the top K by each, so that one can see
-whether the ranking follows the fit or the size of the layer's output (issue #15, RESULTS.md).
+whether the ranking follows the fit or the size of the layer's output (RESULTS.md §2).
 Nothing is trained or written.
 """
 

@@ -8,7 +8,7 @@ grafted VLM, on one family of a `mmmamba data make` suite, with the same batches
 - ``default``: the front-end as `teacher graft` makes it (nn.Linear's init; positions at std 0.02);
 - ``matched``: the projection rescaled so that patch tokens have the mean row norm of the LLM's text
   embeddings, and the positions drawn at the embedding table's std.
-Prints the teacher-forced answer loss on the family's val split every 10 steps (RESULTS.md, issue #15).
+Prints the teacher-forced answer loss on the family's val split every 10 steps (RESULTS.md §2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Where does stage 3 start? The stage-3 loss of students that have not been trained (issue #15).
+"""Where does stage 3 start? The stage-3 loss of students that have not been trained (RESULTS.md §2).
 
     python -m mmmamba.experiments.stage3_start --teacher models/tiny-teacher --data runs/suite --converted 0,1,2,3,4
     python -m mmmamba.experiments.stage3_start --teacher runs/smol/teacher --data runs/smol/text \
