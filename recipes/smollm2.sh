@@ -7,7 +7,8 @@
 #   STEPS=150,150,500 BATCH=64 LR_SCALE=3 STUDENTS="linear:none hybrid4:every:4" bash recipes/smollm2.sh
 #   GGUF=path/to/model.gguf ...      # another GGUF; CONVERT_ARGS="--gate-order gate-first" (every student)
 #   SSD=torch|fla|auto (the training scan), MICRO=32 (samples per forward), PROMPTS=2000 (self-distill prompts)
-#   TT_ROWS=16000 TT_PER_PROMPT=2 (teacher-written text: rows from corpus prefixes, samples per prompt; 0 = none)
+#   TT_ROWS=16000 TT_PER_PROMPT=2 TT_BATCH=1024 (teacher-written text: rows from corpus prefixes, samples per
+#   prompt, rows decoded at once; TT_ROWS=0: none)
 #   STOP_AFTER=data stops once the teacher and every data set exist; STOP_AFTER=distill once the students are distilled
 #
 # Data: the teacher's greedy answers to prompts made from the text corpus's train split (the chat set),
@@ -39,6 +40,7 @@ DOCS=${DOCS:-/usr/share/doc/python3.11/html}
 TEXT=${TEXT:-$R/text}
 TT_ROWS=${TT_ROWS:-16000}
 TT_PER_PROMPT=${TT_PER_PROMPT:-2}
+TT_BATCH=${TT_BATCH:-1024}
 CONVERT_ARGS=${CONVERT_ARGS:-}
 mm() { echo "+ mmmamba $*" >&2; "$PY" -m mmmamba "$@"; }
 mkdir -p "$R"
@@ -84,7 +86,7 @@ fi
 data="$R/chat $TEXT"
 if [ "$TT_ROWS" != 0 ]; then  # teacher-written text (sampled; the record of prefixes, seeds and settings in corpus.json)
   [ -f "$R/tt/corpus.json" ] || mm data teacher-text --teacher "$R/teacher" --prefixes "$TEXT" --prompts "$R/chat" \
-    --out "$R/tt" --text-rows "$TT_ROWS" --per-prompt "$TT_PER_PROMPT" --temperature 1 --top-p 0.95
+    --out "$R/tt" --text-rows "$TT_ROWS" --per-prompt "$TT_PER_PROMPT" --batch-size "$TT_BATCH" --temperature 1 --top-p 0.95
   data="$data $R/tt"
 fi
 [ "${STOP_AFTER:-}" != data ] || exit 0  # STOP_AFTER=data: teacher and data sets only

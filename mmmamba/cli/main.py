@@ -14,8 +14,6 @@ from ..errors import MmmambaError
 from . import bench, convert, data, distill, evaluate, formats, run, teacher
 from .args import Parser
 
-PLANNED: dict[str, str] = {}
-
 # The sub-commands, in the order --help lists them.
 COMMANDS = (
     convert.add_convert,
@@ -45,15 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
-    for name, what in PLANNED.items():
-        p = sub.add_parser(name, help=f"{what} — not yet available", add_help=True)
-        p.set_defaults(func=lambda args, name=name: _not_yet(name))
     _name_leaves(parser)
     return parser
-
-
-def _not_yet(name: str) -> None:
-    raise MmmambaError(f"`mmmamba {name}` is not yet available in this version: {PLANNED[name]}")
 
 
 def main(argv: list[str] | None = None) -> int:
