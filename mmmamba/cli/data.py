@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..checks import MAX_BATCH
 from ..errors import MmmambaError
 from .args import SEED, check_outputs_in, float_in, int_in, reads_model, resolve_device, resolve_dtype
 
@@ -49,7 +50,7 @@ def add_data(sub) -> None:
         "--cut-to-train", action="store_true",
         help="keep answers cut by --max-new-tokens in the train split (marked cut) instead of dropping them",
     )  # fmt: skip
-    p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=32, help="prompts answered together")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=32, help="prompts answered together")
     p.add_argument("--temperature", type=float_in(0.0, 1e4), default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int_in(0, 1 << 24), default=0, help="0 = off")
     p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=1.0, help="1 = off")
@@ -71,8 +72,8 @@ def add_data(sub) -> None:
     p.add_argument("--text-rows", type=int_in(0, 1 << 31), default=1000, help="rows from corpus prefixes")
     p.add_argument("--prefix-tokens", type=int_in(1, 1 << 20), default=64, help="tokens of real text per row")
     p.add_argument("--new-tokens", type=int_in(1, 1 << 20), default=192, help="tokens the teacher writes per row")
-    p.add_argument("--per-prompt", type=int_in(1, 1 << 16), default=1, help="answers per prompt")
-    p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=256, help="rows decoded at once")
+    p.add_argument("--per-prompt", type=int_in(1, MAX_BATCH), default=1, help="answers per prompt")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=256, help="rows decoded at once")
     p.add_argument("--temperature", type=float_in(0.0, 1e4, low_open=True), default=1.0)
     p.add_argument("--top-p", type=float_in(0.0, 1.0, low_open=True), default=0.95)
     p.add_argument(

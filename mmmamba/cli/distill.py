@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..checks import MAX_BATCH
 from ..errors import MmmambaError
 from .args import COUNT, MAX_STEPS, OUTSIDE_HELP, SEED, float_in, int_in, reads_folder, reads_model, resolve_device
 
@@ -20,8 +21,9 @@ def add_distill(sub) -> None:
     p.add_argument("--stages", default="1,2,3", help="stages to run, in order (any subset of 1,2,3)")
     p.add_argument("--steps-per-stage", default="300,300,600", help="one count, or one per stage")
     p.add_argument(
-        "--batch-size", type=int_in(1, 1 << 16), default=16, help="samples a step (over every process and micro-batch)"
-    )
+        "--batch-size", type=int_in(1, MAX_BATCH), default=16,
+        help="samples a step (over every process and micro-batch)",
+    )  # fmt: skip
     p.add_argument("--eval-every", type=COUNT, default=100, help="validate on the val split every N steps")
     p.add_argument("--temperature", type=float_in(0.0, 1e4, low_open=True), default=1.0, help="stage-3 KL temperature")
     p.add_argument(
@@ -38,7 +40,7 @@ def add_distill(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="check everything, estimate memory/disk/time, write nothing")
     p.add_argument("--pack", action="store_true", help="pack each micro-batch into one row (cu_seqlens), no padding")
     p.add_argument(
-        "--micro-batch", type=int_in(1, 1 << 16), default=None, help="samples per forward per process (accumulation)"
+        "--micro-batch", type=int_in(1, MAX_BATCH), default=None, help="samples per forward per process (accumulation)"
     )
     p.add_argument(
         "--parallel", choices=("fsdp", "layer"), default="fsdp",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..checks import MAX_BATCH
 from ..errors import MmmambaError
 from .args import OUTSIDE_HELP, int_in, reads_folder, reads_model, resolve_device, side_output
 
@@ -32,7 +33,7 @@ def add_eval(sub) -> None:
         help="score one of the paper's benchmarks; --data is its folder as released (README: Paper benchmarks)",
     )  # fmt: skip
     p.add_argument("--cloze-items", type=int_in(0, 1 << 20), default=200, help="text corpus: cloze items made")
-    p.add_argument("--batch-size", type=int_in(1, 1 << 16), default=64, help="samples answered together")
+    p.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=64, help="samples answered together")
     p.add_argument(
         "--limit",
         type=int_in(1, 1 << 40),

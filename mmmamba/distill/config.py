@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from ..checks import MAX_STEPS
+from ..checks import MAX_BATCH, MAX_STEPS
 from ..errors import MmmambaError
 from ..ops.ssd import BACKENDS as SSD_BACKENDS
 from ..training.parallel import MODES
@@ -47,14 +47,14 @@ class DistillConfig:
             n = self.steps.get(s)
             if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_STEPS:
                 raise MmmambaError(f"stage {s}: {n} steps; give a whole number of steps between 1 and {MAX_STEPS}")
-        positive = {"batch_size": 1 << 16, "eval_every": MAX_STEPS, "val_limit": 1 << 24, "max_bad_steps": MAX_STEPS}
+        positive = {"batch_size": MAX_BATCH, "eval_every": MAX_STEPS, "val_limit": 1 << 24, "max_bad_steps": MAX_STEPS}
         for name, high in positive.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= high:
                 raise MmmambaError(f"{name.replace('_', '-')} {v}: give a whole number between 1 and {high}")
         mb = self.micro_batch
-        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or not 1 <= mb <= 1 << 16):
-            raise MmmambaError(f"--micro-batch {mb}: give a whole number between 1 and {1 << 16}")
+        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or not 1 <= mb <= MAX_BATCH):
+            raise MmmambaError(f"--micro-batch {mb}: give a whole number between 1 and {MAX_BATCH}")
         if self.parallel not in MODES:
             raise MmmambaError(f"--parallel {self.parallel}: use one of {', '.join(MODES)}")
         if self.ssd_backend is not None and self.ssd_backend not in SSD_BACKENDS:

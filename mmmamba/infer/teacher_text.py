@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..checks import MAX_BATCH
 from ..data.tokenizer import ChatTokenizer
 from ..errors import MmmambaError
 from ..io import iter_jsonl, read_json, remove_tree, write_json_atomic, write_jsonl_atomic
@@ -62,7 +63,7 @@ class TeacherTextConfig:
 
     def check(self) -> None:
         ints = {"prefix_tokens": (1, 1 << 20), "new_tokens": (1, 1 << 20), "text_rows": (0, 1 << 31)}
-        ints |= {"per_prompt": (1, 1 << 16), "batch_size": (1, 1 << 16), "candidates": (1, 1 << 24)}
+        ints |= {"per_prompt": (1, MAX_BATCH), "batch_size": (1, MAX_BATCH), "candidates": (1, 1 << 24)}
         for name, (lo, hi) in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
