@@ -58,6 +58,8 @@ def build(work: Path, sdist: str | None) -> Path:
     flags += " -DLLAMA_BUILD_TOOLS=OFF"  # the Python package needs libllama and libggml only
     env = {**os.environ, "CMAKE_ARGS": flags, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count())}
     sh([sys.executable, "-m", "pip", "install", "--no-deps", "--target", site, sdist], env=env)
+    # its one runtime need that this project's environment lacks (numpy, jinja2, typing-extensions are there)
+    sh([sys.executable, "-m", "pip", "install", "--no-deps", "--target", site, "diskcache"])
     return site
 
 
