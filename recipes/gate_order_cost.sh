@@ -16,7 +16,7 @@ RUNS=${RUNS:-"linear hybrid_every4"}
 TEACHER=${TEACHER:-models/tiny-teacher}
 PY=${PY:-python}
 # scripts/main.sh's settings (keep the two in step)
-STEPS=${STEPS:-2000}
+STEPS=${STEPS:-1600}
 FAMILY_TRAIN=${FAMILY_TRAIN:-"--family-train position=2000 --family-train reverse=1500"}
 ABLATION_ARGS=${ABLATION_ARGS:-"--batch-size 8 --lr-scale 20 --stage-shares 1,2,5 --eval-every 250"}
 CONVERT_ARGS=${CONVERT_ARGS:-"--conv-kernel 4"}

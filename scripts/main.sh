@@ -14,7 +14,7 @@ fi
 .venv/bin/python -m pip install -q -e ".[data]"
 . .venv/bin/activate
 OUT=${OUT:-runs/main}
-STEPS=${STEPS:-2000}
+STEPS=${STEPS:-1600}
 mkdir -p "$OUT"
 stage() { echo; echo "== [$1/4] $2 ($(( $(date +%s) - start )) s so far)"; }
 stage 1 "task suite -> $OUT/suite"
