@@ -39,7 +39,7 @@ def main():
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--pool", type=int, default=8, help="training batches, cycled")
-    p.add_argument("--lr-scale", type=float, default=10.0, help="as scripts/main.sh")
+    p.add_argument("--lr-scale", type=float, default=10.0, help="scripts/main.sh's until 2026-12-02 (now 20)")
     args = p.parse_args()
     teacher = load_checkpoint(args.teacher).float().eval()
     stage = STAGES[1].with_options(lr_scale=args.lr_scale)

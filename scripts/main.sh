@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default teacher (models/tiny-teacher), CPU-sized budget:
 #   set-up → task suite → convert (linear, hybrid every:4) → distil stages 1-3 → eval → chat on an image.
-# The full-budget runs behind RESULTS.md are in scripts/gpu_bench_and_grid.sh (same code, more steps).
+# The full-budget runs behind RESULTS.md §1 are the commands given there (same code, more steps); other
+# recipes are in recipes/. How these defaults were chosen: results/embedded_default_cpu_2026-12-02/NOTES.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -13,16 +14,18 @@ fi
 .venv/bin/python -m pip install -q -e ".[data]"
 . .venv/bin/activate
 OUT=${OUT:-runs/main}
-STEPS=${STEPS:-600}
+STEPS=${STEPS:-1600}
 mkdir -p "$OUT"
 stage() { echo; echo "== [$1/4] $2 ($(( $(date +%s) - start )) s so far)"; }
 stage 1 "task suite -> $OUT/suite"
-[ -f "$OUT/suite/suite.json" ] || mmmamba data make --out "$OUT/suite" --seed 0 --train 500 --val 16 --test 50
+[ -f "$OUT/suite/suite.json" ] || mmmamba data make --out "$OUT/suite" --seed 0 --train 500 --val 16 --test 50 \
+  --family-train position=2000 --family-train reverse=1500
 stage 2 "the teacher's test accuracy"
 mmmamba eval --model models/tiny-teacher --data "$OUT/suite" --split test --json "$OUT/teacher_eval.json"
 stage 3 "convert and distil linear and hybrid (progress below; each run's log: $OUT/runs/NAME/stdout.log)"
 python -m mmmamba.experiments.ablations --teacher models/tiny-teacher --data "$OUT/suite" --out "$OUT/runs" \
-  --runs linear hybrid_every4 --total-steps "$STEPS" --batch-size 16 --lr-scale 10 --eval-every 100 \
+  --runs linear hybrid_every4 --total-steps "$STEPS" --batch-size 8 --lr-scale 20 --stage-shares 1,2,5 --eval-every 250 \
+  --convert-args="--conv-kernel 4" --distill-args="--pack" \
   --teacher-eval "$OUT/teacher_eval.json" --progress
 stage 4 "answers on one test image"
 img="$OUT/suite/images/test/test-shape-00000-0.png"
