@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What gate-first costs against norm-first (issue 28) at the toy main job's budget (the settings of
+# What gate-first costs against norm-first at the toy main job's budget (the settings of
 # scripts/main.sh, repeated below) on a task-suite seed never tuned on, SEEDS repeats each for the noise.
 #   OUT=runs/gate_order DATA_SEED=11 SEEDS="0 1" bash recipes/gate_order_cost.sh
 # Each (order, seed) is one `python -m mmmamba.experiments.ablations` call (RUNS: linear and hybrid_every4) under OUT/ORDER-sSEED/;
