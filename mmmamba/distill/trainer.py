@@ -53,7 +53,7 @@ from .config import DistillConfig
 from .losses import kl_to_teacher, mamba_layers
 from .prepare import Prepared, batches, cfg_loss_args, check_paths, data_identity, prepare, time_steps
 from .stages import STAGES, StageConfig, select_trainable, stage_loss
-from .validation import target_nll, tokens_logged, val_log
+from .validation import target_nll, val_log
 
 SETTINGS_FILE = "distill_config.json"
 LOG_COLUMNS = ("stage", "step", "lr", "train_loss", "val_loss", "tokens", "seconds")
@@ -102,11 +102,7 @@ def run_settings(cfg: DistillConfig, teacher_dir, student_dir, data_dir) -> dict
 
 
 def _finished(out: Path, stage_id: int) -> bool:
-    return (out / f"after_stage{stage_id}" / "config.json").is_file()
-
-
-def _has_work(out: Path) -> bool:
-    return (out / STATE_FILE).exists() or any(out.glob("after_stage*"))
+    return RunFolder(out, SETTINGS_FILE).finished(f"stage{stage_id}")
 
 
 def all_finished(out, stages) -> bool:
@@ -275,6 +271,7 @@ class StageRun:
             self.log.truncate(stage_id, self.start)
             self.val_log.truncate(stage_id, self.start)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device).startswith("cuda"))
+        self.teacher_nll: float | None = None  # on the val batches, measured at the first validation
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return stage_loss(self.stage, self.teacher, self.student, batch)
@@ -292,7 +289,10 @@ class StageRun:
             if self.layer_mode:  # each process holds its layers' share of the loss
                 losses = [self.comm.sum(v.detach().reshape(1)) for v in losses]
             val_loss = sum(float(v) for v in losses) / len(self.val)
-            fit = target_nll(self.teacher, self.student, self.val) if self.stage.loss is kl_to_teacher else None
+            fit = None
+            if self.stage.loss is kl_to_teacher:  # the frozen teacher on fixed batches: its NLL is measured once
+                fit = target_nll(self.teacher, self.student, self.val, self.teacher_nll)
+                self.teacher_nll = fit["teacher_val_nll"]
         return val_loss, fit
 
     def save(self, step: int) -> None:
@@ -317,7 +317,7 @@ class StageRun:
             train_loss = r.loss if r.good else None
             self.log.add(self.id, r.step, f"{r.lr:.3e}", train_loss, val_loss, r.tokens, f"{r.seconds:.4f}")
             if val_loss is not None and fit is not None:
-                seen = tokens_logged(self.log.path)
+                seen = self.log.total("tokens")
                 self.val_log.add(self.id, r.step, seen, val_loss, fit["val_nll"], fit["teacher_val_nll"],
                                  fit["val_ppl_ratio"])  # fmt: skip
         self.progress.done_steps += 1
@@ -410,7 +410,7 @@ def distill(
 def _distill(run: RunFolder, teacher_dir, student_dir, data_dir, cfg, settings, comm, device, stop_after, dry_run,
              progress):  # fmt: skip
     out, lead = run.out, comm.rank == 0
-    run.check_settings(settings, has_work=_has_work(out))
+    run.check_settings(settings)
     writer = lead and not dry_run  # the lock holder; a dry run only reads, and deletes nothing
     pending = None
     if out.is_dir():
@@ -439,7 +439,7 @@ def _distill(run: RunFolder, teacher_dir, student_dir, data_dir, cfg, settings, 
     student_src = Path(student_dir)
     state = Progress(last_good=str(student_dir), stop_after=stop_after)
     for stage_id in cfg.stages:
-        if _finished(out, stage_id):
+        if run.finished(f"stage{stage_id}"):
             student_src = run.part(f"stage{stage_id}")
             state.last_good = str(student_src)
             continue

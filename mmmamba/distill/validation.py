@@ -7,7 +7,6 @@ next-token distribution, the student's and the teacher's perplexity on the valid
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -20,29 +19,24 @@ VAL_COLUMNS = ("stage", "step", "tokens_seen", "val_kl", "val_nll", "teacher_val
 
 
 @torch.no_grad()
-def target_nll(teacher, student, batches) -> dict[str, float]:
-    """Mean next-token NLL of the student and of the teacher over the batches' target tokens, and the
-    ratio of their perplexities (exp of the NLL difference)."""
-    s_sum = t_sum = 0.0
-    count = 0
+def mean_target_nll(model, batches) -> float:
+    """Mean next-token NLL of ``model`` over the batches' target tokens."""
+    total, count = 0.0, 0
     for b in batches:
         weight = b.loss_mask.float()  # each target counts once: ce_rows then returns a sum
-        s_sum += float(next_token_loss(student, b.input_ids, b.pixel_values, b.loss_mask, weight=weight))
-        t_sum += float(next_token_loss(teacher, b.input_ids, b.pixel_values, b.loss_mask, weight=weight))
+        total += float(next_token_loss(model, b.input_ids, b.pixel_values, b.loss_mask, weight=weight))
         count += int(b.loss_mask[:, 1:].sum())
-    count = max(count, 1)
-    s, t = s_sum / count, t_sum / count
+    return total / max(count, 1)
+
+
+def target_nll(teacher, student, batches, teacher_nll: float | None = None) -> dict[str, float]:
+    """The student's and the teacher's mean target NLL over the batches, and the ratio of their perplexities
+    (exp of the NLL difference). ``teacher_nll``: the teacher's, measured before on the same batches."""
+    t = mean_target_nll(teacher, batches) if teacher_nll is None else teacher_nll
+    s = mean_target_nll(student, batches)
     return {"val_nll": s, "teacher_val_nll": t, "val_ppl_ratio": math.exp(s - t)}
 
 
 def val_log(out: Path) -> RunLog:
     """``val.csv`` of a run folder."""
     return RunLog(Path(out) / "val.csv", VAL_COLUMNS, key=("stage", "step"))
-
-
-def tokens_logged(log_csv: Path) -> int:
-    """Real tokens trained on so far: the sum of a run log's per-step ``tokens``."""
-    if not log_csv.is_file():
-        return 0
-    with log_csv.open() as f:
-        return sum(int(r["tokens"]) for r in csv.DictReader(f) if r.get("tokens"))

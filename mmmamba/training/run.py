@@ -56,6 +56,10 @@ class RunLog:
         if len(keep) != len(lines):
             write_text_atomic(self.path, "".join(keep))
 
+    def total(self, column: str) -> int:
+        """The sum of a whole-number column over the rows that have it (e.g. the tokens trained on so far)."""
+        return sum(int(r[column]) for r in self.rows() if r.get(column))
+
     def add(self, *values) -> None:
         """Append one row, values in column order (None is written empty; floats to 6 significant digits)."""
         self.start()
@@ -101,7 +105,7 @@ class RunFolder:
             self._lock = None
 
     # settings ---------------------------------------------------------------------------------------
-    def check_settings(self, settings: dict, has_work: bool | None = None) -> None:
+    def check_settings(self, settings: dict) -> None:
         """Refuse a folder that holds a run started with other settings or on other data. An unreadable
         settings file is refused only when the folder holds work (else it is simply rewritten)."""
         f = self.settings_file
@@ -110,7 +114,7 @@ class RunFolder:
         try:
             old = read_json(f, "run settings file")
         except MmmambaError as e:
-            if self.has_work() if has_work is None else has_work:
+            if self.has_work():
                 raise MmmambaError(
                     f"{e}; the run folder holds finished work, so restore the file or use a new --out"
                 ) from None
@@ -164,10 +168,6 @@ class RunFolder:
 def _key(line: str, at: list[int]) -> tuple:
     fields = line.rstrip("\n").split(",")
     try:
-        return tuple(_number(fields[i]) for i in at)
+        return tuple(int(fields[i]) for i in at)
     except (IndexError, ValueError):
         return ()
-
-
-def _number(text: str) -> int:
-    return int(text)

@@ -33,6 +33,7 @@ def test_log_truncates_past_the_resumed_step_and_keeps_column_order(tmp_path):
         log.add(stage, step, 0.5 / step)
     log.truncate(2, 1)
     assert [(r["stage"], r["step"]) for r in log.rows()] == [("1", "1"), ("1", "2"), ("2", "1")]
+    assert log.total("step") == 4
     assert log.path.read_text().splitlines()[:2] == ["stage,step,loss", "1,1,0.5"]
     log.add(2, 2, None)
     assert log.rows()[-1] == {"stage": "2", "step": "2", "loss": ""}
