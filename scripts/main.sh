@@ -14,7 +14,7 @@ fi
 .venv/bin/python -m pip install -q -e ".[data]"
 . .venv/bin/activate
 OUT=${OUT:-runs/main}
-STEPS=${STEPS:-1600}
+STEPS=${STEPS:-2000}
 mkdir -p "$OUT"
 stage() { echo; echo "== [$1/4] $2 ($(( $(date +%s) - start )) s so far)"; }
 stage 1 "task suite -> $OUT/suite"
@@ -26,7 +26,7 @@ stage 3 "convert and distil linear and hybrid (progress below; each run's log: $
 python -m mmmamba.experiments.ablations --teacher models/tiny-teacher --data "$OUT/suite" --out "$OUT/runs" \
   --runs linear hybrid_every4 --total-steps "$STEPS" --batch-size 8 --lr-scale 20 --stage-shares 1,2,5 --eval-every 250 \
   --convert-args="--conv-kernel 4" --distill-args="--pack" \
-  --teacher-eval "$OUT/teacher_eval.json" --progress
+  --teacher-eval "$OUT/teacher_eval.json" --jobs 2 --progress
 stage 4 "answers on one test image"
 img="$OUT/suite/images/test/test-shape-00000-0.png"
 q=$(python -c "import json

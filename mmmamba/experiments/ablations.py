@@ -27,6 +27,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -105,12 +106,37 @@ def parse_shares(text: str) -> dict[int, float]:
     return dict(zip((1, 2, 3), shares))
 
 
+def _log_rows(log_csv: Path) -> list[dict]:
+    """The distillation log's training steps (rows with ``tokens``); none before the log exists."""
+    if not log_csv.exists():
+        return []
+    with log_csv.open() as f:
+        return [row for row in csv.DictReader(f) if row.get("tokens")]
+
+
 def _trained_tokens(log_csv: Path) -> int | None:
     """Tokens the student trained on: the sum of the distillation log's per-step ``tokens``."""
-    if not log_csv.exists():
-        return None
-    with log_csv.open() as f:
-        return sum(int(row["tokens"]) for row in csv.DictReader(f) if row.get("tokens"))
+    return sum(int(row["tokens"]) for row in _log_rows(log_csv)) if log_csv.exists() else None
+
+
+def row_steps(name: str, args) -> int:
+    """A row's distillation steps over all its stages."""
+    stages = GRIDS[args.grid][name][3]
+    return sum(split_steps(stages, args.total_steps, parse_shares(getattr(args, "stage_shares", "1,1,2"))))
+
+
+def watch_rows(names: list[str], args, stop: threading.Event) -> None:
+    """``--progress`` with rows side by side: one bar (with an ETA) over every row's distillation steps,
+    read from their log.csv files every two seconds until ``stop`` is set."""
+    from tqdm import tqdm
+
+    logs = [Path(args.out) / n / "run" / "log.csv" for n in names]
+    total = sum(row_steps(n, args) for n in names)
+    with tqdm(total=total, unit="step", desc=f"distilling {len(names)} rows side by side", dynamic_ncols=True) as bar:
+        while True:
+            bar.update(min(total, sum(len(_log_rows(log)) for log in logs)) - bar.n)
+            if stop.wait(2):
+                break
 
 
 class RowFailed(Exception):
@@ -267,8 +293,16 @@ def run_rows(names: list[str], args) -> tuple[list[dict], list[str], list[str]]:
     pending, jobs = list(names), args.jobs
     for attempt in range(args.retries + 1):
         run_args = argparse.Namespace(**{**vars(args), "jobs": jobs})
+        stop = threading.Event()
+        watcher = None
+        if getattr(args, "progress", False) and jobs > 1:
+            watcher = threading.Thread(target=watch_rows, args=(pending, run_args, stop), daemon=True)
+            watcher.start()
         with ThreadPoolExecutor(jobs) as pool:
             outcomes = list(pool.map(functools.partial(_attempt, args=run_args, attempt=attempt + 1), pending))
+        stop.set()
+        if watcher is not None:
+            watcher.join()
         done.update({n: r for n, r in zip(pending, outcomes) if not isinstance(r, RowFailed)})
         pending = [n for n, r in zip(pending, outcomes) if isinstance(r, RowFailed)]
         if not pending:
@@ -300,7 +334,8 @@ def main():
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel (small models leave a GPU idle)")
     p.add_argument(
         "--progress", action="store_true",
-        help="with --jobs 1: show each command's output and progress bars on the console too (always in stdout.log)",
+        help="with --jobs 1: show each command's output and progress bars on the console too (always in "
+        "stdout.log); with more: one bar over every row's distillation steps",
     )  # fmt: skip
     p.add_argument(
         "--retries",

@@ -162,3 +162,16 @@ def test_failed_rows_are_retried_after_the_others_with_fewer_side_by_side(tmp_pa
     assert sorted(calls) == sorted([("linear", 4), ("keep_2", 4), ("stages_3", 4), ("linear", 2), ("stages_3", 2)])
     calls.clear()
     assert ablations.run_rows(names, _grid_args(tmp_path, retries=0))[2] == ["linear", "stages_3"]  # no retry
+
+
+def test_rows_side_by_side_show_one_bar_over_their_logged_steps(tmp_path, capsys):
+    args = ablations.argparse.Namespace(grid="tiny", out=str(tmp_path), total_steps=16, stage_shares="1,1,2")
+    assert ablations.row_steps("linear", args) == 16 and ablations.row_steps("stages_1", args) == 16
+    for name, steps in (("linear", 3), ("hybrid_every4", 5)):
+        (tmp_path / name / "run").mkdir(parents=True)
+        rows = "".join(f"1,{i},1e-3,0.5,,100,0.1\n" for i in range(1, steps + 1))
+        (tmp_path / name / "run" / "log.csv").write_text("stage,step,lr,train_loss,val_loss,tokens,seconds\n" + rows)
+    stop = ablations.threading.Event()
+    stop.set()  # one reading, then the bar closes
+    ablations.watch_rows(["linear", "hybrid_every4", "keep_head2"], args, stop)  # keep_head2: no log yet
+    assert "8/48" in capsys.readouterr().err
