@@ -30,9 +30,11 @@ def add_convert(sub) -> None:
         help="causal conv kernel size (paper: 2; 4 answered exact offsets better at 4 and 30 layers, RESULTS.md)",
     )  # fmt: skip
     p.add_argument(
-        "--gate-order", default="norm-first", choices=["norm-first", "gate-first"],
-        help="the mixer's output: norm-first = RMSNorm(y)·SiLU(gate) (the paper's, the released mmMamba's); "
-        "gate-first = RMSNorm(y·SiLU(gate)) (Mamba-2's: `export --format granite-hybrid` needs it, docs/SERVING.md)",
+        "--gate-order", default="auto", choices=["auto", "norm-first", "gate-first"],
+        help="the mixer's output: norm-first = RMSNorm(y)·SiLU(gate) (the paper's, the released mmMamba's; "
+        "`export --format mmmamba-official` needs it); gate-first = RMSNorm(y·SiLU(gate)) (Mamba-2's: `export "
+        "--format granite-hybrid` and every serving engine need it); auto (default) = gate-first for a text-only "
+        "teacher, norm-first for a teacher with a vision stem (docs/SERVING.md)",
     )  # fmt: skip
     p.add_argument("--seed", type=SEED, default=0, help="random seed for the new parameters")
     p.add_argument("--max-shard-size", default="2GB", help="split the safetensors above this size (e.g. 500MB)")
@@ -70,13 +72,14 @@ def cmd_convert(args) -> None:
         return
     torch.manual_seed(args.seed)
     teacher = load_checkpoint(args.teacher)
-    student = convert_to_mamba(teacher, keep, init=args.init, mamba=_mamba_options(args))
+    student = convert_to_mamba(teacher, keep, init=args.init, mamba=_mamba_options(args, cfg))
     student.config.conversion["teacher"] = str(args.teacher)
     if auto is not None:
         student.config.conversion["auto_keep"] = auto
         student.config.conversion["auto_rank"] = args.auto_rank or "error"
     save_checkpoint(student, out, max_shard, extra=lambda d: copy_tokenizer(args.teacher, d))
-    print(f"wrote {args.out}: {kept_summary(student.config.mixers, auto, args.auto_rank)} (init {args.init})")
+    order = student.config.mamba["gate_order"]
+    print(f"wrote {args.out}: {kept_summary(student.config.mixers, auto, args.auto_rank)} (init {args.init}, {order})")
 
 
 def kept_summary(mixers: list[str], auto: int | None, rank: str | None) -> str:
@@ -92,9 +95,18 @@ def kept_summary(mixers: list[str], auto: int | None, rank: str | None) -> str:
     )
 
 
-def _mamba_options(args) -> dict:
+def default_gate_order(teacher_cfg) -> str:
+    """``--gate-order auto``: gate-first (the order every serving engine runs) for a text-only teacher, whose
+    student ``export --format granite-hybrid`` can serve; norm-first (the paper's, the released mmMamba's)
+    for a teacher with a vision stem, which no engine serves. At equal budget the two orders measured within
+    noise of each other (docs/SERVING.md, "Which to choose")."""
+    return "norm-first" if teacher_cfg.vision is not None else "gate-first"
+
+
+def _mamba_options(args, teacher_cfg) -> dict:
     """The Mamba-2 options ``convert`` stores in the student's config."""
-    return {"conv_kernel": args.conv_kernel, "gate_order": args.gate_order}
+    order = default_gate_order(teacher_cfg) if args.gate_order == "auto" else args.gate_order
+    return {"conv_kernel": args.conv_kernel, "gate_order": order}
 
 
 def _convert_estimate(args, cfg, keep, out) -> None:
@@ -106,7 +118,7 @@ def _convert_estimate(args, cfg, keep, out) -> None:
     from ..models.sizing import check_fits, parameter_count
 
     mixers = ["attention" if i in keep else "mamba2" for i in range(cfg.num_layers)]
-    student = dataclasses.replace(cfg, mixers=mixers, mamba=_mamba_options(args))
+    student = dataclasses.replace(cfg, mixers=mixers, mamba=_mamba_options(args, cfg))
     need = check_fits(cfg, args.teacher) + check_fits(student, "the student")
     disk = 4 * parameter_count(student)
     check_free_space(out, disk, "the student checkpoint")

@@ -185,3 +185,20 @@ def test_convert_cli_stores_the_gate_order(tmp_path, capsys):
     bad = ["convert", "--teacher", str(tmp_path / "t"), "--out", str(tmp_path / "x"), "--gate-order", "last"]
     assert main(bad) == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_convert_cli_default_is_gate_first_for_text_teachers_and_norm_first_with_a_vision_stem(tmp_path, capsys):
+    """``--gate-order auto`` (the default): a text-only teacher's student is one the engines serve; a VLM
+    teacher's keeps the paper's order, which ``export --format mmmamba-official`` needs."""
+    from mmmamba.cli.main import main
+    from mmmamba.data.tokenizer import ByteTokenizer
+
+    vlm = tiny_config(hidden_size=48, num_heads=6, intermediate_size=40, max_position=128,
+                      vision={"image_size": 8, "patch_size": 4}, image_token_id=5)  # fmt: skip
+    teachers = {"gate-first": tiny_teacher().float(), "norm-first": Decoder(vlm).float()}
+    for order, teacher in teachers.items():
+        save_checkpoint(teacher, tmp_path / f"t-{order}", extra=ByteTokenizer().save)
+        out = tmp_path / f"s-{order}"
+        assert main(["convert", "--teacher", str(tmp_path / f"t-{order}"), "--out", str(out)]) == 0
+        assert json.loads((out / "config.json").read_text())["mamba"]["gate_order"] == order
+        assert order in capsys.readouterr().out
