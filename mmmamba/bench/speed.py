@@ -76,6 +76,7 @@ def build_ours(name: str, args, max_position: int) -> Decoder:
         del teacher
     model.eval().requires_grad_(False)
     model.fuse_projections()
+    model.set_backends(mamba_decode=args.decode_backend)
     return model
 
 
@@ -326,6 +327,10 @@ def parse_args(argv=None):
     )
     p.add_argument("--decode", default="compile", choices=["eager", "graph", "compile"], help="our decode step")
     p.add_argument("--ssd-backend", default="auto", choices=["auto", "torch", "fla"], help="the Mamba-2 scan")
+    p.add_argument(
+        "--decode-backend", default="auto", choices=["auto", "torch", "triton"],
+        help="the Mamba-2 decode step: auto = the fused Triton kernel on CUDA when installed",
+    )  # fmt: skip
     p.add_argument("--batch-context", type=int, default=0, help="also find the largest batch at this context")
     p.add_argument("--max-batch", type=int, default=256, help="largest batch the batch search tries")
     p.add_argument(

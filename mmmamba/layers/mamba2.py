@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import causal_conv1d, causal_conv1d_step, ssd_scan, ssd_step
+from ..ops.mamba_step import ACTIVATIONS, mamba2_decode_step_triton, resolve_decode_backend
+from ..ops.mamba_step import BACKENDS as DECODE_BACKENDS
 from ..ops.ssd import resolve_backend
 from .norm import GATE_ORDERS, rms_norm
 from .projections import add_qkvo_projections, fuse_linears
-
-ACTIVATIONS = {"silu": F.silu, "identity": lambda t: t}
 
 
 @dataclass
@@ -42,6 +42,7 @@ class Mamba2Config:
     dt_max: float = 0.1
     ssd_backend: str = "auto"  # the scan's implementation: auto | torch | fla (ops.ssd); a runtime choice
     gate_order: str = "norm-first"  # norm-first (paper) | gate-first (Mamba-2); configs without it: norm-first
+    decode_backend: str = "auto"  # the decode step: auto | torch | triton (ops.mamba_step); a runtime choice
 
     def __post_init__(self):
         if self.conv_activation not in ACTIVATIONS:
@@ -52,6 +53,8 @@ class Mamba2Config:
             raise ValueError("conv_kernel must be at least 1")
         if self.gate_order not in GATE_ORDERS:
             raise ValueError(f"gate_order must be one of {list(GATE_ORDERS)}, got {self.gate_order!r}")
+        if self.decode_backend not in DECODE_BACKENDS:
+            raise ValueError(f"decode_backend must be one of {list(DECODE_BACKENDS)}, got {self.decode_backend!r}")
 
     @property
     def conv_dim(self) -> int:
@@ -205,8 +208,19 @@ class Mamba2Mixer(nn.Module):
         """One token per row: u (b, d) → mixer output before o_proj (b, h·head_dim); updates ``cache`` in place.
 
         Static shapes, no host sync: the same call as ``Attention.step``, capturable in a CUDA graph.
+        ``cfg.decode_backend`` triton: everything after the in-projection in one kernel (``ops.mamba_step``).
         """
+        cfg = self.cfg
         xBC, gate, dt_in = self._in_proj(u)
+        compiling = torch.compiler.is_compiling()  # auto under torch.compile: the PyTorch ops, which Inductor fuses
+        if resolve_decode_backend(cfg.decode_backend, u.device.type, compiling) == "triton":
+            qk = (self.q_norm, self.k_norm) if cfg.qk_norm else (None, None)
+            return mamba2_decode_step_triton(
+                xBC, dt_in, gate, cache.conv, self.conv_weight, self.conv_bias, self.dt_bias, self.A_log, self.D,
+                cache.ssm, self.out_norm.weight, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+                head_dim=cfg.head_dim, activation=cfg.conv_activation, q_norm=qk[0], k_norm=qk[1],
+                norm_eps=cfg.norm_eps, gate_order=cfg.gate_order,
+            )  # fmt: skip
         y, conv_state, ssm_state = self._recurrent(xBC, dt_in, cache)
         cache.conv.copy_(conv_state)
         cache.ssm.copy_(ssm_state)

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """x / rms(x) · weight over the last dimension, computed in float32 or wider."""
-    dtype = x.dtype
-    x = x.to(torch.promote_types(dtype, torch.float32))
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x.to(dtype)
+from ..ops.norm import gated_rms_norm, rms_norm
 
 
 class RMSNorm(nn.Module):
@@ -36,7 +29,7 @@ class GatedHeadNorm(nn.Module):
 
     def forward(self, y: Tensor, gate: Tensor) -> Tensor:
         """y and gate (..., h, head_dim)."""
-        return rms_norm(y, self.weight, self.eps) * F.silu(gate)
+        return gated_rms_norm(y, gate, self.weight, self.eps, "norm-first")
 
 
 class GateFirstHeadNorm(GatedHeadNorm):
@@ -45,10 +38,7 @@ class GateFirstHeadNorm(GatedHeadNorm):
 
     def forward(self, y: Tensor, gate: Tensor) -> Tensor:
         """y and gate (..., h, head_dim)."""
-        wide = torch.promote_types(y.dtype, torch.float32)
-        z = y.to(wide) * F.silu(gate.to(wide))
-        z = z * torch.rsqrt(z.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * z.to(y.dtype)
+        return gated_rms_norm(y, gate, self.weight, self.eps, "gate-first")
 
 
 GATE_ORDERS = {"norm-first": GatedHeadNorm, "gate-first": GateFirstHeadNorm}

@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 from ..errors import MmmambaError
 from ..layers import Attention, DecodeContext, Mamba2Mixer, RMSNorm, SwiGLU
 from ..ops.decode_attention import BACKENDS as ATTENTION_BACKENDS
+from ..ops.mamba_step import BACKENDS as MAMBA_DECODE_BACKENDS
 from ..ops.packing import Unpacker
 from ..ops.ssd import BACKENDS as SSD_BACKENDS
 from .cache import ModelCache
@@ -104,17 +105,25 @@ class Decoder(nn.Module):
         cache.advance()
         return self.lm_head(self.norm(x))
 
-    def set_backends(self, ssd: str | None = None, decode_attention: str | None = None) -> None:
-        """Runtime kernel choices (not saved): the Mamba-2 scan (ops.ssd) and the decode attention kernel."""
+    def set_backends(
+        self, ssd: str | None = None, decode_attention: str | None = None, mamba_decode: str | None = None
+    ) -> None:
+        """Runtime kernel choices (not saved): the Mamba-2 scan (ops.ssd), the decode attention kernel and the
+        Mamba-2 decode step (ops.mamba_step: the fused Triton kernel or the PyTorch one)."""
         if ssd is not None and ssd not in SSD_BACKENDS:
             raise MmmambaError(f"SSD backend {ssd!r} is unknown; use one of {list(SSD_BACKENDS)}")
         if decode_attention is not None and decode_attention not in ATTENTION_BACKENDS:
             choices = list(ATTENTION_BACKENDS)
             raise MmmambaError(f"decode attention {decode_attention!r} is unknown; use one of {choices}")
+        if mamba_decode is not None and mamba_decode not in MAMBA_DECODE_BACKENDS:
+            choices = list(MAMBA_DECODE_BACKENDS)
+            raise MmmambaError(f"Mamba-2 decode backend {mamba_decode!r} is unknown; use one of {choices}")
         for layer in self.layers:
             cfg = layer.mixer.cfg
             if ssd is not None and isinstance(layer.mixer, Mamba2Mixer):
                 cfg.ssd_backend = ssd
+            if mamba_decode is not None and isinstance(layer.mixer, Mamba2Mixer):
+                cfg.decode_backend = mamba_decode
             if decode_attention is not None and isinstance(layer.mixer, Attention):
                 cfg.decode_backend = decode_attention
 

@@ -17,16 +17,25 @@ Checks, each at several shapes with odd lengths:
    merged by log-sum-exp) against the float64 masked softmax: GQA, odd chunk sizes, left padding.
 5. A packed row of mixed lengths through the attention teacher (SDPA on the row unpacked to one
    sample a row) against each sample alone in float64: logits and parameter gradients, fp32 and bf16.
+8. The fused Mamba-2 decode step (``ops.mamba_step``, one Triton kernel after the in-projection) against
+   the float64 reference at HoVLE's shape (16/8 heads of 128), conv kernel 2 and 4, batch 1 and 64, fp32 and
+   bf16, three tokens carried: output and both states; q/k norm, D, gate-first; the mixer's step both ways.
+9. The same past 2^31 state elements (8 200 rows: an 8.6 GB fp32 state), on rows at the start, middle, end.
+10. Timing (printed, not checked): the fused kernel against the torch path per layer, each replayed from a
+   CUDA graph, with the bytes a step must move and the bandwidth that makes; the kernel's tile settings.
 Prints one PASS/FAIL line per check and exits 1 if any failed.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
+from functools import partial
 
 import torch
 
+from mmmamba.bench.timing import cuda_time_ms
 from mmmamba.convert import convert_to_mamba
 from mmmamba.infer.decode_step import DecodeStep
 from mmmamba.infer.generate import left_pad, prefill
@@ -34,6 +43,7 @@ from mmmamba.layers import Mamba2Config, Mamba2Mixer
 from mmmamba.models import Decoder, DecoderConfig
 from mmmamba.ops import ssd_chunked_scan, ssd_naive_scan
 from mmmamba.ops.decode_attention import decode_attention_reference, decode_attention_triton
+from mmmamba.ops.mamba_step import mamba2_decode_step_reference, mamba2_decode_step_triton
 from mmmamba.ops.prefill_attention import prefill_attention
 from mmmamba.ops.ssd import ssd_scan
 from mmmamba.ops.ssd_fla import ssd_fla_scan
@@ -278,6 +288,157 @@ def check_packed_attention():
         check(f"packed attention {str(dtype)[6:]} grads", worst, tol * 4)
 
 
+def mamba_step_inputs(b, h, kvh, hd, k, dtype, qk=False, use_D=False, seed=0):
+    """(states and parameters, a function making one token's xBC, dt_in, gate) of the Mamba-2 decode step."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, device="cuda", generator=g)  # noqa: E731
+    cd = (2 * kvh + h) * hd
+    s = dict(
+        conv_state=r(b, k - 1, cd).to(dtype), conv_weight=(r(cd, k) / k**0.5).to(dtype),
+        conv_bias=(r(cd) * 0.1).to(dtype), dt_bias=(r(h) * 0.5 - 3).to(dtype), A_log=(r(h) * 0.5).to(dtype),
+        D=r(h).to(dtype) if use_D else None, ssm_state=torch.empty(b, h, hd, hd, device="cuda"),
+        norm_weight=(1 + 0.1 * r(hd)).to(dtype), q_norm=(1 + 0.1 * r(hd)).to(dtype) if qk else None,
+        k_norm=(1 + 0.1 * r(hd)).to(dtype) if qk else None,
+    )  # fmt: skip
+    for row in range(b):  # a row at a time: no temporary of a large state
+        s["ssm_state"][row].normal_(0, 0.1, generator=g)
+
+    def token():
+        return r(b, cd).to(dtype), (r(b, h) * 0.5).to(dtype), r(b, h * hd).to(dtype)
+
+    return s, token
+
+
+def _wide(s: dict, rows=slice(None)) -> dict:
+    """The float64 copy the reference runs on (rows of the states only)."""
+    out = {}
+    for n, t in s.items():
+        if t is not None and n in ("conv_state", "ssm_state"):
+            t = t[rows]
+        out[n] = None if t is None else t.double().clone()
+    return out
+
+
+def check_mamba_step():
+    h, kvh, hd = 16, 8, 128  # HoVLE's
+    kinds = [(b, k, False, False, "norm-first") for b in (1, 64) for k in (2, 4)]
+    kinds += [(3, 4, True, True, "gate-first"), (5, 2, False, True, "gate-first")]
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):
+        for b, k, qk, use_D, order in kinds:
+            s, token = mamba_step_inputs(b, h, kvh, hd, k, dtype, qk, use_D, seed=b * 10 + k)
+            ref = _wide(s)
+            kw = dict(num_heads=h, num_kv_heads=kvh, head_dim=hd, gate_order=order)
+            worst = {"out": 0.0, "ssm": 0.0, "conv": 0.0}
+            for _ in range(3):
+                xBC, dt_in, gate = token()
+                out = mamba2_decode_step_triton(xBC, dt_in, gate, **s, **kw)
+                want = mamba2_decode_step_reference(xBC.double(), dt_in.double(), gate.double(), **ref, **kw)
+                worst["out"] = max(worst["out"], rel(out, want))
+                worst["ssm"] = max(worst["ssm"], rel(s["ssm_state"], ref["ssm_state"]))
+                if k > 1:
+                    worst["conv"] = max(worst["conv"], rel(s["conv_state"], ref["conv_state"]))
+            tag = f"mamba step b{b} k{k}{' qk' if qk else ''}{' D' if use_D else ''} {order} {str(dtype)[6:]}"
+            check(f"{tag} out", worst["out"], tol)
+            check(f"{tag} ssm state", worst["ssm"], 1e-4)
+            check(f"{tag} conv state", worst["conv"], 0.0)
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 2e-2)):  # the mixer's step, triton and torch
+        torch.manual_seed(6)
+        wide = Mamba2Mixer(Mamba2Config(2048, 16, 8, 128, use_D=True, gate_order="gate-first")).cuda()
+        torch.nn.init.normal_(wide.dt_proj.weight, std=0.02)
+        mixer = copy.deepcopy(wide).to(dtype).eval()
+        wide = wide.to(dtype).double().eval()  # the same (rounded) weights in float64, the torch step
+        wide.cfg.decode_backend = "torch"
+        mixer.fuse_projections()
+        caches = {bk: mixer.make_cache(4, 0, dtype, "cuda") for bk in ("torch", "triton")}
+        c_wide = wide.make_cache(4, 0, torch.float64, "cuda")
+        worst = {"torch": 0.0, "triton": 0.0}
+        with torch.no_grad():
+            for _ in range(5):
+                u = torch.randn(4, 2048, device="cuda", dtype=dtype)
+                want = wide.step(u.double(), c_wide)
+                for bk, cache in caches.items():
+                    mixer.cfg.decode_backend = bk
+                    y = mixer.step(u, cache)
+                    worst[bk] = max(worst[bk], rel(y, want), rel(cache.ssm, c_wide.ssm))
+        for bk, w in worst.items():  # the torch path rounds to bf16 between its pieces: looser
+            check(f"mixer step {bk} vs float64 {str(dtype)[6:]}", w, tol if bk == "triton" else 4 * tol)
+
+
+def check_mamba_step_large():
+    """More than 2^31 state elements: r·stride passes int32 from row 8192 on."""
+    b, h, kvh, hd, k = 8200, 16, 8, 128, 2
+    assert b * h * hd * hd > 2**31
+    s, token = mamba_step_inputs(b, h, kvh, hd, k, torch.bfloat16, seed=11)
+    rows = [0, b // 2, b - 1]
+    refs = {r: _wide(s, slice(r, r + 1)) for r in rows}
+    xBC, dt_in, gate = token()
+    out = mamba2_decode_step_triton(xBC, dt_in, gate, **s, num_heads=h, num_kv_heads=kvh, head_dim=hd)
+    for r in rows:
+        sl = slice(r, r + 1)
+        want = mamba2_decode_step_reference(
+            xBC[sl].double(), dt_in[sl].double(), gate[sl].double(), **refs[r], num_heads=h, num_kv_heads=kvh,
+            head_dim=hd,
+        )  # fmt: skip
+        tag = f"mamba step past 2^31 state elements, row {r} of {b}"
+        check(f"{tag} out", rel(out[sl], want), 2e-2)
+        check(f"{tag} ssm state", rel(s["ssm_state"][sl], refs[r]["ssm_state"]), 1e-4)
+    del s
+    torch.cuda.empty_cache()
+
+
+def graph_us(fn, reps: int = 20) -> float:
+    """Microseconds a call of ``fn`` takes replayed from a CUDA graph of ``reps`` calls (median of 20 replays)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    return cuda_time_ms(graph.replay, warmup=3, iters=20) * 1e3 / reps
+
+
+def _time_mamba_step_at(mixer: Mamba2Mixer, b: int) -> str:
+    cfg = mixer.cfg
+    h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    s, token = mamba_step_inputs(b, h, kvh, hd, cfg.conv_kernel, torch.bfloat16, seed=b)
+    xBC, dt_in, gate = token()
+    kw = dict(num_heads=h, num_kv_heads=kvh, head_dim=hd)
+    states = 2 * s["ssm_state"].numel() * 4 + 2 * s["conv_state"].numel() * 2  # read and written
+    moved = states + (xBC.numel() + 2 * gate.numel()) * 2  # + inputs read, output written
+    torch_us = graph_us(lambda: mamba2_decode_step_reference(xBC, dt_in, gate, **s, **kw))
+    line = [f"b{b}: torch path {torch_us:.1f} us"]
+    for hb, warps in ((None, None), (1, 8), (1, 16), (2, 16), (2, 32)):
+        fused = partial(mamba2_decode_step_triton, xBC, dt_in, gate, **s, **kw, block_heads=hb, num_warps=warps)
+        us = graph_us(fused)
+        line.append(f"fused hb{hb or 'auto'}/w{warps or 'auto'} {us:.1f} us ({moved / us / 1e3:.0f} GB/s)")
+    u = torch.randn(b, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
+    cache = mixer.make_cache(b, 0, torch.bfloat16, "cuda")
+    whole = {}
+    for backend in ("torch", "triton"):
+        cfg.decode_backend = backend
+        whole[backend] = graph_us(lambda: mixer.step(u, cache))
+    line.append(
+        f"whole mixer step (GEMV + rest, no o_proj) torch {whole['torch']:.1f} us, triton {whole['triton']:.1f} us"
+        f"; {moved / 1e6:.2f} MB moved after the GEMV"
+    )
+    return "; ".join(line)
+
+
+def time_mamba_step():
+    """Per layer at HoVLE's shape, bf16, conv kernel 2 (the H200 copies ~4.2 TB/s)."""
+    torch.manual_seed(7)
+    mixer = Mamba2Mixer(Mamba2Config(2048, 16, 8, 128)).cuda().to(torch.bfloat16).eval()
+    mixer.fuse_projections()
+    with torch.no_grad():
+        for b in (1, 8, 64, 256):
+            print(f"TIME mamba decode step {_time_mamba_step_at(mixer, b)}", flush=True)
+            torch.cuda.empty_cache()
+
+
 if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = False
     groups = {
@@ -290,6 +451,9 @@ if __name__ == "__main__":
             check_decode_steps,
             check_mixer_grads,
             check_packed_attention,
+            check_mamba_step,
+            check_mamba_step_large,
+            time_mamba_step,
         )
     }
     only = [a for a in sys.argv[2:]]  # optional: the groups to run, e.g. check_decode_steps
