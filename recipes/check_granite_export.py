@@ -6,7 +6,8 @@ For each gate-first text student (a real one, e.g. a SmolLM2 student from recipe
 1. ``mmmamba export --format granite-hybrid --model STUDENT --out WORK/NAME-granite``;
 2. ``transformers.GraniteMoeHybridForCausalLM.from_pretrained`` loads the folder (no remote code), float32;
 3. on 20 prompts made with the student's own tokenizer: next-token logits (max |Δ| over the largest
-   logit's magnitude), 16 greedy tokens from ``generate`` with transformers' cache against our static
+   logit's magnitude), 16 greedy tokens from ``generate`` with transformers' cache (none for an all-Mamba
+   student, whose export says ``use_cache: false``: transformers 5.24 cannot cache one) against our static
    decode. Targets (the CI tests' on tiny random students): logits within 1e-4, greedy tokens equal.
 
 Runs on the CPU or, with ``--device cuda``, on a GPU (float32 either way). Exit code 0 when every
@@ -54,14 +55,18 @@ def check(student: Path, work: Path, device: str, new_tokens: int) -> dict:
             a, b = ours(ids).logits[0, -1], theirs(ids).logits[0, -1]
             worst = max(worst, float((a - b).abs().max() / a.abs().max()))
             mine = generate(ours, [p], max_new_tokens=new_tokens, decode="eager")[0]
-            hf = theirs.generate(ids, max_new_tokens=new_tokens, do_sample=False, use_cache=True,
+            # the export's own use_cache: off for an all-Mamba student (transformers 5.24 cannot cache one)
+            hf = theirs.generate(ids, max_new_tokens=new_tokens, do_sample=False, use_cache=theirs.config.use_cache,
                                  pad_token_id=0, eos_token_id=None)[0, len(p):].tolist()  # fmt: skip
             equal += mine[: len(hf)] == hf
     passed = worst <= 1e-4 and equal == len(prompts)
     row = {"model": str(student), "export": str(export), "device": device, "max_logit_error_rel": worst,
-           "greedy_equal": f"{equal}/{len(prompts)}", "new_tokens": new_tokens, "pass": passed}  # fmt: skip
-    print(f"{student}: logits max |Δ| / max |logit| = {worst:.2e}; greedy {new_tokens} tokens (transformers' cache "
-          f"vs our decode) equal on {equal}/{len(prompts)} -> {'PASS' if passed else 'FAIL'}", flush=True)  # fmt: skip
+           "greedy_equal": f"{equal}/{len(prompts)}", "new_tokens": new_tokens, "hf_cache": theirs.config.use_cache,
+           "pass": passed}  # fmt: skip
+    cache = "with" if theirs.config.use_cache else "without"
+    verdict = "PASS" if passed else "FAIL"
+    print(f"{student}: logits max |Δ| / max |logit| = {worst:.2e}; greedy {new_tokens} tokens (transformers {cache} "
+          f"its cache vs our decode) equal on {equal}/{len(prompts)} -> {verdict}", flush=True)  # fmt: skip
     return row
 
 
