@@ -25,6 +25,10 @@ def add_distill(sub) -> None:
         help="samples a step (over every process and micro-batch)",
     )  # fmt: skip
     p.add_argument("--eval-every", type=COUNT, default=100, help="validate on the val split every N steps")
+    p.add_argument(
+        "--val-limit", type=COUNT, default=128,
+        help="val samples each validation scores (teacher and student forwards: lower it on a CPU)",
+    )  # fmt: skip
     p.add_argument("--temperature", type=float_in(0.0, 1e4, low_open=True), default=1.0, help="stage-3 KL temperature")
     p.add_argument(
         "--ce-weight", type=float_in(0.0, 1e6), default=0.0, help="stage-3 weight of cross-entropy on answers"
@@ -81,6 +85,7 @@ def cmd_distill(args) -> None:
         steps=dict(zip(stages, steps)),
         batch_size=args.batch_size,
         eval_every=args.eval_every,
+        val_limit=args.val_limit,
         seed=args.seed,
         temperature=args.temperature,
         ce_weight=args.ce_weight,

@@ -204,6 +204,7 @@ CASES = {
     "dist_batch_0": DIST + ["--batch-size", "0"],
     "dist_batch_too_big": DIST + ["--batch-size", "10000"],
     "dist_eval_every_0": DIST + ["--eval-every", "0"],
+    "dist_val_limit_0": DIST + ["--val-limit", "0"],
     "dist_lr_nan": DIST + ["--lr-scale", "nan"],
     "dist_lr_0": DIST + ["--lr-scale", "0"],
     "dist_stages_4": DIST + ["--stages", "4"],

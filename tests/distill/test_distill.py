@@ -247,3 +247,23 @@ def test_auto_keep_relative_rank_divides_each_error_by_its_teacher_output_size(s
         assert conv["auto_relative_errors"][str(i)] == pytest.approx(errors[i] / power[i], rel=1e-5)  # fp32 MSE
     with pytest.raises(MmmambaError, match="rank"):
         keep_hardest_as_attention(loud, load_checkpoint(root / "student"), [batch], 1, rank="size")
+
+
+def test_val_limit_sets_how_many_val_samples_each_validation_scores(setup, tmp_path):
+    """``distill --val-limit N``: at most N val samples a folder (each costs a teacher and a student forward)."""
+    import json
+
+    from mmmamba.cli.main import main
+
+    root, _, _ = setup
+    args = (root / "teacher", root / "student", root / "data")
+    counted = {}
+    for limit in (2, 128):
+        val = prepare(*args, tmp_path / "p", DistillConfig(batch_size=2, val_limit=limit), progress=False).val
+        counted[limit] = sum(b.input_ids.shape[0] for b in val)
+    assert counted[2] == 2 and counted[128] > 2
+    argv = ["distill", "--teacher", str(args[0]), "--student", str(args[1]), "--data", str(args[2])]
+    argv += ["--out", str(tmp_path / "r"), "--stages", "1", "--steps-per-stage", "1", "--batch-size", "2"]
+    argv += ["--val-limit", "3"]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "r" / "distill_config.json").read_text())["val_limit"] == 3
