@@ -68,7 +68,12 @@ def vendor_tree(work: Path, sdist: str | None) -> Path:
     found = sorted(glob.glob(str(work / "src" / "llama_cpp_python-*" / "vendor" / "llama.cpp")))
     if found:
         return Path(found[-1])
-    sdist = sdist or sorted(glob.glob(str(work / "sdist" / "llama_cpp_python-*.tar.gz")))[-1]
+    sdists = [sdist] if sdist else sorted(glob.glob(str(work / "sdist" / "llama_cpp_python-*.tar.gz")))
+    if not sdists:
+        print(f"--work {work}: no llama-cpp-python sdist in {work / 'sdist'}; pass --sdist FILE or a --work folder "
+              "an earlier run built in", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+    sdist = sdists[-1]
     with tarfile.open(sdist) as t:
         t.extractall(work / "src", filter="data")
     return vendor_tree(work, sdist)
