@@ -181,7 +181,7 @@ def check(student: Path, work: Path, site: Path, vendor: Path, new_tokens: int, 
     ref_logits, ref_greedy = ours(student, prompts, new_tokens)
     hybrid = "attention" in json.loads((student / "config.json").read_text())["mixers"]
     report = {}
-    for fixed in ([False, True] if hybrid and rope_fix else [False]):
+    for fixed in [False, True] if hybrid and rope_fix else [False]:
         if fixed:
             key = "granitehybrid.rope.scaling.finetuned"
             fix = [sys.executable, vendor / "gguf-py/gguf/scripts/gguf_set_metadata.py", gguf, key, "1", "--force"]

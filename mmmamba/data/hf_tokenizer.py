@@ -44,8 +44,7 @@ def _load_hf(folder: Path):
                     fast.chat_template = _template_file(folder)
                 return fast
         raise MmmambaError(
-            f"{folder}: cannot load its tokenizer without running the folder's code ({first.__class__.__name__}); "
-            f"{fix}"
+            f"{folder}: cannot load its tokenizer without running the folder's code ({first.__class__.__name__}); {fix}"
         ) from None
 
 

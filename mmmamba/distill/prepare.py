@@ -212,8 +212,6 @@ def data_identity(data_dir) -> list[str]:
 DATA_FILES = ("train.jsonl", "val.jsonl", "corpus.json", "suite.json", "meta.json")
 
 
-
-
 def cfg_loss_args(cfg: DistillConfig) -> dict:
     """The run's loss options, as ``StageConfig.with_options`` takes them."""
     return {"temperature": cfg.temperature, "ce_weight": cfg.ce_weight}

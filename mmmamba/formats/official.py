@@ -176,6 +176,7 @@ def official_config(cfg) -> dict:
             rope_scaling=None,
             max_position_embeddings=cfg.max_position,
         )
+
     grid = v.position_grid or v.grid
     embedding = dict(
         model_type="mmMamba_embedding",

@@ -17,9 +17,7 @@ from ..layers.rope import rope_cos_sin
 
 
 class ModelCache(nn.Module):
-    def __init__(
-        self, layer_caches: list[nn.Module], batch: int, max_length: int, rope, dtype, device
-    ):
+    def __init__(self, layer_caches: list[nn.Module], batch: int, max_length: int, rope, dtype, device):
         super().__init__()
         self.layers = nn.ModuleList(layer_caches)
         self.max_length = max_length

@@ -81,8 +81,7 @@ def train_teacher(
     check_output_dir(out)
     if (out / "config.json").is_file() and not (out / STATE_FILE).is_file():
         raise MmmambaError(
-            f"--out {out}: holds a finished model without a training state (nothing to resume); "
-            "train into a new folder"
+            f"--out {out}: holds a finished model without a training state (nothing to resume); train into a new folder"
         )
     with RunFolder(out, "train_config.json", what="teacher run") as run:  # one writer
         return _train_teacher(run, p, preset, data, seed, steps, eval_every, device, max_train, allow_outside)

@@ -50,7 +50,14 @@ SHAPES = {  # GQA ratio, head_dim, conv kernel, tied, kept layers (first, middle
     "ratio3-hd16-k4-untied-last": dict(heads=6, kv_heads=2, head_dim=16, kernel=4, tied=False, keep=[2]),
     "ratio2-hd16-k2-tied-linear": dict(heads=4, kv_heads=2, head_dim=16, kernel=2, tied=True, keep=[]),
     "ratio1-hd32-k3-bias-D-two-kept": dict(
-        heads=2, kv_heads=2, head_dim=32, kernel=3, tied=False, keep=[0, 3], layers=4, qkv_bias=True,
+        heads=2,
+        kv_heads=2,
+        head_dim=32,
+        kernel=3,
+        tied=False,
+        keep=[0, 3],
+        layers=4,
+        qkv_bias=True,
         mamba={"use_D": True},
     ),  # fmt: skip
 }
