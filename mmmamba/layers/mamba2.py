@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import causal_conv1d, causal_conv1d_step, ssd_scan, ssd_step
-from ..ops.mamba_step import ACTIVATIONS, mamba2_decode_step_triton, resolve_decode_backend
+from ..ops.mamba_step import ACTIVATIONS, mamba2_decode_step, resolve_decode_backend, scan_inputs
 from ..ops.mamba_step import BACKENDS as DECODE_BACKENDS
 from ..ops.ssd import resolve_backend
-from .norm import GATE_ORDERS, rms_norm
+from .norm import GATE_ORDERS
 from .projections import add_qkvo_projections, fuse_linears
 
 
@@ -123,20 +123,15 @@ class Mamba2Mixer(nn.Module):
         bf16 q/k/v and keeps its own fp32 state) leaves them in the model's dtype. Δ is always ≥ fp32.
         """
         cfg = self.cfg
-        h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        xBC = ACTIVATIONS[cfg.conv_activation](xBC)
-        x, B, C = xBC.split([kvh * hd, kvh * hd, h * hd], dim=-1)
-        # (..., kvh·hd) → (..., h, hd): each query head gets its KV head's x and B
-        x = x.unflatten(-1, (kvh, hd)).repeat_interleave(h // kvh, dim=-2)
-        B = B.unflatten(-1, (kvh, hd)).repeat_interleave(h // kvh, dim=-2)
-        C = C.unflatten(-1, (h, hd))
-        if cfg.qk_norm:
-            B, C = rms_norm(B, self.k_norm, cfg.norm_eps), rms_norm(C, self.q_norm, cfg.norm_eps)
-        dt = F.softplus(dt_in + self.dt_bias)
-        # the scan runs in at least float32 (exp of decay sums, long accumulations); output is cast back
-        scan_dtype = torch.promote_types(dt_in.dtype, torch.float32)
-        io_dtype = xBC.dtype if low_precision_ok else scan_dtype
-        return x.to(io_dtype), dt.to(scan_dtype), B.to(io_dtype), C.to(io_dtype)
+        q_norm, k_norm = self._qk_norms()
+        return scan_inputs(
+            xBC, dt_in, self.dt_bias, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.conv_activation,
+            q_norm, k_norm, cfg.norm_eps, low_precision_ok,
+        )  # fmt: skip
+
+    def _qk_norms(self) -> tuple[Tensor | None, Tensor | None]:
+        """The q and k RMSNorm weights (for C and B), or (None, None) without q/k norm."""
+        return (self.q_norm, self.k_norm) if self.cfg.qk_norm else (None, None)
 
     def _in_proj(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """u (..., d) → xBC (..., conv_dim) = [x | B | C] before the conv, gate (..., h·hd), u·Wdt (..., h)."""
@@ -213,19 +208,14 @@ class Mamba2Mixer(nn.Module):
         cfg = self.cfg
         xBC, gate, dt_in = self._in_proj(u)
         compiling = torch.compiler.is_compiling()  # auto under torch.compile: the PyTorch ops, which Inductor fuses
-        if resolve_decode_backend(cfg.decode_backend, u.device.type, compiling) == "triton":
-            qk = (self.q_norm, self.k_norm) if cfg.qk_norm else (None, None)
-            return mamba2_decode_step_triton(
-                xBC, dt_in, gate, cache.conv, self.conv_weight, self.conv_bias, self.dt_bias, self.A_log, self.D,
-                cache.ssm, self.out_norm.weight, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
-                head_dim=cfg.head_dim, activation=cfg.conv_activation, q_norm=qk[0], k_norm=qk[1],
-                norm_eps=cfg.norm_eps, gate_order=cfg.gate_order,
-            )  # fmt: skip
-        y, conv_state, ssm_state = self._recurrent(xBC, dt_in, cache)
-        cache.conv.copy_(conv_state)
-        cache.ssm.copy_(ssm_state)
-        gate = gate.unflatten(-1, (self.cfg.num_heads, self.cfg.head_dim))
-        return self.out_norm(y.to(u.dtype), gate).flatten(-2)
+        q_norm, k_norm = self._qk_norms()
+        return mamba2_decode_step(
+            xBC, dt_in, gate, cache.conv, self.conv_weight, self.conv_bias, self.dt_bias, self.A_log, self.D,
+            cache.ssm, self.out_norm.weight, num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
+            head_dim=cfg.head_dim, activation=cfg.conv_activation, q_norm=q_norm, k_norm=k_norm,
+            norm_eps=cfg.norm_eps, gate_order=cfg.gate_order,
+            backend=resolve_decode_backend(cfg.decode_backend, u.device.type, compiling),
+        )  # fmt: skip
 
     def fuse_projections(self) -> None:
         """Decode reads v/k/q/gate/Δ weights in one matmul (rows as the official ``wvkqgdt``)."""

@@ -68,28 +68,43 @@ def resolve_decode_backend(backend: str, device_type: str, compiling: bool = Fal
     return backend
 
 
-def mamba2_decode_step_reference(
-    xBC: Tensor, dt_in: Tensor, gate: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
-    dt_bias: Tensor, A_log: Tensor, D: Tensor | None, ssm_state: Tensor, norm_weight: Tensor, *,
-    num_heads: int, num_kv_heads: int, head_dim: int, activation: str = "silu", q_norm: Tensor | None = None,
-    k_norm: Tensor | None = None, norm_eps: float = 1e-5, gate_order: str = "norm-first",
-) -> Tensor:  # fmt: skip
-    """Plain PyTorch, composed as ``Mamba2Mixer._recurrent`` + ``_scan_inputs`` + ``out_norm``; the states are
-    updated in place, as ``Mamba2Mixer.step`` does."""
+def scan_inputs(
+    xBC: Tensor, dt_in: Tensor, dt_bias: Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
+    activation: str = "silu", q_norm: Tensor | None = None, k_norm: Tensor | None = None, norm_eps: float = 1e-5,
+    low_precision_ok: bool = False,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """The conv output xBC (..., conv_dim) and u·Wdt (..., h) → the scan's x, Δ, B, C: activation, split into
+    per-head x, B, C (x and B shared by a KV group's query heads), optional q/k RMSNorm, Δ = softplus(u·Wdt +
+    dt_bias); leading dims kept. x, B, C are widened to float32 for the PyTorch scan; ``low_precision_ok`` (fla,
+    which takes bf16 q/k/v and keeps its own fp32 state) leaves them in the model's dtype. Δ is always ≥ fp32."""
     h, kvh, hd = num_heads, num_kv_heads, head_dim
-    dtype = xBC.dtype
-    xBC, new_conv = causal_conv1d_step(xBC, conv_state, conv_weight, conv_bias)
     xBC = ACTIVATIONS[activation](xBC)
     x, B, C = xBC.split([kvh * hd, kvh * hd, h * hd], dim=-1)
-    # (b, kvh·hd) → (b, h, hd): each query head gets its KV head's x and B
+    # (..., kvh·hd) → (..., h, hd): each query head gets its KV head's x and B
     x = x.unflatten(-1, (kvh, hd)).repeat_interleave(h // kvh, dim=-2)
     B = B.unflatten(-1, (kvh, hd)).repeat_interleave(h // kvh, dim=-2)
     C = C.unflatten(-1, (h, hd))
     if q_norm is not None:
         B, C = rms_norm(B, k_norm, norm_eps), rms_norm(C, q_norm, norm_eps)
     dt = F.softplus(dt_in + dt_bias)
+    # the scan runs in at least float32 (exp of decay sums, long accumulations); output is cast back
     scan_dtype = torch.promote_types(dt_in.dtype, torch.float32)
-    x, dt, B, C = x.to(scan_dtype), dt.to(scan_dtype), B.to(scan_dtype), C.to(scan_dtype)
+    io_dtype = xBC.dtype if low_precision_ok else scan_dtype
+    return x.to(io_dtype), dt.to(scan_dtype), B.to(io_dtype), C.to(io_dtype)
+
+
+def mamba2_decode_step_reference(
+    xBC: Tensor, dt_in: Tensor, gate: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Tensor | None,
+    dt_bias: Tensor, A_log: Tensor, D: Tensor | None, ssm_state: Tensor, norm_weight: Tensor, *,
+    num_heads: int, num_kv_heads: int, head_dim: int, activation: str = "silu", q_norm: Tensor | None = None,
+    k_norm: Tensor | None = None, norm_eps: float = 1e-5, gate_order: str = "norm-first",
+) -> Tensor:  # fmt: skip
+    """Plain PyTorch: the conv step, ``scan_inputs``, the SSD step and the gated norm, as ``Mamba2Mixer`` composes
+    them; the states are updated in place."""
+    h, hd = num_heads, head_dim
+    dtype = xBC.dtype
+    xBC, new_conv = causal_conv1d_step(xBC, conv_state, conv_weight, conv_bias)
+    x, dt, B, C = scan_inputs(xBC, dt_in, dt_bias, h, num_kv_heads, hd, activation, q_norm, k_norm, norm_eps)
     A = -torch.exp(A_log.to(dt.dtype))
     y, new_ssm = ssd_step(ssm_state, x, dt, A, B, C, D)
     conv_state.copy_(new_conv)
