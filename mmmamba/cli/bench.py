@@ -7,6 +7,7 @@ from ..errors import MmmambaError
 ACTIONS = {  # main() hands everything after the action to that benchmark's own parser
     "speed": "prefill, next-token latency, tokens/s, memory: HF teacher, our teacher, linear, hybrid (GPU)",
     "scan": "one layer's SSD scan and decode step: PyTorch vs fla (GPU)",
+    "decode": "one Mamba-2 layer's decode step: PyTorch ops vs the fused Triton kernel, from a CUDA graph (GPU)",
     "attention": "one layer's prefill attention over a long prompt: whole vs chunked, flash vs cuDNN (GPU)",
     "report": "merge speed.json runs into a markdown table and a PNG plot",
 }

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
+from mmmamba.bench import decode, scan, speed
 from mmmamba.bench import report as bench_report
-from mmmamba.bench import scan, speed
 from mmmamba.cli import formats as cli_formats
 from mmmamba.cli import main as cli
 from mmmamba.cli.main import main
@@ -62,7 +62,9 @@ def test_generate_lists_its_required_prompt_as_required(capsys):
     assert "--prompt PROMPT" in required and "the user message" in required and "--model MODEL" in required
 
 
-@pytest.mark.parametrize("action, module", [("speed", speed), ("scan", scan), ("report", bench_report)])
+@pytest.mark.parametrize(
+    "action, module", [("speed", speed), ("scan", scan), ("decode", decode), ("report", bench_report)]
+)
 def test_bench_help_has_the_right_usage_and_no_rest_markup(action, module, capsys):
     with pytest.raises(SystemExit):
         module.main(["--help"])

@@ -21,8 +21,6 @@ Checks, each at several shapes with odd lengths:
    the float64 reference at HoVLE's shape (16/8 heads of 128), conv kernel 2 and 4, batch 1 and 64, fp32 and
    bf16, three tokens carried: output and both states; q/k norm, D, gate-first; the mixer's step both ways.
 9. The same past 2^31 state elements (8 200 rows: an 8.6 GB fp32 state), on rows at the start, middle, end.
-10. Timing (printed, not checked): the fused kernel against the torch path per layer, each replayed from a
-   CUDA graph, with the bytes a step must move and the bandwidth that makes; the kernel's tile settings.
 Prints one PASS/FAIL line per check and exits 1 if any failed.
 """
 
@@ -31,11 +29,10 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from functools import partial
 
 import torch
 
-from mmmamba.bench.timing import cuda_time_ms
+from mmmamba.bench.decode import mamba_step_inputs
 from mmmamba.convert import convert_to_mamba
 from mmmamba.infer.decode_step import DecodeStep
 from mmmamba.infer.generate import left_pad, prefill
@@ -288,27 +285,6 @@ def check_packed_attention():
         check(f"packed attention {str(dtype)[6:]} grads", worst, tol * 4)
 
 
-def mamba_step_inputs(b, h, kvh, hd, k, dtype, qk=False, use_D=False, seed=0):
-    """(states and parameters, a function making one token's xBC, dt_in, gate) of the Mamba-2 decode step."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    r = lambda *shape: torch.randn(*shape, device="cuda", generator=g)  # noqa: E731
-    cd = (2 * kvh + h) * hd
-    s = dict(
-        conv_state=r(b, k - 1, cd).to(dtype), conv_weight=(r(cd, k) / k**0.5).to(dtype),
-        conv_bias=(r(cd) * 0.1).to(dtype), dt_bias=(r(h) * 0.5 - 3).to(dtype), A_log=(r(h) * 0.5).to(dtype),
-        D=r(h).to(dtype) if use_D else None, ssm_state=torch.empty(b, h, hd, hd, device="cuda"),
-        norm_weight=(1 + 0.1 * r(hd)).to(dtype), q_norm=(1 + 0.1 * r(hd)).to(dtype) if qk else None,
-        k_norm=(1 + 0.1 * r(hd)).to(dtype) if qk else None,
-    )  # fmt: skip
-    for row in range(b):  # a row at a time: no temporary of a large state
-        s["ssm_state"][row].normal_(0, 0.1, generator=g)
-
-    def token():
-        return r(b, cd).to(dtype), (r(b, h) * 0.5).to(dtype), r(b, h * hd).to(dtype)
-
-    return s, token
-
-
 def _wide(s: dict, rows=slice(None)) -> dict:
     """The float64 copy the reference runs on (rows of the states only)."""
     out = {}
@@ -386,59 +362,6 @@ def check_mamba_step_large():
     torch.cuda.empty_cache()
 
 
-def graph_us(fn, reps: int = 20) -> float:
-    """Microseconds a call of ``fn`` takes replayed from a CUDA graph of ``reps`` calls (median of 20 replays)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    return cuda_time_ms(graph.replay, warmup=3, iters=20) * 1e3 / reps
-
-
-def _time_mamba_step_at(mixer: Mamba2Mixer, b: int) -> str:
-    cfg = mixer.cfg
-    h, kvh, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    s, token = mamba_step_inputs(b, h, kvh, hd, cfg.conv_kernel, torch.bfloat16, seed=b)
-    xBC, dt_in, gate = token()
-    kw = dict(num_heads=h, num_kv_heads=kvh, head_dim=hd)
-    states = 2 * s["ssm_state"].numel() * 4 + 2 * s["conv_state"].numel() * 2  # read and written
-    moved = states + (xBC.numel() + 2 * gate.numel()) * 2  # + inputs read, output written
-    torch_us = graph_us(lambda: mamba2_decode_step_reference(xBC, dt_in, gate, **s, **kw))
-    line = [f"b{b}: torch path {torch_us:.1f} us"]
-    for hb, warps in ((None, None), (1, 8), (1, 16), (2, 16), (2, 32)):
-        fused = partial(mamba2_decode_step_triton, xBC, dt_in, gate, **s, **kw, block_heads=hb, num_warps=warps)
-        us = graph_us(fused)
-        line.append(f"fused hb{hb or 'auto'}/w{warps or 'auto'} {us:.1f} us ({moved / us / 1e3:.0f} GB/s)")
-    u = torch.randn(b, cfg.hidden_size, device="cuda", dtype=torch.bfloat16)
-    cache = mixer.make_cache(b, 0, torch.bfloat16, "cuda")
-    whole = {}
-    for backend in ("torch", "triton"):
-        cfg.decode_backend = backend
-        whole[backend] = graph_us(lambda: mixer.step(u, cache))
-    line.append(
-        f"whole mixer step (GEMV + rest, no o_proj) torch {whole['torch']:.1f} us, triton {whole['triton']:.1f} us"
-        f"; {moved / 1e6:.2f} MB moved after the GEMV"
-    )
-    return "; ".join(line)
-
-
-def time_mamba_step():
-    """Per layer at HoVLE's shape, bf16, conv kernel 2 (the H200 copies ~4.2 TB/s)."""
-    torch.manual_seed(7)
-    mixer = Mamba2Mixer(Mamba2Config(2048, 16, 8, 128)).cuda().to(torch.bfloat16).eval()
-    mixer.fuse_projections()
-    with torch.no_grad():
-        for b in (1, 8, 64, 256):
-            print(f"TIME mamba decode step {_time_mamba_step_at(mixer, b)}", flush=True)
-            torch.cuda.empty_cache()
-
-
 if __name__ == "__main__":
     torch.backends.cuda.matmul.allow_tf32 = False
     groups = {
@@ -453,7 +376,6 @@ if __name__ == "__main__":
             check_packed_attention,
             check_mamba_step,
             check_mamba_step_large,
-            time_mamba_step,
         )
     }
     only = [a for a in sys.argv[2:]]  # optional: the groups to run, e.g. check_decode_steps
