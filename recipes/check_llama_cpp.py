@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import importlib.util
 import json
 import os
 import subprocess
@@ -57,7 +58,8 @@ def build(work: Path, sdist: str | None) -> Path:
     flags = "-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
     flags += " -DLLAMA_BUILD_TOOLS=OFF"  # the Python package needs libllama and libggml only
     env = {**os.environ, "CMAKE_ARGS": flags, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count())}
-    sh([sys.executable, "-m", "pip", "install", "--no-deps", "--target", site, sdist], env=env)
+    offline = ["--no-build-isolation"] if importlib.util.find_spec("scikit_build_core") else []  # no download
+    sh([sys.executable, "-m", "pip", "install", "--no-deps", *offline, "--target", site, sdist], env=env)
     # its one runtime need that this project's environment lacks (numpy, jinja2, typing-extensions are there)
     sh([sys.executable, "-m", "pip", "install", "--no-deps", "--target", site, "diskcache"])
     return site

@@ -24,10 +24,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mmmamba.data.text_corpus import collect_files, drop_near_duplicates, read_document
+from mmmamba.data.text_corpus import SUFFIXES, collect_files, drop_near_duplicates, read_document
 from mmmamba.io import write_json_atomic
 
-# package → its English documentation folders inside the unpacked package
+# package → its English documentation inside the unpacked package: folders or single files, or glob
+# patterns whose matches (folders, and files the corpus reader takes) count less the names in SKIP
 FOLDERS = {
     "python3.11-doc": ["usr/share/doc/python3.11/html"],
     "postgresql-doc-15": ["usr/share/doc/postgresql-doc-15/html"],
@@ -52,7 +53,30 @@ FOLDERS = {
             "unstable-book",
         )
     ],  # fmt: skip
+    "linux-doc-6.1": ["usr/share/doc/linux-doc-6.1/html/*"],  # the kernel's Documentation/, as HTML
+    "debian-handbook": ["usr/share/doc/debian-handbook/html/en-US"],
+    "abs-guide": ["usr/share/doc/abs-guide/html"],
+    "vim-doc": ["usr/share/doc/vim/html"],
+    "python-pandas-doc": [  # not the generated API reference (reference/, generated/)
+        f"usr/share/doc/python-pandas-doc/html/{d}"
+        for d in ("user_guide", "getting_started", "development", "whatsnew")
+    ],
+    "python-scipy-doc": ["usr/share/doc/python-scipy-doc/html/tutorial", "usr/share/doc/python-scipy-doc/html/dev"],
+    "lilypond-doc-html": [  # each manual as one page: the split pages repeat the manual's contents on every page
+        f"usr/share/doc/lilypond/html/Documentation/{m}-big-page.html"
+        for m in ("learning", "notation", "usage", "extending", "essay", "changes", "contributor", "web")
+    ],
+    "apache2-doc": ["usr/share/doc/apache2-doc/manual/en"],
+    "gimp-help-en": ["usr/share/gimp/2.0/help/en"],
+    "bash-doc": ["usr/share/doc/bash/bashref.html"],
+    "mercurial-common": ["usr/lib/python3/dist-packages/mercurial/helptext"],
+    "haskell98-report": ["usr/share/doc/haskell98-report/html/haskell98-report-html"],
+    "sphinx-doc": ["usr/share/doc/sphinx-doc/html/*"],
 }
+# left out where a glob pattern matches them: translations, Sphinx's page sources, highlighted source
+# code and static files, and the generated indexes
+SKIP = {"translations", "_sources", "_modules", "_static", "_images", "_downloads"}
+SKIP |= {"genindex.html", "py-modindex.html", "search.html"}
 
 
 def run(cmd: list[str], cwd=None) -> None:
@@ -75,8 +99,16 @@ def fetch(work: Path, packages: list[str]) -> dict[str, list[Path]]:
             tmp.mkdir(parents=True, exist_ok=True)
             run(["dpkg-deb", "-x", str(deb), str(tmp)])
             tmp.rename(root)
-        folders[p] = [root / f for f in FOLDERS[p] if (root / f).is_dir()]
+        folders[p] = [f for entry in FOLDERS[p] for f in expand(root, entry)]
     return folders
+
+
+def expand(root: Path, entry: str) -> list[Path]:
+    """A FOLDERS entry → what it names under ``root`` that exists (a glob pattern: its matches, sorted)."""
+    if not any(c in entry for c in "*?["):
+        return [root / entry] if (root / entry).exists() else []
+    found = sorted(root.glob(entry))
+    return [f for f in found if f.name not in SKIP and (f.is_dir() or f.suffix.lower() in SUFFIXES)]
 
 
 def count(folders: list[Path], tok, tokens_per_word: float, threshold: float) -> dict:

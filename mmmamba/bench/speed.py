@@ -76,7 +76,7 @@ def build_ours(name: str, args, max_position: int) -> Decoder:
         del teacher
     model.eval().requires_grad_(False)
     model.fuse_projections()
-    model.set_backends(mamba_decode=args.decode_backend)
+    model.set_backends(mamba_decode=args.decode_backend, prefill_mode=args.prefill_mode)
     return model
 
 
@@ -190,10 +190,12 @@ def measure_hf(model, context: int, args) -> dict:
 
 
 def warm_up_prefill(model, name: str, args) -> None:
-    """An untimed prefill of two chunks of the timed size (the second one over a past): kernel autotuning
-    (fla, cuBLAS, cuDNN) keyed on those shapes is not a prefill cost."""
+    """An untimed prefill of two chunks of the timed size (the second one over a past) and a short tail:
+    kernel autotuning (fla, cuBLAS, cuDNN) keyed on those shapes, and ``--prefill-mode compile``'s compiles
+    (the tail's new length makes them shape-dynamic, so a timed tail of any length compiles nothing), are
+    not a prefill cost."""
     chunk = min(args.prefill_chunk, *args.contexts)
-    ids = torch.randint(0, args.vocab, (1, min(2 * chunk, max(args.contexts))), device="cuda")  # ≤ max_position
+    ids = torch.randint(0, args.vocab, (1, min(2 * chunk + 3, max(args.contexts))), device="cuda")  # ≤ max_position
     with torch.no_grad():
         if name == "hf":
             model(ids[:, :chunk], logits_to_keep=1)
@@ -330,6 +332,10 @@ def parse_args(argv=None):
     p.add_argument(
         "--decode-backend", default="auto", choices=["auto", "torch", "triton"],
         help="the Mamba-2 decode step: auto = the fused Triton kernel on CUDA when installed",
+    )  # fmt: skip
+    p.add_argument(
+        "--prefill-mode", default="eager", choices=["eager", "compile"],
+        help="our prefill: the layers as they are, or their elementwise work compiled (ops.regions)",
     )  # fmt: skip
     p.add_argument("--batch-context", type=int, default=0, help="also find the largest batch at this context")
     p.add_argument("--max-batch", type=int, default=256, help="largest batch the batch search tries")

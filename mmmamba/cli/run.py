@@ -57,6 +57,11 @@ def _sampling_args(p) -> None:
         "else PyTorch",
     )  # fmt: skip
     p.add_argument(
+        "--prefill-mode", default="eager", choices=["eager", "compile"],
+        help="the prompt's layers as they are, or their elementwise work compiled by torch.compile "
+        "(minutes of compiling first; pays off on long prompts)",
+    )  # fmt: skip
+    p.add_argument(
         "--chat-template", default=None, metavar="FILE|NAME",
         help="format prompts with this Jinja chat-template file, or a conversation template by name "
         "(internlm2-chat, Hermes-2, phi3-chat, vicuna_v1.1, internvl2_5) instead of the model's own",
@@ -79,7 +84,7 @@ def _load_for_chat(args):
         what = "is a folder" if Path(args.image).is_dir() else "is not a regular file" if exists else "does not exist"
         raise MmmambaError(f"--image {args.image}: {what}; give an image file")
     model = load_checkpoint(args.model).float().eval()
-    model.set_backends(ssd=args.ssd_backend, mamba_decode=args.decode_backend)
+    model.set_backends(ssd=args.ssd_backend, mamba_decode=args.decode_backend, prefill_mode=args.prefill_mode)
     tok = load_tokenizer(args.model, args.chat_template)
     image = None
     if args.image:

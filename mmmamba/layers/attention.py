@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..ops.decode_attention import decode_attention
 from ..ops.packing import Unpacker, sample_positions
 from ..ops.prefill_attention import prefill_attention
+from ..ops.regions import PREFILL_MODES
 from .projections import add_qkvo_projections, fuse_linears
 from .rope import apply_rope, rope_cos_sin
 
@@ -25,6 +26,11 @@ class AttentionConfig:
     rope_theta: float = 10000.0
     decode_backend: str = "auto"  # decode attention kernel: auto | torch | triton (ops.decode_attention)
     prefill_backend: str = "auto"  # prefill with a cache: auto | torch | flash | cudnn (ops.prefill_attention)
+    prefill_mode: str = "eager"  # eager | compile: the MLP block's elementwise work fused (ops.regions); runtime
+
+    def __post_init__(self):
+        if self.prefill_mode not in PREFILL_MODES:
+            raise ValueError(f"prefill_mode must be one of {list(PREFILL_MODES)}, got {self.prefill_mode!r}")
 
 
 @dataclass

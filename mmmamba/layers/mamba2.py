@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..ops import causal_conv1d, causal_conv1d_step, ssd_scan, ssd_step
 from ..ops.mamba_step import ACTIVATIONS, mamba2_decode_step, resolve_decode_backend, scan_inputs
 from ..ops.mamba_step import BACKENDS as DECODE_BACKENDS
+from ..ops.regions import PREFILL_MODES, region
 from ..ops.ssd import resolve_backend
 from .norm import GATE_ORDERS
 from .projections import add_qkvo_projections, fuse_linears
@@ -43,6 +44,7 @@ class Mamba2Config:
     ssd_backend: str = "auto"  # the scan's implementation: auto | torch | fla (ops.ssd); a runtime choice
     gate_order: str = "norm-first"  # norm-first (paper) | gate-first (Mamba-2); configs without it: norm-first
     decode_backend: str = "auto"  # the decode step: auto | torch | triton (ops.mamba_step); a runtime choice
+    prefill_mode: str = "eager"  # eager | compile: the work around the scan fused (ops.regions); a runtime choice
 
     def __post_init__(self):
         if self.conv_activation not in ACTIVATIONS:
@@ -55,6 +57,8 @@ class Mamba2Config:
             raise ValueError(f"gate_order must be one of {list(GATE_ORDERS)}, got {self.gate_order!r}")
         if self.decode_backend not in DECODE_BACKENDS:
             raise ValueError(f"decode_backend must be one of {list(DECODE_BACKENDS)}, got {self.decode_backend!r}")
+        if self.prefill_mode not in PREFILL_MODES:
+            raise ValueError(f"prefill_mode must be one of {list(PREFILL_MODES)}, got {self.prefill_mode!r}")
 
     @property
     def conv_dim(self) -> int:
@@ -172,32 +176,53 @@ class Mamba2Mixer(nn.Module):
             raise ValueError("packed sequences (cu_seqlens) are for training; decode one sample per row")
         b, L, _ = u.shape
         cfg = self.cfg
-        xBC, gate, dt_in = self._in_proj(u)
         keep = None if valid is None else valid[:, -L:, None].to(u.dtype)
-        if keep is not None:
-            xBC = xBC * keep
         if cache is not None and L == 1:  # recurrent decode
+            xBC, gate, dt_in = self._in_proj(u)
+            if keep is not None:
+                xBC = xBC * keep
             y, conv_state, ssm_state = self._recurrent(
                 xBC[:, 0], dt_in[:, 0], cache, None if keep is None else keep[:, 0]
             )
             y = y[:, None]
+            mode = "eager"
         else:
-            initial = (None, None) if cache is None else (cache.conv, cache.ssm)
-            xBC, conv_state = causal_conv1d(xBC, self.conv_weight, self.conv_bias, initial[0], cu_seqlens)
             backend = resolve_backend(cfg.ssd_backend, u.device.type)
+            # compiled regions for inference over whole chunks only (training keeps autograd's eager graph)
+            mode = cfg.prefill_mode if cu_seqlens is None and not torch.is_grad_enabled() else "eager"
+            conv_in = None if cache is None else cache.conv
+            scan_in = region(Mamba2Mixer._scan_inputs_of, mode)
+            x, dt, B, C, gate, conv_state = scan_in(self, u, keep, conv_in, cu_seqlens, backend == "fla")
             A = -torch.exp(self.A_log.to(torch.promote_types(u.dtype, torch.float32)))
-            x, dt, B, C = self._scan_inputs(xBC, dt_in, low_precision_ok=backend == "fla")
-            if keep is not None:
-                dt = dt * keep
             y, ssm_state = ssd_scan(
-                x, dt, A, B, C, self.D, initial[1], cfg.chunk_size, backend, cu_seqlens, scan_dtype(u)
-            )
+                x, dt, A, B, C, self.D, None if cache is None else cache.ssm, cfg.chunk_size, backend, cu_seqlens,
+                scan_dtype(u),
+            )  # fmt: skip
         if cache is not None:
             cache.conv.copy_(conv_state)
             cache.ssm.copy_(ssm_state)
             cache.length += L
-        gate = gate.unflatten(-1, (cfg.num_heads, cfg.head_dim))
-        return self.out_norm(y.to(u.dtype), gate).flatten(-2)
+        return region(Mamba2Mixer._output, mode)(self, y, gate, u.dtype)
+
+    def _scan_inputs_of(
+        self, u: Tensor, keep: Tensor | None, conv_state: Tensor | None, cu_seqlens: Tensor | None, fla: bool
+    ) -> tuple[Tensor, ...]:
+        """u (b, L, d) → the scan's x, Δ, B, C, the gate and the conv's final state: in-projection, the
+        causal conv (restarting at each packed sample), its activation, q/k norm, the Δ softplus; ``keep``
+        (b, L, 1) zeroes padded tokens' conv input and Δ."""
+        xBC, gate, dt_in = self._in_proj(u)
+        if keep is not None:
+            xBC = xBC * keep
+        xBC, conv_state = causal_conv1d(xBC, self.conv_weight, self.conv_bias, conv_state, cu_seqlens)
+        x, dt, B, C = self._scan_inputs(xBC, dt_in, low_precision_ok=fla)
+        if keep is not None:
+            dt = dt * keep
+        return x, dt, B, C, gate, conv_state
+
+    def _output(self, y: Tensor, gate: Tensor, dtype: torch.dtype) -> Tensor:
+        """y (b, L, h, hd) and the gate (b, L, h·hd) → the gated, normalised output (b, L, h·hd)."""
+        gate = gate.unflatten(-1, (self.cfg.num_heads, self.cfg.head_dim))
+        return self.out_norm(y.to(dtype), gate).flatten(-2)
 
     def step(self, u: Tensor, cache: Mamba2State, ctx=None) -> Tensor:
         """One token per row: u (b, d) → mixer output before o_proj (b, h·head_dim); updates ``cache`` in place.

@@ -13,6 +13,7 @@ from ..layers import Attention, DecodeContext, Mamba2Mixer, RMSNorm, SwiGLU
 from ..ops.decode_attention import BACKENDS as ATTENTION_BACKENDS
 from ..ops.mamba_step import BACKENDS as MAMBA_DECODE_BACKENDS
 from ..ops.packing import Unpacker
+from ..ops.regions import PREFILL_MODES, region
 from ..ops.ssd import BACKENDS as SSD_BACKENDS
 from .cache import ModelCache
 from .config import DecoderConfig
@@ -40,12 +41,17 @@ class DecoderLayer(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Returns the new residual stream and the mixer output before its output projection."""
         mixed = self.mixer.mix(self.input_norm(x), positions, valid, cache, cu_seqlens=cu_seqlens)
-        x = x + self.mixer.o_proj(mixed)
-        return x + self.mlp(self.post_norm(x)), mixed
+        # inference over whole chunks may run compiled (``prefill_mode``); training keeps autograd's eager graph
+        mode = self.mixer.cfg.prefill_mode if cu_seqlens is None and not torch.is_grad_enabled() else "eager"
+        return region(DecoderLayer._finish, mode)(self, x, mixed), mixed
 
     def step(self, x: Tensor, cache, ctx: DecodeContext) -> Tensor:
         """One token per row, x (b, d): the static-shaped decode path of ``forward``."""
-        x = x + self.mixer.o_proj(self.mixer.step(self.input_norm(x), cache, ctx))
+        return self._finish(x, self.mixer.step(self.input_norm(x), cache, ctx))
+
+    def _finish(self, x: Tensor, mixed: Tensor) -> Tensor:
+        """The residual stream after the mixer's output projection and the MLP block."""
+        x = x + self.mixer.o_proj(mixed)
         return x + self.mlp(self.post_norm(x))
 
 
@@ -106,10 +112,17 @@ class Decoder(nn.Module):
         return self.lm_head(self.norm(x))
 
     def set_backends(
-        self, ssd: str | None = None, decode_attention: str | None = None, mamba_decode: str | None = None
+        self,
+        ssd: str | None = None,
+        decode_attention: str | None = None,
+        mamba_decode: str | None = None,
+        prefill_mode: str | None = None,
     ) -> None:
-        """Runtime kernel choices (not saved): the Mamba-2 scan (ops.ssd), the decode attention kernel and the
-        Mamba-2 decode step (ops.mamba_step: the fused Triton kernel or the PyTorch one)."""
+        """Runtime kernel choices (not saved): the Mamba-2 scan (ops.ssd), the decode attention kernel, the
+        Mamba-2 decode step (ops.mamba_step: the fused Triton kernel or the PyTorch one) and the prefill mode
+        (ops.regions: the work around the scan, attention and matmuls eager or compiled)."""
+        if prefill_mode is not None and prefill_mode not in PREFILL_MODES:
+            raise MmmambaError(f"prefill mode {prefill_mode!r} is unknown; use one of {list(PREFILL_MODES)}")
         if ssd is not None and ssd not in SSD_BACKENDS:
             raise MmmambaError(f"SSD backend {ssd!r} is unknown; use one of {list(SSD_BACKENDS)}")
         if decode_attention is not None and decode_attention not in ATTENTION_BACKENDS:
@@ -126,6 +139,8 @@ class Decoder(nn.Module):
                 cfg.decode_backend = mamba_decode
             if decode_attention is not None and isinstance(layer.mixer, Attention):
                 cfg.decode_backend = decode_attention
+            if prefill_mode is not None:
+                cfg.prefill_mode = prefill_mode
 
     def fuse_projections(self) -> None:
         """Inference only: one matmul per layer for q/k/v(/gate/Δ) and one for gate/up (see ``fuse_linears``)."""

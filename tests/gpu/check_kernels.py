@@ -244,6 +244,26 @@ def check_decode_steps():
         check(f"fused projections + graph vs forward, {kind} bf16", worst, 5e-2)
 
 
+def check_compiled_prefill():
+    """Prefill with ``prefill_mode="compile"`` (Inductor, ops.regions) against eager, chunked at odd sizes over a
+    left-padded batch: float32 with the torch scan (the regions alone), bf16 with fla (the real path)."""
+    prompts = [[5, 6, 7, 8, 9, 10, 11] * 9, [12, 13, 14] * 5, [1] * 70]
+    for kind in ("teacher", "linear", "hybrid"):
+        for dtype, ssd, tol in ((torch.float32, "torch", 1e-4), (torch.bfloat16, "fla", 2e-2)):
+            model = tiny(kind, dtype)
+            model.set_backends(ssd=ssd)
+            ids, mask = left_pad(prompts, 0, "cuda")
+            out = {}
+            for mode in ("eager", "compile"):
+                model.set_backends(prefill_mode=mode)
+                cache = model.make_cache(3, 96)
+                logits = prefill(model, model.embed(ids), mask, cache, 29)
+                out[mode] = (logits, [c.ssm if hasattr(c, "ssm") else c.k[:, :, :70] for c in cache.layers])
+            worst = max(rel(a, b) for a, b in zip(out["compile"][1], out["eager"][1]))
+            check(f"compiled prefill {kind} {str(dtype)[6:]} logits", rel(out["compile"][0], out["eager"][0]), tol)
+            check(f"compiled prefill {kind} {str(dtype)[6:]} caches", worst, tol)
+
+
 def check_mixer_grads():
     torch.manual_seed(4)
     cfg = Mamba2Config(2048, 16, 8, 128)
@@ -372,6 +392,7 @@ if __name__ == "__main__":
             check_decode_attention_large,
             check_prefill_attention,
             check_decode_steps,
+            check_compiled_prefill,
             check_mixer_grads,
             check_packed_attention,
             check_mamba_step,
