@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import types
 from pathlib import Path
 
 PROMPTS = [
@@ -131,6 +132,8 @@ def llama_worker(job: str) -> int:
     """The child process of ``llama_logits``."""
     job = json.loads(job)
     sys.path.insert(0, job["site"])
+    if importlib.util.find_spec("diskcache") is None:  # a --no-deps build offline: llama_cpp imports diskcache
+        sys.modules["diskcache"] = types.SimpleNamespace(Cache=object)  # for its on-disk prompt cache, unused here
     import llama_cpp
     import numpy as np
 

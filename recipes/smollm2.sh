@@ -134,19 +134,20 @@ EOF2
 "$PY" - "$R" "$STUDENTS" $models <<'PYEOF'
 import csv, json, os, sys
 r, students, models = sys.argv[1], [s.split(":", 1)[0] for s in sys.argv[2].split()], [m.split(":", 1)[0] for m in sys.argv[3:]]
-rows = ["| model | full answer = teacher | first-16 agreement | token F1 vs teacher answer | text ppl | KL(t‖m) | cloze acc |",
-        "|---|---|---|---|---|---|---|"]
+rows = ["| model | full answer = teacher | first-16 agreement | token F1 vs teacher answer | answers that loop | text ppl | KL(t‖m) | cloze acc |",
+        "|---|---|---|---|---|---|---|---|"]
 for name in models:
     if not all(os.path.exists(f"{r}/eval_{kind}_{name}.json") for kind in ("chat", "text")):
-        rows.append(f"| {name} | evaluation failed (see eval_{name}.log) | | | | | |")
+        rows.append(f"| {name} | evaluation failed (see eval_{name}.log) | | | | | | |")
         continue
     chat = json.load(open(f"{r}/eval_chat_{name}.json"))["free_form"]
     text = json.load(open(f"{r}/eval_text_{name}.json"))
     a, t = chat["agreement"], text["text"]
+    loop = chat.get("looping", {}).get("model", float("nan"))  # share of answers repeating an 8-gram
     rows.append(f"| {name} | {a['full_answer_match']:.3f} | {a['first_n_token_agreement']:.3f} | "
-                f"{chat['reference']['token_f1']:.3f} | {t['perplexity']:.2f} | {t['kl_teacher_model']:.3f} | "
+                f"{chat['reference']['token_f1']:.3f} | {loop:.3f} | {t['perplexity']:.2f} | {t['kl_teacher_model']:.3f} | "
                 f"{text['choices']['cloze']['model']['acc']:.3f} |")
-rows += [f"| {name} | not evaluated: no after_stage3 (see {name}/distill.log) | | | | | |" for name in students if name not in models]
+rows += [f"| {name} | not evaluated: no after_stage3 (see {name}/distill.log) | | | | | | |" for name in students if name not in models]
 rows += ["", "| student | stage | steps | tokens | seconds (steps 2+) | tokens/s per process | wall |", "|---|---|---|---|---|---|---|"]
 for name in students:
     if not os.path.exists(f"{r}/{name}/run/log.csv"):

@@ -7,6 +7,8 @@
   teacher's answer (stop token included), the share where the student produced the same token at
   the same position (pooled over prompts), plus the mean common-prefix length / N. A log-likelihood
   score can hide a large generation gap; these are measured on what the model actually writes.
+- ``looping``: the share of answers that repeat themselves, i.e. hold some n-gram of tokens (n = 8) twice,
+  for the model and, with a teacher, for the teacher on the same prompts.
 """
 
 from __future__ import annotations
@@ -73,6 +75,22 @@ def agreement(student: dict[str, list[int]], teacher: dict[str, list[int]], firs
     }
 
 
+def loops(tokens: list[int], n: int = 8) -> bool:
+    """True when some n tokens in a row occur twice in ``tokens`` (overlaps count: a period-1 loop of n+1 tokens)."""
+    seen = set()
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(tokens[i : i + n])
+        if gram in seen:
+            return True
+        seen.add(gram)
+    return False
+
+
+def looping(answers: dict[str, list[int]], n: int = 8) -> float:
+    """The share of answers (token ids by sample id) that ``loops``."""
+    return sum(loops(a, n) for a in answers.values()) / max(1, len(answers))
+
+
 def print_freeform(report: dict, title: str = "") -> None:
     if title:
         print(title)
@@ -88,3 +106,7 @@ def print_freeform(report: dict, title: str = "") -> None:
             f"  vs teacher (greedy): full answer {agr['full_answer_match']:.3f}  first-{agr['first_n']} tokens "
             f"{agr['first_n_token_agreement']:.3f}  common prefix {agr['first_n_prefix']:.3f}   (n = {agr['n']})"
         )
+    loop = report.get("looping")
+    if loop:
+        teacher = f"  (teacher {loop['teacher']:.3f})" if "teacher" in loop else ""
+        print(f"  answers repeating a {loop['ngram']}-gram: {loop['model']:.3f}{teacher}")

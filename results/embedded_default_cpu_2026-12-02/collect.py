@@ -1,6 +1,9 @@
 """One CSV row per (run, student): settings, data seed, vs teacher, families, seconds, last stage-3 val KL."""
-import csv, json, sys
+import csv
+import json
+import sys
 from pathlib import Path
+
 rows = []
 for d in sys.argv[2:]:
     d = Path(d)
@@ -26,6 +29,7 @@ for d in sys.argv[2:]:
                      "distill_command": r["commands"][1], "convert_command": r["commands"][0]})
 with open(sys.argv[1], "w", newline="") as fh:
     w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-    w.writeheader(); w.writerows(rows)
+    w.writeheader()
+    w.writerows(rows)
 for x in rows:
     print(x["run"], x["student"], x["data_seed"], x["vs_teacher"], x["position"], x["reverse"], x["row_seconds"])
