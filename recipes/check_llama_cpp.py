@@ -61,9 +61,7 @@ def build(work: Path, sdist: str | None) -> Path:
     env = {**os.environ, "CMAKE_ARGS": flags, "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count())}
     offline = ["--no-build-isolation"] if importlib.util.find_spec("scikit_build_core") else []  # no download
     sh([sys.executable, "-m", "pip", "install", "--no-deps", *offline, "--target", site, sdist], env=env)
-    # its one runtime need that this project's environment lacks (numpy, jinja2, typing-extensions are there)
-    sh([sys.executable, "-m", "pip", "install", "--no-deps", "--target", site, "diskcache"])
-    return site
+    return site  # its one runtime need this environment lacks, diskcache, is stood in for by ``llama_worker``
 
 
 def vendor_tree(work: Path, sdist: str | None) -> Path:
@@ -132,8 +130,8 @@ def llama_worker(job: str) -> int:
     """The child process of ``llama_logits``."""
     job = json.loads(job)
     sys.path.insert(0, job["site"])
-    if importlib.util.find_spec("diskcache") is None:  # a --no-deps build offline: llama_cpp imports diskcache
-        sys.modules["diskcache"] = types.SimpleNamespace(Cache=object)  # for its on-disk prompt cache, unused here
+    if importlib.util.find_spec("diskcache") is None:  # llama_cpp imports it for its on-disk prompt cache, which
+        sys.modules["diskcache"] = types.SimpleNamespace(Cache=object)  # the check never uses: no download
     import llama_cpp
     import numpy as np
 

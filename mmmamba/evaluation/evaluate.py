@@ -13,7 +13,7 @@ from __future__ import annotations
 from ..data.conversations import Sample
 from ..data.tokenizer import ChatTokenizer
 from ..models import Decoder
-from .freeform import agreement, looping, reference_scores
+from .freeform import LOOP_NGRAM, agreement, looping, reference_scores
 from .tasks import answer_records, check_prompts, check_same_vocabulary, decode_answer, predict_ids, score
 
 SLACK = 4  # tokens beyond the longest reference (a trailing space or newline before the end-of-turn)
@@ -44,12 +44,12 @@ def evaluate(
     report = score(samples, text)
     report["max_new_tokens"] = n_new
     free = {"reference": reference_scores(text, {s.id: s.turns[0][1] for s in samples})}
-    free["looping"] = {"ngram": 8, "model": looping(ids, 8)}
+    free["looping"] = {"ngram": LOOP_NGRAM, "model": looping(ids)}
     if teacher is not None:
         check_prompts(teacher, tok, samples, n_new)
         wanted = predict_ids(teacher, tok, samples, batch_size, n_new, progress, desc="teacher")
         free["agreement"] = agreement(ids, wanted, first_n)
-        free["looping"]["teacher"] = looping(wanted, 8)
+        free["looping"]["teacher"] = looping(wanted)
     report["free_form"] = free
     if keep_answers:
         report["answers"] = answer_records(samples, text)

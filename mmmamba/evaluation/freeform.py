@@ -75,7 +75,10 @@ def agreement(student: dict[str, list[int]], teacher: dict[str, list[int]], firs
     }
 
 
-def loops(tokens: list[int], n: int = 8) -> bool:
+LOOP_NGRAM = 8  # an answer loops when some this many tokens in a row occur twice
+
+
+def loops(tokens: list[int], n: int = LOOP_NGRAM) -> bool:
     """True when some n tokens in a row occur twice in ``tokens`` (overlaps count: a period-1 loop of n+1 tokens)."""
     seen = set()
     for i in range(len(tokens) - n + 1):
@@ -86,7 +89,7 @@ def loops(tokens: list[int], n: int = 8) -> bool:
     return False
 
 
-def looping(answers: dict[str, list[int]], n: int = 8) -> float:
+def looping(answers: dict[str, list[int]], n: int = LOOP_NGRAM) -> float:
     """The share of answers (token ids by sample id) that ``loops``."""
     return sum(loops(a, n) for a in answers.values()) / max(1, len(answers))
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..ops import causal_conv1d, causal_conv1d_step, ssd_scan, ssd_step
 from ..ops.mamba_step import ACTIVATIONS, mamba2_decode_step, resolve_decode_backend, scan_inputs
 from ..ops.mamba_step import BACKENDS as DECODE_BACKENDS
-from ..ops.regions import PREFILL_MODES, region
+from ..ops.regions import PREFILL_MODES, inference_mode_of, region
 from ..ops.ssd import resolve_backend
 from .norm import GATE_ORDERS
 from .projections import add_qkvo_projections, fuse_linears
@@ -188,8 +188,7 @@ class Mamba2Mixer(nn.Module):
             mode = "eager"
         else:
             backend = resolve_backend(cfg.ssd_backend, u.device.type)
-            # compiled regions for inference over whole chunks only (training keeps autograd's eager graph)
-            mode = cfg.prefill_mode if cu_seqlens is None and not torch.is_grad_enabled() else "eager"
+            mode = inference_mode_of(cfg.prefill_mode, cu_seqlens)
             conv_in = None if cache is None else cache.conv
             scan_in = region(Mamba2Mixer._scan_inputs_of, mode)
             x, dt, B, C, gate, conv_state = scan_in(self, u, keep, conv_in, cu_seqlens, backend == "fla")

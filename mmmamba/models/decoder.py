@@ -13,7 +13,7 @@ from ..layers import Attention, DecodeContext, Mamba2Mixer, RMSNorm, SwiGLU
 from ..ops.decode_attention import BACKENDS as ATTENTION_BACKENDS
 from ..ops.mamba_step import BACKENDS as MAMBA_DECODE_BACKENDS
 from ..ops.packing import Unpacker
-from ..ops.regions import PREFILL_MODES, region
+from ..ops.regions import PREFILL_MODES, inference_mode_of, region
 from ..ops.ssd import BACKENDS as SSD_BACKENDS
 from .cache import ModelCache
 from .config import DecoderConfig
@@ -41,8 +41,7 @@ class DecoderLayer(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Returns the new residual stream and the mixer output before its output projection."""
         mixed = self.mixer.mix(self.input_norm(x), positions, valid, cache, cu_seqlens=cu_seqlens)
-        # inference over whole chunks may run compiled (``prefill_mode``); training keeps autograd's eager graph
-        mode = self.mixer.cfg.prefill_mode if cu_seqlens is None and not torch.is_grad_enabled() else "eager"
+        mode = inference_mode_of(self.mixer.cfg.prefill_mode, cu_seqlens)
         return region(DecoderLayer._finish, mode)(self, x, mixed), mixed
 
     def step(self, x: Tensor, cache, ctx: DecodeContext) -> Tensor:

@@ -22,10 +22,13 @@ def _compiled(fn, backend: str):
     return torch.compile(fn, backend=backend)
 
 
+def inference_mode_of(prefill_mode: str, cu_seqlens) -> str:
+    """The mode a layer runs in: its configured ``prefill_mode`` for inference over whole chunks, ``eager`` for
+    training (autograd's graph) and packed rows."""
+    return prefill_mode if cu_seqlens is None and not torch.is_grad_enabled() else "eager"
+
+
 def region(fn, mode: str):
-    """``fn`` itself (eager) or its compiled form (compile), compiled once per process."""
-    if mode == "eager":
-        return fn
-    if mode != "compile":
-        raise ValueError(f"prefill mode must be one of {list(PREFILL_MODES)}, got {mode!r}")
-    return _compiled(fn, COMPILER_BACKEND)
+    """``fn`` itself (eager) or its compiled form (compile; the configs validate the mode), compiled once per
+    process."""
+    return fn if mode == "eager" else _compiled(fn, COMPILER_BACKEND)
