@@ -2,7 +2,8 @@
 # The main job on the embedded default teacher (models/tiny-teacher), CPU-sized budget:
 #   set-up → task suite → convert (linear, hybrid every:4) → distil stages 1-3 → eval → chat on an image.
 # The full-budget runs behind RESULTS.md §1 are the commands given there (same code, more steps); other
-# recipes are in recipes/. How these defaults were chosen: results/embedded_default_cpu_2026-12-02/NOTES.md.
+# recipes are in recipes/. How these defaults were chosen: results/embedded_default_cpu_2026-12-02/
+# and results/embedded_default_cpu_2026-12-03/ (stage 3 trains the MLPs too, with cross-entropy on answers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -14,7 +15,7 @@ fi
 .venv/bin/python -m pip install -q -e ".[data]"
 . .venv/bin/activate
 OUT=${OUT:-runs/main}
-STEPS=${STEPS:-2000}
+STEPS=${STEPS:-1800}
 mkdir -p "$OUT"
 stage() { echo; echo "== [$1/4] $2 ($(( $(date +%s) - start )) s so far)"; }
 stage 1 "task suite -> $OUT/suite"
@@ -25,7 +26,7 @@ mmmamba eval --model models/tiny-teacher --data "$OUT/suite" --split test --json
 stage 3 "convert and distil linear and hybrid (progress below; each run's log: $OUT/runs/NAME/stdout.log)"
 python -m mmmamba.experiments.ablations --teacher models/tiny-teacher --data "$OUT/suite" --out "$OUT/runs" \
   --runs linear hybrid_every4 --total-steps "$STEPS" --batch-size 8 --lr-scale 20 --stage-shares 1,2,5 --eval-every 250 \
-  --convert-args="--conv-kernel 4" --distill-args="--pack" \
+  --convert-args="--conv-kernel 4" --distill-args="--pack --train-mlp --ce-weight 0.5" \
   --teacher-eval "$OUT/teacher_eval.json" --jobs 2 --progress
 stage 4 "answers on one test image"
 img="$OUT/suite/images/test/test-shape-00000-0.png"
