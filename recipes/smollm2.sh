@@ -6,6 +6,7 @@
 #   DOCS=/usr/share/doc/python3.11/html bash recipes/smollm2.sh     # or build the text corpus from one folder
 #   STEPS=150,150,500 BATCH=64 LR_SCALE=3 STUDENTS="linear:none hybrid4:every:4" bash recipes/smollm2.sh
 #   GGUF=path/to/model.gguf ...      # another GGUF; CONVERT_ARGS="--gate-order gate-first" (every student)
+#   DISTILL_ARGS="--train-mlp --ce-weight 0.5"   # more `mmmamba distill` flags for every student (levers)
 #   SSD=torch|fla|auto (the training scan), MICRO=32 (samples per forward), PROMPTS=2000 (self-distill prompts)
 #   TT_ROWS=16000 TT_PER_PROMPT=2 TT_BATCH=1024 (teacher-written text: rows from corpus prefixes, samples per
 #   prompt, rows decoded at once; TT_ROWS=0: none)
@@ -42,6 +43,7 @@ TT_ROWS=${TT_ROWS:-16000}
 TT_PER_PROMPT=${TT_PER_PROMPT:-2}
 TT_BATCH=${TT_BATCH:-1024}
 CONVERT_ARGS=${CONVERT_ARGS:-}
+DISTILL_ARGS=${DISTILL_ARGS:-}
 mm() { echo "+ mmmamba $*" >&2; "$PY" -m mmmamba "$@"; }
 mkdir -p "$R"
 STUDENTS=${STUDENTS:-linear:none hybrid4:every:4 auto8:auto:8}
@@ -100,7 +102,7 @@ for spec in $STUDENTS; do
   # shellcheck disable=SC2086
   mm distill --teacher "$R/teacher" --student "$R/$name/student" --data $data --out "$R/$name/run" \
     --stages 1,2,3 --steps-per-stage "$STEPS" --batch-size "$BATCH" --pack --micro-batch "$MICRO" \
-    --lr-scale "$LR_SCALE" --ssd-backend "$SSD" --eval-every "$EVAL_EVERY" 2>&1 | tee -a "$R/$name/distill.log"
+    --lr-scale "$LR_SCALE" --ssd-backend "$SSD" --eval-every "$EVAL_EVERY" $DISTILL_ARGS 2>&1 | tee -a "$R/$name/distill.log"
   echo "$name distill wall time: $(( $(date +%s) - start )) s" | tee -a "$R/$name/distill.log"
 done
 [ "${STOP_AFTER:-}" != distill ] || exit 0  # STOP_AFTER=distill: no evaluation yet
