@@ -123,22 +123,34 @@ def tokens_per_s(step, token: torch.Tensor, n: int) -> float:
     return n * token.shape[0] / (time.perf_counter() - t0)
 
 
+def timed_prefills(prepare, run, repeats: int):
+    """``run(prepare())`` ``repeats`` times, each timed without its ``prepare`` (a fresh cache); the last
+    ``run``'s result and {prefill_s: the fastest, prefill_first_s: the first}. The first prefill at a new length
+    also pays one-time costs (allocator growth, library heuristics, compiles). The previous result is freed
+    before the next ``prepare``, so one cache is held at a time."""
+    seconds = []
+    for _ in range(repeats):
+        out = state = None
+        state = prepare()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = run(state)
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - t0)
+    return out, {"prefill_s": min(seconds), "prefill_first_s": seconds[0]}
+
+
 def measure_ours(model: Decoder, context: int, args, decode: str) -> dict:
     torch.cuda.reset_peak_memory_stats()
     ids = torch.randint(0, args.vocab, (1, context), device="cuda")
     mask = torch.ones(1, context, dtype=torch.long, device="cuda")
     chunk = min(args.prefill_chunk, context)
-    seconds = []
-    for _ in range(args.prefill_repeats):  # the first prefill at a new length also pays one-time costs
-        cache = None  # the last repeat's cache freed before the next is made: one cache at peak
-        cache = model.make_cache(1, context + args.new_tokens + args.warmup + args.decode_steps + 16)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        logits = prefill_ids(model, ids, None, mask, cache, chunk)
-        torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - t0)
-    row = {"prefill_s": min(seconds), "prefill_first_s": seconds[0], "cache_bytes": kv_bytes(cache),
-           "prefill_chunk": chunk}
+    (cache, logits), row = timed_prefills(
+        lambda: model.make_cache(1, context + args.new_tokens + args.warmup + args.decode_steps + 16),
+        lambda cache: (cache, prefill_ids(model, ids, None, mask, cache, chunk)),
+        args.prefill_repeats,
+    )
+    row.update(cache_bytes=kv_bytes(cache), prefill_chunk=chunk)
     step = DecodeStep(model, cache, decode)
     token = logits.argmax(-1)
     if args.profile:
@@ -174,16 +186,11 @@ def profile(model: Decoder, cache, step, token, chunk: int) -> None:
 def measure_hf(model, context: int, args) -> dict:
     torch.cuda.reset_peak_memory_stats()
     ids = torch.randint(0, args.vocab, (1, context), device="cuda")
-    seconds = []
-    for _ in range(args.prefill_repeats):  # as ours: the fastest of the timed prefills
-        out = None
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = model(ids, use_cache=True, logits_to_keep=1)
-        torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - t0)
-    row = {"prefill_s": min(seconds), "prefill_first_s": seconds[0], "prefill_chunk": context}  # HF: all at once
+    with torch.no_grad():
+        out, row = timed_prefills(
+            lambda: None, lambda _: model(ids, use_cache=True, logits_to_keep=1), args.prefill_repeats
+        )
+    row["prefill_chunk"] = context  # HF: the whole prompt at once
     cache = out.past_key_values
     token = out.logits[:, -1].argmax(-1)
 
