@@ -84,8 +84,9 @@ def main() -> int:
     p.add_argument("--json", default=None, help="write the report here")
     args = p.parse_args()
     import transformers
+    from packaging.version import Version  # transformers' own dependency
 
-    if tuple(int(x) for x in transformers.__version__.split(".")[:2]) < GROUPED_NORM:
+    if Version(transformers.__version__).release[:2] < GROUPED_NORM:  # release: 5.23.0.dev0 → (5, 23, 0)
         print(f"transformers {transformers.__version__} normalises a GraniteMoeHybrid's gated norm over all heads at "
               f"once (mamba_n_groups ignored), so it cannot run our per-head students; pip install "
               f"'transformers>={GROUPED_NORM[0]}.{GROUPED_NORM[1]}'", file=sys.stderr)  # fmt: skip
