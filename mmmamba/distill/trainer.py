@@ -18,7 +18,7 @@ Everything the run needs is checked before the first step (``prepare``; ``dry_ru
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -56,6 +56,7 @@ from .stages import STAGES, StageConfig, select_trainable, stage_loss
 from .validation import target_nll, val_log
 
 SETTINGS_FILE = "distill_config.json"
+PLAIN_KL = {"temperature": 1.0, "ce_weight": 0.0}  # val.csv's KL: the stage-3 loss with no options
 LOG_COLUMNS = ("stage", "step", "lr", "train_loss", "val_loss", "tokens", "seconds")
 
 
@@ -293,7 +294,14 @@ class StageRun:
             if self.stage.loss is kl_to_teacher:  # the frozen teacher on fixed batches: its NLL is measured once
                 fit = target_nll(self.teacher, self.student, self.val, self.teacher_nll)
                 self.teacher_nll = fit["teacher_val_nll"]
+                fit["val_kl"] = val_loss if self.stage.loss_args == PLAIN_KL else self.plain_kl()
         return val_loss, fit
+
+    def plain_kl(self) -> float:
+        """KL(teacher ‖ student) per token over the val batches at temperature 1 with no CE term: the curve's
+        KL, comparable between runs whatever their stage-3 loss options."""
+        plain = replace(self.stage, loss_args=PLAIN_KL)
+        return sum(float(stage_loss(plain, self.teacher, self.student, b)) for b in self.val) / len(self.val)
 
     def save(self, step: int) -> None:
         counters = {"stage": self.id, "skipped": self.guard.skipped, "in_a_row": self.guard.in_a_row}
@@ -318,7 +326,7 @@ class StageRun:
             self.log.add(self.id, r.step, f"{r.lr:.3e}", train_loss, val_loss, r.tokens, f"{r.seconds:.4f}")
             if val_loss is not None and fit is not None:
                 seen = self.log.total("tokens")
-                self.val_log.add(self.id, r.step, seen, val_loss, fit["val_nll"], fit["teacher_val_nll"],
+                self.val_log.add(self.id, r.step, seen, fit["val_kl"], fit["val_nll"], fit["teacher_val_nll"],
                                  fit["val_ppl_ratio"])  # fmt: skip
         self.progress.done_steps += 1
         if val_loss is not None or self.progress.stopped:

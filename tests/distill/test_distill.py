@@ -127,6 +127,26 @@ def test_kill_and_resume_equals_uninterrupted(setup, tmp_path):
     assert [r.split(",")[:3] for r in full_val[1:]] == [["3", "2", str(sum(tokens[:6]))], ["3", "4", str(sum(tokens))]]
 
 
+def test_val_curve_kl_is_the_plain_kl_whatever_the_stage_3_loss_options(setup, tmp_path):
+    """With a CE term and a temperature, log.csv's val_loss is that full loss, but val.csv's KL stays
+    KL(teacher || student) at temperature 1, so curves of runs with different options compare."""
+    root, teacher, _ = setup
+    options = {"ce_weight": 0.5, "temperature": 2.0}
+    cfg = DistillConfig(stages=[3], steps={3: 2}, batch_size=4, eval_every=2, val_limit=4, **options)
+    args = (root / "teacher", root / "student", root / "data")
+    distill(*args, tmp_path / "r", cfg)
+    val = prepare(*args, tmp_path / "p", cfg, progress=False).val
+    student = load_checkpoint(tmp_path / "r" / "after_stage3").float().eval()
+    plain = replace(STAGES[3], loss_args={"temperature": 1.0, "ce_weight": 0.0})
+    with torch.no_grad():
+        kl = sum(float(stage_loss(plain, teacher, student, b)) for b in val) / len(val)
+        full = sum(float(stage_loss(STAGES[3].with_options(**options), teacher, student, b)) for b in val) / len(val)
+    row = (tmp_path / "r" / "val.csv").read_text().splitlines()[-1].split(",")
+    val_loss = (tmp_path / "r" / "log.csv").read_text().splitlines()[-1].split(",")[4]
+    assert float(row[3]) == pytest.approx(kl, rel=1e-4)
+    assert float(val_loss) == pytest.approx(full, rel=1e-4) and abs(full - kl) > 0.1
+
+
 def test_target_nll_is_each_models_mean_target_cross_entropy(setup):
     import copy
     import math
