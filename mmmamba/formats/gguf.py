@@ -186,6 +186,10 @@ def gguf_config(reader, where) -> tuple[DecoderConfig, GGUFArch, dict]:
     embed = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     if embed is None:
         raise MmmambaError(f"{where}: no token_embd.weight tensor; not a language model's file")
+    freqs = next((t for t in reader.tensors if t.name == "rope_freqs.weight"), None)  # Llama 3's frequency factors
+    if freqs is not None and not bool((dequantize(freqs, where) == 1).all()):
+        raise MmmambaError(f"{where}: rope_freqs.weight scales RoPE's frequencies (Llama 3 style RoPE); "
+                           "only plain RoPE (freq_base) is supported")  # fmt: skip
     layers = _count(meta, a + "block_count", where)
     blocks = _block_indices(names)
     if blocks != set(range(layers)):

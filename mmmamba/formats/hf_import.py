@@ -41,23 +41,61 @@ SUPPORTED = (
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
+def rope_groups(raw: dict, key: str, where: str) -> list[dict]:
+    """The RoPE settings under ``key``: one group, or one per layer type (transformers 5's ``rope_parameters``
+    may be keyed by layer type)."""
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise MmmambaError(f"{where}: {key} must be an object, got {type(value).__name__}; fix the config")
+    return list(value.values()) if value and all(isinstance(v, dict) for v in value.values()) else [value]
+
+
+def check_plain_rope(raw: dict, where: str) -> None:
+    """Refuse RoPE that is not plain full-width RoPE with one base. transformers 4 writes scaling as
+    ``rope_scaling``, transformers 5 as ``rope_parameters`` (with the base)."""
+    groups = rope_groups(raw, "rope_scaling", where) + rope_groups(raw, "rope_parameters", where)
+    for group in groups:
+        kind = group.get("rope_type", group.get("type", "default"))
+        if kind != "default":
+            raise MmmambaError(f"{where}: rope_type {kind!r} is not supported; only plain RoPE (one theta, no scaling)")
+    for group in [raw, *groups]:
+        if group.get("partial_rotary_factor", 1.0) != 1.0:
+            raise MmmambaError(f"{where}: partial_rotary_factor {group['partial_rotary_factor']} is not supported; "
+                               "only RoPE on the whole head")  # fmt: skip
+
+
+def rope_theta(raw: dict, where: str) -> float:
+    """The one RoPE base: ``rope_theta`` (transformers 4) or inside ``rope_parameters`` (5), whose groups per
+    layer type must then agree."""
+    thetas = {g["rope_theta"] for g in rope_groups(raw, "rope_parameters", where) if "rope_theta" in g}
+    if len(thetas) > 1:
+        raise MmmambaError(f"{where}: RoPE bases {sorted(thetas)} differ between layer types; only one is supported")
+    return raw.get("rope_theta", thetas.pop() if thetas else 10000.0)
+
+
+def slides(raw: dict, arch: str) -> bool:
+    """Whether some layer attends through a sliding window: ``layer_types`` says so where present (transformers
+    5); otherwise Mistral slides whenever ``sliding_window`` is set, Qwen2 only with ``use_sliding_window``."""
+    if not raw.get("sliding_window"):
+        return False
+    if raw.get("layer_types") is not None:
+        return "sliding_attention" in raw["layer_types"]
+    return arch == "MistralForCausalLM" or (arch == "Qwen2ForCausalLM" and bool(raw.get("use_sliding_window")))
+
+
 def llm_fields(raw: dict, where: str, arch: str) -> dict:
     """DecoderConfig fields from a Llama-like LLM config (Llama, Mistral, Qwen2, InternLM2)."""
     if raw.get("hidden_act", "silu") != "silu":
         raise MmmambaError(f"{where}: hidden_act {raw['hidden_act']!r} is not supported (only silu)")
-    scaling = raw.get("rope_scaling") or {}
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind != "default":
-        raise MmmambaError(f"{where}: rope_scaling {kind!r} is not supported; only plain RoPE (theta)")
+    check_plain_rope(raw, where)
     if arch in ("LlamaForCausalLM", "InternLM2ForCausalLM") and (raw.get("attention_bias") or raw.get("bias")):
         raise MmmambaError(f"{where}: attention bias with an output-projection bias is not supported")
     heads = require(raw, "num_attention_heads", where)
     hidden = require(raw, "hidden_size", where)
     max_position = raw.get("max_position_embeddings", 4096)
-    if arch == "MistralForCausalLM" and raw.get("sliding_window"):
-        # within the window, sliding attention = full attention
+    if slides(raw, arch):  # within the window, sliding attention = full attention
         max_position = min(max_position, whole(raw["sliding_window"], f"{where}: sliding_window"))
-    theta = raw.get("rope_theta", (raw.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    theta = rope_theta(raw, where)
     return dict(
         vocab_size=require(raw, "vocab_size", where),
         hidden_size=hidden,
@@ -113,8 +151,7 @@ def embedding_stack(emb: dict, where: str, student: bool) -> dict:
     """The settings the holistic layers compute with, as DecoderConfig fields."""
     if emb.get("hidden_act") != "silu":
         raise MmmambaError(f"{where}: hidden_act {emb['hidden_act']!r} is not supported (only silu)")
-    if emb.get("rope_scaling"):
-        raise MmmambaError(f"{where}: rope_scaling is not supported; only plain RoPE (theta)")
+    check_plain_rope(emb, where)
     if emb.get("attention_bias") and not student:  # the students' layers have no bias whatever the config says
         raise MmmambaError(f"{where}: attention_bias (with an output-projection bias) is not supported")
     hidden, heads = emb["hidden_size"], emb["num_attention_heads"]
@@ -129,7 +166,7 @@ def embedding_stack(emb: dict, where: str, student: bool) -> dict:
         num_kv_heads=emb["num_key_value_heads"],
         head_dim=hidden // heads,
         intermediate_size=emb["intermediate_size"],
-        rope_theta=emb["rope_theta"],
+        rope_theta=rope_theta(emb, where),
         norm_eps=emb["rms_norm_eps"],
         qkv_bias=False,
     )

@@ -109,8 +109,11 @@ def roundtrip(w: np.ndarray, kind: str) -> np.ndarray:
     return gguf.quants.dequantize(gguf.quants.quantize(w, qtype), qtype).astype(np.float32)
 
 
-def write_gguf(path, model, arch: str = "llama", types: dict | None = None) -> dict[str, torch.Tensor]:
-    """Write ``model`` as a GGUF file; returns the HF tensors as the file stores them (after quantization)."""
+def write_gguf(
+    path, model, arch: str = "llama", types: dict | None = None, extra: dict | None = None
+) -> dict[str, torch.Tensor]:
+    """Write ``model`` as a GGUF file (plus ``extra`` float32 tensors by GGUF name, e.g. ``rope_freqs.weight``);
+    returns the HF tensors as the file stores them (after quantization)."""
     import gguf
 
     types = {**TYPES, **(types or {})}
@@ -161,6 +164,8 @@ def write_gguf(path, model, arch: str = "llama", types: dict | None = None) -> d
 
             back = unpermute_rope_rows(back, heads)
         stored[name] = back
+    for g, x in (extra or {}).items():
+        w.add_tensor(g, np.asarray(x, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

