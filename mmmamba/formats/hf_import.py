@@ -50,18 +50,25 @@ def rope_groups(raw: dict, key: str, where: str) -> list[dict]:
     return list(value.values()) if value and all(isinstance(v, dict) for v in value.values()) else [value]
 
 
-def check_plain_rope(raw: dict, where: str) -> None:
+def check_plain_rope(raw: dict, where: str, allow_dynamic: bool = False) -> int | None:
     """Refuse RoPE that is not plain full-width RoPE with one base. transformers 4 writes scaling as
-    ``rope_scaling``, transformers 5 as ``rope_parameters`` (with the base)."""
+    ``rope_scaling``, transformers 5 as ``rope_parameters`` (with the base). ``allow_dynamic``: dynamic NTK
+    scaling (InternLM2's default) changes the base only past the original context, so inside it that is
+    plain RoPE; returns that context, the cap on ``max_position`` (None when no group is dynamic)."""
     groups = rope_groups(raw, "rope_scaling", where) + rope_groups(raw, "rope_parameters", where)
+    cap = None
     for group in groups:
         kind = group.get("rope_type", group.get("type", "default"))
-        if kind != "default":
+        if kind == "dynamic" and allow_dynamic:
+            original = group.get("original_max_position_embeddings") or raw.get("max_position_embeddings", 4096)
+            cap = whole(original, f"{where}: original_max_position_embeddings")
+        elif kind != "default":
             raise MmmambaError(f"{where}: rope_type {kind!r} is not supported; only plain RoPE (one theta, no scaling)")
     for group in [raw, *groups]:
         if group.get("partial_rotary_factor", 1.0) != 1.0:
             raise MmmambaError(f"{where}: partial_rotary_factor {group['partial_rotary_factor']} is not supported; "
                                "only RoPE on the whole head")  # fmt: skip
+    return cap
 
 
 def rope_theta(raw: dict, where: str) -> float:
@@ -87,7 +94,7 @@ def llm_fields(raw: dict, where: str, arch: str) -> dict:
     """DecoderConfig fields from a Llama-like LLM config (Llama, Mistral, Qwen2, InternLM2)."""
     if raw.get("hidden_act", "silu") != "silu":
         raise MmmambaError(f"{where}: hidden_act {raw['hidden_act']!r} is not supported (only silu)")
-    check_plain_rope(raw, where)
+    plain_until = check_plain_rope(raw, where, allow_dynamic=True)
     if arch in ("LlamaForCausalLM", "InternLM2ForCausalLM") and (raw.get("attention_bias") or raw.get("bias")):
         raise MmmambaError(f"{where}: attention bias with an output-projection bias is not supported")
     heads = require(raw, "num_attention_heads", where)
@@ -95,6 +102,8 @@ def llm_fields(raw: dict, where: str, arch: str) -> dict:
     max_position = raw.get("max_position_embeddings", 4096)
     if slides(raw, arch):  # within the window, sliding attention = full attention
         max_position = min(max_position, whole(raw["sliding_window"], f"{where}: sliding_window"))
+    if plain_until is not None:  # dynamic NTK RoPE: plain RoPE up to the original context
+        max_position = min(max_position, plain_until)
     theta = rope_theta(raw, where)
     return dict(
         vocab_size=require(raw, "vocab_size", where),

@@ -111,8 +111,15 @@ def test_internlm2_packed_folder_matches_llama(tmp_path):
     folder = tmp_path / "internlm2"
     folder.mkdir()
     save_file(tensors, str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps({**cfg, "architectures": ["InternLM2ForCausalLM"], "bias": False}))
+    # InternLM2's released configs carry dynamic NTK RoPE: plain RoPE inside max_position_embeddings
+    internlm2 = {
+        "architectures": ["InternLM2ForCausalLM"],
+        "bias": False,
+        "rope_scaling": {"type": "dynamic", "factor": 2.0},
+    }
+    (folder / "config.json").write_text(json.dumps({**cfg, **internlm2}))
     ours = mmmamba.from_pretrained(folder)
+    assert ours.config.max_position == SMALL["max_position_embeddings"]
     ids = torch.randint(0, 97, (2, 19))
     with torch.no_grad():
         assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-4
@@ -166,5 +173,19 @@ def test_qwen2_sliding_window_limits_the_context_to_the_window(tmp_path, use_sli
     ours = mmmamba.from_pretrained(tmp_path)
     assert ours.config.max_position == limit
     ids = torch.randint(0, 97, (1, 16))
+    with torch.no_grad():
+        assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-4
+
+
+def test_dynamic_ntk_rope_is_plain_rope_inside_its_original_context(tmp_path):
+    """transformers' dynamic RoPE keeps the base until a sequence outgrows the original context: the import
+    is exact inside it and caps max_position there (original_max_position_embeddings when given)."""
+    torch.manual_seed(0)
+    scaling = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e4, "original_max_position_embeddings": 48}
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**SMALL, rope_parameters=scaling)).eval()
+    hf.save_pretrained(tmp_path)
+    ours = mmmamba.from_pretrained(tmp_path)
+    assert ours.config.max_position == 48
+    ids = torch.randint(0, 97, (1, 48))
     with torch.no_grad():
         assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-4
