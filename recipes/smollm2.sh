@@ -6,6 +6,8 @@
 #   DOCS=/usr/share/doc/python3.11/html bash recipes/smollm2.sh     # or build the text corpus from one folder
 #   STEPS=150,150,500 BATCH=64 LR_SCALE=3 STUDENTS="linear:none hybrid4:every:4" bash recipes/smollm2.sh
 #   GGUF=path/to/model.gguf ...      # another GGUF; CONVERT_ARGS="--gate-order gate-first" (every student)
+#   STUDENTS="nf:none@--gate-order,norm-first gf:none@--gate-order,gate-first"   # NAME:KEEP[@convert flags, comma-separated]
+#     for one student only: the gate order at equal budget (same data, steps and seed for both)
 #   DISTILL_ARGS="--train-mlp --ce-weight 0.5"   # more `mmmamba distill` flags for every student (levers)
 #   SSD=torch|fla|auto (the training scan), MICRO=32 (samples per forward), PROMPTS=2000 (self-distill prompts)
 #   TT_ROWS=16000 TT_PER_PROMPT=2 TT_BATCH=1024 (teacher-written text: rows from corpus prefixes, samples per
@@ -95,9 +97,10 @@ fi
 
 # 4. convert and distill every student, one after the other, each alone on the GPU (logs in $R/<name>/distill.log)
 for spec in $STUDENTS; do
-  name=${spec%%:*}; keep=${spec#*:}
+  name=${spec%%:*}; keep=${spec#*:}; own=""
+  case $keep in *@*) own=${keep#*@}; own=${own//,/ }; keep=${keep%%@*};; esac  # NAME:KEEP@FLAG,VALUE,...
   # shellcheck disable=SC2086
-  [ -f "$R/$name/student/config.json" ] || mm convert --teacher "$R/teacher" --keep-attention "$keep" $CONVERT_ARGS --out "$R/$name/student"
+  [ -f "$R/$name/student/config.json" ] || mm convert --teacher "$R/teacher" --keep-attention "$keep" $CONVERT_ARGS $own --out "$R/$name/student"
   start=$(date +%s)
   # shellcheck disable=SC2086
   mm distill --teacher "$R/teacher" --student "$R/$name/student" --data $data --out "$R/$name/run" \
