@@ -3,6 +3,7 @@ weights: new tokens/s per batch size, through the same ``Writer`` (one cache, th
 replayed from a CUDA graph, exact top-p). Prints one JSON object a line, then a summary.
 
     python recipes/bench_teacher_text.py                                   # one H200, ~2-4 min
+    python recipes/bench_teacher_text.py --batch-sizes 2048 --samplers sorted,unsorted --sampler-only --logit-scale 8
     python recipes/bench_teacher_text.py --device cpu --decode eager --layers 2 --hidden 64 --heads 4 \\
         --kv-heads 2 --mlp 128 --vocab 256 --batch-sizes 4 --new-tokens 8   # a smoke test
 
@@ -36,7 +37,40 @@ def parse_args():
     p.add_argument("--decode", default="auto", help="auto (graph on CUDA) | eager | graph | compile")
     p.add_argument("--logit-scale", type=float, default=1.0, help="multiply the output head (sharper logits)")
     p.add_argument("--batches", type=int, default=2, help="timed batches per size (after one untimed)")
+    p.add_argument("--samplers", default="sorted", help="comma list of sorted | unsorted, each run through the Writer")
+    p.add_argument("--sampler-only", action="store_true",
+                   help="also time the samplers alone on the model's logits at each batch size (CUDA events; "
+                        "unsorted also under torch.compile)")  # fmt: skip
     return p.parse_args()
+
+
+def time_samplers(logits: torch.Tensor, top_p: float, candidates: int) -> dict:
+    """ms per call of each sampler on the same (b, V) logits, after warm-up, timed with CUDA events."""
+    from mmmamba.infer.sampling import nucleus_sample, nucleus_sample_unsorted
+
+    u = torch.rand(logits.shape[0], device=logits.device, dtype=torch.float64)
+    compiled = torch.compile(nucleus_sample_unsorted, dynamic=False)
+    fns = {
+        "sorted": lambda: nucleus_sample(logits, 1.0, top_p, u, candidates),
+        "unsorted": lambda: nucleus_sample_unsorted(logits, 1.0, top_p, u),
+        "unsorted_compiled": lambda: compiled(logits, 1.0, top_p, u),
+    }
+    out = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        warm_s = time.perf_counter() - t0
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(10):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        out[f"{name}_ms"] = round(start.elapsed_time(end) / 10, 3)
+        out[f"{name}_warmup_s"] = round(warm_s, 1)
+    return out
 
 
 def main() -> None:
@@ -56,9 +90,11 @@ def main() -> None:
         model.lm_head.weight.mul_(args.logit_scale)
     stop = args.vocab - 1
     rows = []
-    for b in [int(x) for x in args.batch_sizes.split(",")]:
+    runs = [(int(b), sampler) for b in args.batch_sizes.split(",") for sampler in args.samplers.split(",")]
+    for b, sampler in runs:
         tc = TeacherTextConfig(prefix_tokens=args.prefix_tokens, new_tokens=args.new_tokens, batch_size=b,
-                               top_p=args.top_p, candidates=args.candidates, decode=args.decode)  # fmt: skip
+                               top_p=args.top_p, candidates=args.candidates, decode=args.decode,
+                               sampler=sampler)  # fmt: skip
         g = torch.Generator().manual_seed(b)
         prefixes = torch.randint(0, args.vocab - 1, (b, args.prefix_tokens), generator=g).tolist()
         t0 = time.perf_counter()
@@ -77,12 +113,17 @@ def main() -> None:
             with torch.no_grad():  # how many rows the candidates pre-sort could not settle (at the prefix's end)
                 logits = model(torch.tensor(prefixes[: min(b, 256)], device=device)).logits[:, -1].float()
                 top = logits.softmax(-1).topk(min(args.candidates, args.vocab), -1).values.sum(-1)
-            row = {"batch": b, "decode": writer.step.mode, "first_batch_s": round(first, 2),
+            row = {"batch": b, "sampler": sampler, "decode": writer.step.mode, "first_batch_s": round(first, 2),
                    "new_tokens_per_s": round(new / seconds),
                    "ms_per_step": seconds / args.batches / args.new_tokens * 1e3,
                    "full_sort_rows": float((top < args.top_p).float().mean()),
                    "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if cuda else None}  # fmt: skip
             del writer
+            if args.sampler_only and cuda and sampler == args.samplers.split(",")[0]:
+                with torch.no_grad():
+                    full = model(torch.tensor(prefixes, device=device)).logits[:, -1]  # (b, V), the model's dtype
+                row |= time_samplers(full, args.top_p, args.candidates)
+                del full
         except torch.OutOfMemoryError as e:
             row = {"batch": b, "error": f"out of memory: {e}"[:200]}
         rows.append(row)

@@ -84,6 +84,10 @@ def add_data(sub) -> None:
     p.add_argument("--test-frac", type=float_in(0.0, 0.9), default=0.02, help="share of source documents/prompts")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--decode", default="auto", choices=["auto", "eager", "graph", "compile"], help="auto: CUDA graph")
+    p.add_argument(
+        "--sampler", default="sorted", choices=["sorted", "unsorted"],
+        help="top-p by a sort of the candidates (sorted) or by bisection with no sort (unsorted); same distribution",
+    )  # fmt: skip
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto: bf16 on CUDA")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=cmd_data_teacher_text)
@@ -196,7 +200,7 @@ def cmd_data_teacher_text(args) -> None:
             raise MmmambaError(f"--out {out} is or contains {flag} {src}; write the teacher text to a new folder")
     cfg = TeacherTextConfig(
         args.prefix_tokens, args.new_tokens, args.text_rows, args.per_prompt, args.batch_size, args.temperature,
-        args.top_p, args.candidates, args.seed, args.val_frac, args.test_frac, args.decode,
+        args.top_p, args.candidates, args.seed, args.val_frac, args.test_frac, args.decode, args.sampler,
     )  # fmt: skip
     cfg.check()
     device = resolve_device(args.device)

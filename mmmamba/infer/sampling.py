@@ -52,6 +52,60 @@ def nucleus_sample(logits: Tensor, temperature: float, top_p: float, u: Tensor, 
     return out
 
 
+def nucleus_threshold(probs: Tensor, top_p: float) -> Tensor:
+    """probs (b, V), float32 or float64 → (b, 1): the nucleus's smallest probability, the largest τ with
+    Σ{p ≥ τ} ≥ ``top_p``, found without sorting. Positive floats order as their bit patterns do, so a
+    bisection over the integers (31 halvings for float32, 63 for float64) ends on τ exactly. Fixed work, no
+    host sync: (b, V) masked sums, one a halving."""
+    ints, halvings = (torch.int32, 31) if probs.dtype == torch.float32 else (torch.int64, 63)
+    bits = probs.view(ints)  # (b, V), monotone in probs for probs ≥ 0
+    lo = torch.zeros(probs.shape[0], 1, dtype=ints, device=probs.device)  # Σ{p ≥ lo} = 1 ≥ top_p
+    hi = bits.amax(-1, keepdim=True) + 1  # Σ{p ≥ hi} = 0 < top_p
+    for _ in range(halvings):
+        mid = lo + (hi - lo) // 2
+        enough = torch.where(bits >= mid, probs, 0).sum(-1, keepdim=True) >= top_p
+        lo, hi = torch.where(enough, mid, lo), torch.where(enough, hi, mid)
+    return lo.view(probs.dtype)
+
+
+def nucleus_sample_unsorted(logits: Tensor, temperature: float, top_p: float, u: Tensor) -> Tensor:
+    """Top-p sampling with no sort: logits (b, vocab), uniforms u (b,) in [0, 1) → token ids (b,).
+
+    The nucleus is every token whose probability is at least ``nucleus_threshold`` (the tokens of the
+    smallest most-probable run reaching ``top_p``, and any tied with its last); the token is the first, in
+    vocabulary order, at which the nucleus's cumulative mass exceeds ``u`` times its mass. The same
+    distribution as ``nucleus_sample`` (another token for the same u), a pure function of (logits, u):
+    ``nucleus_sample_unsorted_reference`` (float64) reproduces it. Static shapes and no host sync."""
+    probs = (logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature).softmax(-1)  # (b, V)
+    kept = torch.where(probs >= nucleus_threshold(probs, top_p), probs, 0)
+    cum = kept.cumsum(-1)  # (b, V), rises only at nucleus tokens
+    i = (cum <= u[:, None].to(cum.dtype) * cum[:, -1:]).sum(-1, keepdim=True)
+    last = kept.shape[-1] - 1 - (kept.flip(-1) > 0).to(torch.int8).argmax(-1, keepdim=True)  # the last nucleus token
+    return torch.minimum(i, last)[:, 0]
+
+
+def nucleus_sample_unsorted_reference(logits: Tensor, temperature: float, top_p: float, u: Tensor) -> Tensor:
+    """The plain float64 definition of ``nucleus_sample_unsorted``, one row at a time (for tests)."""
+    out = []
+    for row, ur in zip(logits.double(), u.double()):
+        p = (row / temperature).softmax(-1).tolist()
+        total, smallest = 0.0, None
+        for pi in sorted(p, reverse=True):  # the smallest most-probable run reaching top_p
+            if total >= top_p:
+                break
+            total, smallest = total + pi, pi
+        kept = [pi if pi >= smallest else 0.0 for pi in p]
+        target, acc = float(ur) * sum(kept), 0.0
+        pick = max(j for j, pi in enumerate(kept) if pi > 0)
+        for j, pi in enumerate(kept):
+            acc += pi
+            if pi > 0 and acc > target:
+                pick = j
+                break
+        out.append(pick)
+    return torch.tensor(out, dtype=torch.long)
+
+
 def _pick(sorted_probs: Tensor, order: Tensor, top_p: float, u: Tensor) -> Tensor:
     cum = sorted_probs.cumsum(-1)  # (b, k)
     size = ((cum - sorted_probs) < top_p).sum(-1, keepdim=True)  # tokens in the nucleus (≥ 1)

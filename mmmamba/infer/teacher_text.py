@@ -7,8 +7,10 @@ distillation pools like any other.
   never serve as prefixes. Each text row is ``prefix_tokens`` consecutive tokens of one train chunk
   at an offset drawn from the seed. **Prompts** are a ``.txt`` / ``.jsonl`` file or a chat folder's
   ``train.jsonl``; each becomes the teacher's user turn, answered ``per_prompt`` times.
-- **Sampling**: ``nucleus_sample`` (exact top-p by inverse CDF) from uniforms drawn by one generator
-  per batch, seeded from (seed, batch number), so a batch's tokens are a pure function of the seed.
+- **Sampling**: exact top-p by inverse CDF from uniforms drawn by one generator per batch, seeded from
+  (seed, batch number), so a batch's tokens are a pure function of the seed: ``nucleus_sample`` (sorted
+  order, a pre-sort of ``candidates`` tokens) or ``nucleus_sample_unsorted`` (vocabulary order, the nucleus
+  found by bisection: no sort and no host sync). Both draw the same distribution, not the same tokens.
 - **Decoding**: one preallocated cache of ``batch_size`` rows serves every batch (reset in place),
   driven by the static decode step (``DecodeStep``: a CUDA graph on CUDA), so memory is constant and
   the graph is captured once. A short last batch is filled with copies of its first row (discarded).
@@ -40,9 +42,10 @@ from ..models import Decoder
 from ..models.cache import ModelCache
 from .decode_step import MODES, DecodeStep
 from .generate import left_pad, prefill_ids
-from .sampling import nucleus_sample
+from .sampling import nucleus_sample, nucleus_sample_unsorted
 
 SPLITS = ("train", "val", "test")
+SAMPLERS = ("sorted", "unsorted")
 PLAN_FILE = "teacher_text.json"
 
 
@@ -60,6 +63,7 @@ class TeacherTextConfig:
     val_frac: float = 0.02
     test_frac: float = 0.02
     decode: str = "auto"  # DecodeStep mode
+    sampler: str = "sorted"  # top-p by "sorted" (nucleus_sample) or "unsorted" (nucleus_sample_unsorted)
 
     def check(self) -> None:
         ints = {"prefix_tokens": (1, 1 << 20), "new_tokens": (1, 1 << 20), "text_rows": (0, 1 << 31)}
@@ -76,6 +80,13 @@ class TeacherTextConfig:
             raise MmmambaError(f"--val-frac {self.val_frac} + --test-frac {self.test_frac}: leave some for training")
         if self.decode not in MODES:
             raise MmmambaError(f"--decode {self.decode}: use one of {', '.join(MODES)}")
+        if self.sampler not in SAMPLERS:
+            raise MmmambaError(f"--sampler {self.sampler}: use one of {', '.join(SAMPLERS)}")
+
+    def settings(self) -> dict:
+        """The settings a plan records: a ``sorted`` sampler (the only one before ``sampler`` existed) is left
+        out, so that plans written before still match on resume."""
+        return {k: v for k, v in asdict(self).items() if not (k == "sampler" and v == "sorted")}
 
 
 @dataclass
@@ -180,7 +191,10 @@ class Writer:
         steps = 0
         for i in range(cfg.new_tokens):
             u = torch.rand(b, generator=g, device=self.device, dtype=torch.float64)
-            token = nucleus_sample(logits, cfg.temperature, cfg.top_p, u, cfg.candidates)
+            if cfg.sampler == "sorted":
+                token = nucleus_sample(logits, cfg.temperature, cfg.top_p, u, cfg.candidates)
+            else:
+                token = nucleus_sample_unsorted(logits, cfg.temperature, cfg.top_p, u)
             tokens[:, i] = token
             steps = i + 1
             done |= torch.isin(token, self.stops)
@@ -198,7 +212,7 @@ def _plan_record(rows: list[Row], cfg: TeacherTextConfig, sources: dict) -> dict
     digest = hashlib.sha256()
     for r in rows:
         digest.update(json.dumps([r.source, r.prefix]).encode())
-    return {"format": "mmmamba-teacher-text-plan", "settings": asdict(cfg), "rows": len(rows), **sources,
+    return {"format": "mmmamba-teacher-text-plan", "settings": cfg.settings(), "rows": len(rows), **sources,
             "rows_sha256": digest.hexdigest()}  # fmt: skip
 
 
@@ -282,7 +296,12 @@ def write_teacher_text(
         "teacher_text": {
             **sources,
             "prefix_split": "train",  # held-out documents never serve as prefixes
-            "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "candidates": cfg.candidates},
+            "sampling": {
+                "temperature": cfg.temperature,
+                "top_p": cfg.top_p,
+                "candidates": cfg.candidates,
+                "sampler": cfg.sampler,
+            },
             "seed": cfg.seed,
             "batch_seeds": "blake2b(f'{seed}:{batch}'), one generator per batch",
             "settings": asdict(cfg),

@@ -12,7 +12,13 @@ from mmmamba.data.text_corpus import is_text_corpus, read_text_split, text_examp
 from mmmamba.data.tokenizer import load_tokenizer
 from mmmamba.formats import load_checkpoint
 from mmmamba.infer import teacher_text as tt
-from mmmamba.infer.sampling import nucleus_sample, nucleus_sample_reference
+from mmmamba.infer.sampling import (
+    nucleus_sample,
+    nucleus_sample_reference,
+    nucleus_sample_unsorted,
+    nucleus_sample_unsorted_reference,
+    nucleus_threshold,
+)
 
 TEACHER = "models/tiny-teacher"
 
@@ -38,6 +44,45 @@ def test_nucleus_sample_draws_the_renormalised_nucleus():
     n = 20000
     u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
     tokens = nucleus_sample(logits.float().expand(n, -1), 1.0, 0.8, u, candidates=2)
+    share = torch.bincount(tokens, minlength=6).double() / n
+    assert torch.allclose(share, expect, atol=2 / n)
+
+
+@pytest.mark.parametrize("rows,vocab", [(40, 97), (7, 1), (13, 3), (5, 2049)])
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 0.9), (0.7, 0.5), (1.3, 1.0), (1.0, 1e-3), (0.05, 0.95)])
+def test_unsorted_nucleus_sample_equals_float64_reference(rows, vocab, temperature, top_p):
+    g = torch.Generator().manual_seed(vocab)
+    logits = (torch.randn(rows, vocab, generator=g) * torch.linspace(0.5, 6, rows)[:, None]).double()
+    u = torch.rand(rows, generator=g, dtype=torch.float64)
+    got = nucleus_sample_unsorted(logits, temperature, top_p, u)
+    assert got.tolist() == nucleus_sample_unsorted_reference(logits, temperature, top_p, u).tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nucleus_threshold_is_the_sorted_nucleus_smallest_probability(dtype):
+    """The bisection over bit patterns lands exactly on the smallest probability of the sorted nucleus."""
+    g = torch.Generator().manual_seed(1)
+    probs = (torch.randn(64, 501, generator=g) * torch.linspace(0.3, 8, 64)[:, None]).softmax(-1).to(dtype)
+    for top_p in (0.3, 0.9, 0.99):
+        ps = probs.sort(-1, descending=True).values
+        size = ((ps.cumsum(-1) - ps) < top_p).sum(-1, keepdim=True)
+        smallest = ps.gather(-1, size - 1)
+        near = ((ps.cumsum(-1) - top_p).abs() < 1e-5).any(-1, keepdim=True)  # float32 sums may round either way
+        assert torch.equal(torch.where(near, smallest, nucleus_threshold(probs, top_p)), smallest)
+
+
+def test_unsorted_nucleus_sample_draws_the_renormalised_nucleus():
+    """Float32, the fast path's dtype: over an even grid of uniforms each token's share is its probability
+    within the nucleus, the same distribution as the sorted sampler's."""
+    logits = torch.tensor([-1.0, 2.0, 0.0, 0.5, -3.0, 1.0])
+    p = logits.double().softmax(-1)
+    ps, order = p.sort(descending=True)
+    keep = (ps.cumsum(0) - ps) < 0.8
+    expect = torch.zeros_like(p)
+    expect[order[keep]] = ps[keep] / ps[keep].sum()
+    n = 20000
+    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    tokens = nucleus_sample_unsorted(logits.expand(n, -1), 1.0, 0.8, u)
     share = torch.bincount(tokens, minlength=6).double() / n
     assert torch.allclose(share, expect, atol=2 / n)
 
@@ -70,14 +115,18 @@ def _records(out):
     return {s: [json.loads(line) for line in (out / f"{s}.jsonl").read_text().splitlines()] for s in tt.SPLITS}
 
 
-def test_tokens_equal_a_plain_reference_sampler(corpus):
+@pytest.mark.parametrize(
+    "sampler,reference", [("sorted", nucleus_sample_reference), ("unsorted", nucleus_sample_unsorted_reference)]
+)
+def test_tokens_equal_a_plain_reference_sampler(corpus, sampler, reference):
     """Batched static decode + the fast sampler give exactly the tokens of a loop that runs the whole
     sequence through the model for every token, one row at a time, and samples in float64."""
     model = load_checkpoint(TEACHER).double().eval()
     tok = load_tokenizer(TEACHER)
-    cfg = tt.TeacherTextConfig(prefix_tokens=12, new_tokens=20, text_rows=5, batch_size=3, seed=3, candidates=5)
+    cfg = tt.TeacherTextConfig(prefix_tokens=12, new_tokens=20, text_rows=5, batch_size=3, seed=3, candidates=5,
+                               sampler=sampler)  # fmt: skip
     rows = tt.plan_rows(corpus, corpus.parent / "prompts.txt", tok, cfg, model.config.vocab_size)
-    out = corpus.parent / "ref"
+    out = corpus.parent / f"ref_{sampler}"
     tt.write_teacher_text(model, tok, rows, out, cfg, {"teacher": TEACHER}, progress=False)
     got = {r["row"]: r["input_ids"] for recs in _records(out).values() for r in recs}
     stops = set(tok.stop_ids) | {tok.end_id}
@@ -91,7 +140,7 @@ def test_tokens_equal_a_plain_reference_sampler(corpus):
             for j, i in enumerate(idx):
                 if i in live:
                     logits = model(torch.tensor([seqs[i]])).logits[:, -1]
-                    t = int(nucleus_sample_reference(logits, cfg.temperature, cfg.top_p, u[j : j + 1])[0])
+                    t = int(reference(logits, cfg.temperature, cfg.top_p, u[j : j + 1])[0])
                     seqs[i].append(t)
                     if t in stops:
                         live.discard(i)
@@ -148,7 +197,7 @@ def test_deterministic_resumable_and_read_as_a_text_corpus(corpus, tmp_path, mon
     assert is_text_corpus(out) and info["format"] == "mmmamba-text-corpus"
     t = info["teacher_text"]
     assert t["prefixes"] == str(corpus) and t["prefix_split"] == "train" and t["seed"] == 4
-    assert t["sampling"] == {"temperature": 1.0, "top_p": 0.95, "candidates": 1024}
+    assert t["sampling"] == {"temperature": 1.0, "top_p": 0.95, "candidates": 1024, "sampler": "sorted"}
     tok = load_tokenizer(TEACHER)
     for s in tt.SPLITS:
         assert read_text_split(out, s) == [r["input_ids"] for r in first[s]] if first[s] else True
@@ -171,3 +220,11 @@ def test_bad_inputs_are_one_line_errors(corpus, tmp_path, capsys):
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_plans_written_before_the_sampler_setting_still_resume():
+    """A plan records ``sampler`` only when it is not the sorted one, the only sampler older plans knew."""
+    assert "sampler" not in tt.TeacherTextConfig().settings()
+    assert tt.TeacherTextConfig(sampler="unsorted").settings()["sampler"] == "unsorted"
+    with pytest.raises(tt.MmmambaError, match="--sampler sort: use one of sorted, unsorted"):
+        tt.TeacherTextConfig(sampler="sort").check()
