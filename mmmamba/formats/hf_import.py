@@ -95,6 +95,8 @@ def llm_fields(raw: dict, where: str, arch: str) -> dict:
     if raw.get("hidden_act", "silu") != "silu":
         raise MmmambaError(f"{where}: hidden_act {raw['hidden_act']!r} is not supported (only silu)")
     plain_until = check_plain_rope(raw, where, allow_dynamic=True)
+    if raw.get("mlp_bias"):
+        raise MmmambaError(f"{where}: mlp_bias is not supported; the MLP has no biases")
     if arch in ("LlamaForCausalLM", "InternLM2ForCausalLM") and (raw.get("attention_bias") or raw.get("bias")):
         raise MmmambaError(f"{where}: attention bias with an output-projection bias is not supported")
     heads = require(raw, "num_attention_heads", where)

@@ -138,6 +138,7 @@ def test_internlm2_packed_folder_matches_llama(tmp_path):
         ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.25}},
          "partial_rotary_factor 0.25"),
         ({"rope_parameters": "llama3"}, "rope_parameters must be an object"),
+        ({"mlp_bias": True}, "mlp_bias is not supported"),
     ],
 )  # fmt: skip
 def test_rope_other_than_plain_is_refused_in_both_config_spellings(tmp_path, change, message):
