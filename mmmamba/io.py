@@ -331,6 +331,19 @@ def check_output_dir(path, flag: str = "--out") -> Path:
     return path
 
 
+def check_checkpoint_output(path, flag: str = "--out") -> Path:
+    """A folder a checkpoint is written to: as ``check_output_dir``, and neither a distillation run folder
+    nor one of its stage checkpoints, whose replacement would lose a run's work (and which ``distill``
+    would then take for finished)."""
+    path = check_output_dir(path, flag)
+    run_file = "distill_config.json"
+    if (path / run_file).exists():
+        raise MmmambaError(f"{flag} {path}: is a distillation run folder (it holds {run_file}); write to a new folder")
+    if path.name.startswith("after_stage") and (path.parent / run_file).exists():
+        raise MmmambaError(f"{flag} {path}: is a stage checkpoint of the run in {path.parent}; write to a new folder")
+    return path
+
+
 def check_output_file(path, flag: str = "--out") -> Path:
     """An output file: not a folder, not under a file, writable. Nothing is created."""
     path = Path(path)
@@ -536,8 +549,10 @@ class RunLock:
             self.folder.mkdir(parents=True)
             self._made = True
         path = self.folder / self.NAME
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise MmmambaError(f"{self.flag} {self.folder}: its lock file {path} is not a plain file; remove it")
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as e:
             raise MmmambaError(
                 f"{self.flag} {self.folder}: cannot create its lock file ({e.strerror}); choose a writable folder"

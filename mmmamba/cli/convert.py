@@ -50,10 +50,10 @@ def cmd_convert(args) -> None:
     from ..data.tokenizer import copy_tokenizer
     from ..formats import load_checkpoint, save_checkpoint
     from ..formats.loading import load_config
-    from ..io import check_output_dir, same_or_inside
+    from ..io import check_checkpoint_output, same_or_inside
 
     reads_model("--teacher", args.teacher)
-    out = check_output_dir(args.out)
+    out = check_checkpoint_output(args.out)
     if same_or_inside(args.teacher, out):
         what = "is" if Path(out).resolve() == Path(args.teacher).resolve() else "contains"
         raise MmmambaError(f"--out {out} {what} the teacher {args.teacher}; write the student to a new folder")

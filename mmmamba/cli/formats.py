@@ -56,10 +56,10 @@ def cmd_import_gguf(args) -> None:
     import torch
 
     from ..formats.gguf import import_gguf, open_gguf
-    from ..io import check_free_space, check_output_dir, human_bytes, same_or_inside
+    from ..io import check_checkpoint_output, check_free_space, human_bytes, same_or_inside
 
     reads_model("file", args.file)
-    out = check_output_dir(args.out)
+    out = check_checkpoint_output(args.out)
     if same_or_inside(args.file, out):
         raise MmmambaError(f"--out {out} is or contains {args.file}; write the checkpoint to a new folder")
     open_gguf(args.file)  # a missing or foreign file is refused before any work
@@ -78,9 +78,9 @@ def cmd_import_granite(args) -> None:
     from ..formats import save_checkpoint
     from ..formats.checkpoint import read_model_config
     from ..formats.granite import ARCH, load_granite
-    from ..io import check_output_dir, same_or_inside
+    from ..io import check_checkpoint_output, same_or_inside
 
-    out = check_output_dir(args.out)
+    out = check_checkpoint_output(args.out)
     if same_or_inside(args.folder, out):
         raise MmmambaError(f"--out {out} is or contains {args.folder}; write the checkpoint to a new folder")
     raw, ours = read_model_config(args.folder)
@@ -154,10 +154,10 @@ def info_lines(path) -> list[str]:
 def cmd_export(args) -> None:
     from ..data.tokenizer import TOKENIZER_FILES, copy_tokenizer
     from ..formats import load_checkpoint
-    from ..io import check_output_dir, same_or_inside
+    from ..io import check_checkpoint_output, same_or_inside
 
     reads_model("--model", args.model)
-    out = check_output_dir(args.out)
+    out = check_checkpoint_output(args.out)
     if same_or_inside(out, args.model):
         raise MmmambaError(f"--out {out}: inside the model folder {args.model}; write the export elsewhere")
     check_outputs_in(out, ["config.json", "model.safetensors", *TOKENIZER_FILES])

@@ -83,6 +83,8 @@ def _load_for_chat(args):
         exists = Path(args.image).exists()
         what = "is a folder" if Path(args.image).is_dir() else "is not a regular file" if exists else "does not exist"
         raise MmmambaError(f"--image {args.image}: {what}; give an image file")
+    if args.decode_backend == "triton" and not resolve_device(args.device).startswith("cuda"):
+        raise MmmambaError("--decode-backend triton runs on a CUDA device; use --decode-backend torch or auto here")
     model = load_checkpoint(args.model).float().eval()
     model.set_backends(ssd=args.ssd_backend, mamba_decode=args.decode_backend, prefill_mode=args.prefill_mode)
     tok = load_tokenizer(args.model, args.chat_template)

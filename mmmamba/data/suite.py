@@ -7,6 +7,7 @@ the UCI digit images are partitioned so test digits are never seen in training.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,15 @@ from .tasks import FAMILIES
 
 SPLITS = ("test", "val", "train")  # held-out splits first, so train can avoid their samples
 DIGIT_SHARE = {"train": (0.0, 0.7), "val": (0.7, 0.85), "test": (0.85, 1.0)}
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    """Written under a temporary name, then renamed over ``path``: an image already there (or a link in its
+    place) is replaced, never written through. No fsync: the suite is regenerated from its seed, and its
+    index files, written atomically last, name only finished images."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def digit_pools(n_digits: int, seed: int) -> dict[str, np.ndarray]:
@@ -61,7 +71,7 @@ def make_suite(
                     paths = []
                     for j, scene in enumerate(scenes):
                         rel = f"images/{split}/{sample_id}-{j}.png"
-                        Image.fromarray(render(scene, digit_images, rng)).save(out / rel)
+                        save_png(Image.fromarray(render(scene, digit_images, rng)), out / rel)
                         paths.append(rel)
                     record = {"id": sample_id, "family": family}
                     if paths:

@@ -70,8 +70,18 @@ def data_dirs(data_dir) -> list:
     return dirs
 
 
+RUN_FILES = ("log.csv", "val.csv", "loss.png", "distill_config.json")  # what a run folder holds besides checkpoints
+
+
 def check_paths(teacher_dir, student_dir, data_dir, out: Path) -> None:
     check_output_dir(out)
+    out = Path(out)
+    for name in RUN_FILES:  # a run writes these as files, and each stage an after_stageS folder
+        if (out / name).exists() and not (out / name).is_file():
+            raise MmmambaError(f"--out {out}: {out / name} is not a file; remove it or distil into a new folder")
+    for stage in out.glob("after_stage*") if out.is_dir() else []:
+        if not stage.is_dir():
+            raise MmmambaError(f"--out {out}: {stage} is not a checkpoint folder; remove it or use a new --out")
     named = [("--teacher", teacher_dir), ("--student", student_dir)] + [("--data", d) for d in data_dirs(data_dir)]
     for flag, p in named:
         if same_or_inside(out, p) and Path(out).resolve() == Path(p).resolve():

@@ -17,7 +17,7 @@ from ..data.tokenizer import ByteTokenizer
 from ..errors import MmmambaError
 from ..evaluation.tasks import predict, score
 from ..formats import save_checkpoint
-from ..io import check_free_space, check_output_dir, folder_digest
+from ..io import check_checkpoint_output, check_free_space, folder_digest
 from ..models import Decoder, DecoderConfig, VisionConfig
 from ..training.loop import StepReport, train_loop
 from ..training.losses import next_token_loss
@@ -78,7 +78,7 @@ def train_teacher(
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_STEPS:
             raise MmmambaError(f"{name} {v}: give a whole number between 1 and {MAX_STEPS}")
     out = Path(out)
-    check_output_dir(out)
+    check_checkpoint_output(out)
     if (out / "config.json").is_file() and not (out / STATE_FILE).is_file():
         raise MmmambaError(
             f"--out {out}: holds a finished model without a training state (nothing to resume); train into a new folder"

@@ -34,7 +34,7 @@ from ..errors import MmmambaError
 from ..evaluation.tasks import predict, score
 from ..formats import load_checkpoint, save_checkpoint
 from ..formats.gguf import write_tokenizer
-from ..io import check_output_dir, folder_digest, read_json, write_json_atomic
+from ..io import check_checkpoint_output, folder_digest, read_json, write_json_atomic
 from ..models import Decoder, VisionConfig
 from ..models.sizing import check_fits
 from ..training.loop import StepReport, train_loop
@@ -72,7 +72,7 @@ class GraftConfig:
 
 def graft_vision(llm_dir, out, cfg: GraftConfig) -> Decoder:
     """Write ``out``: the LLM at ``llm_dir`` with an image front-end and the image tokens. Returns the model."""
-    out = check_output_dir(Path(out))
+    out = check_checkpoint_output(Path(out))
     vision = cfg.vision()
     llm = load_checkpoint(llm_dir).float()
     old = llm.config
@@ -352,7 +352,7 @@ def _tokenizer_writer(tok: ChatTokenizer):
 def tune_vlm_teacher(init_dir, data_dir, text_dirs: list, out, cfg: TuneConfig) -> dict:
     """Train a grafted VLM (``graft_vision``) in its phases; ``out`` becomes the trained teacher."""
     cfg.check()
-    out = check_output_dir(Path(out))
+    out = check_checkpoint_output(Path(out))
     model = load_checkpoint(init_dir).float()
     if model.config.vision is None:
         raise MmmambaError(f"--init {init_dir}: has no image front-end; make one with `mmmamba teacher graft`")

@@ -1,0 +1,84 @@
+"""Outputs that would overwrite work or write through links: refused in one line with exit 2 before any
+work, and nothing outside --out is touched."""
+
+from pathlib import Path
+
+import pytest
+
+from mmmamba.cli.main import main
+
+TEACHER = "models/tiny-teacher"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    assert main(["data", "make", "--out", str(root / "suite"), "--seed", "0", "--train", "2", "--val", "1",
+                 "--test", "1"]) == 0  # fmt: skip
+    assert main(["convert", "--teacher", TEACHER, "--keep-attention", "every:2", "--out", str(root / "S")]) == 0
+    return root
+
+
+def _distill(world, out, *extra):
+    return main(["distill", "--teacher", TEACHER, "--student", str(world / "S"), "--data", str(world / "suite"),
+                 "--out", str(out), "--stages", "1", "--steps-per-stage", "1", "--batch-size", "2",
+                 "--device", "cpu", "--val-limit", "2", *extra])  # fmt: skip
+
+
+def _one_line_error(capsys, *words):
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and all(w in err for w in words), err
+
+
+def test_a_lock_file_that_is_a_link_is_refused_and_its_target_kept(world, tmp_path, capsys):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious data")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").symlink_to(precious)
+    assert _distill(world, tmp_path / "run") == 2
+    _one_line_error(capsys, ".lock", "not a plain file")
+    assert precious.read_text() == "precious data"
+
+
+def test_a_run_file_that_is_a_folder_is_refused_before_training(world, tmp_path, capsys):
+    (tmp_path / "run" / "log.csv").mkdir(parents=True)
+    assert _distill(world, tmp_path / "run") == 2
+    _one_line_error(capsys, "log.csv", "is not a file")
+    assert not (tmp_path / "run" / "after_stage1").exists()
+    (tmp_path / "run2").mkdir()
+    (tmp_path / "run2" / "after_stage1").write_text("x")
+    assert _distill(world, tmp_path / "run2") == 2
+    _one_line_error(capsys, "after_stage1", "not a checkpoint folder")
+
+
+@pytest.mark.parametrize("where", ["run", "run/after_stage3"])
+def test_checkpoint_writers_refuse_a_run_folder_and_its_stage_checkpoints(world, tmp_path, capsys, where):
+    (tmp_path / "run" / "after_stage3").mkdir(parents=True)
+    (tmp_path / "run" / "distill_config.json").write_text("{}")
+    out = str(tmp_path / where)
+    for argv in (["convert", "--teacher", TEACHER, "--out", out],
+                 ["teacher", "graft", "--llm", TEACHER, "--out", out]):  # fmt: skip
+        assert main(argv) == 2
+        _one_line_error(capsys, out, "new folder")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["after_stage3", "distill_config.json"]
+    assert not any((tmp_path / "run" / "after_stage3").iterdir())
+
+
+def test_data_make_replaces_a_link_in_an_images_place_and_never_writes_through_it(world, tmp_path):
+    suite = tmp_path / "suite"
+    assert main(["data", "make", "--out", str(suite), "--seed", "0", "--train", "2", "--val", "1", "--test", "1"]) == 0
+    image = next((suite / "images" / "val").glob("*.png"))
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious")
+    image.unlink()
+    image.symlink_to(precious)
+    assert main(["data", "make", "--out", str(suite), "--seed", "0", "--train", "2", "--val", "1", "--test", "1"]) == 0
+    assert precious.read_text() == "precious"
+    assert image.is_file() and not image.is_symlink() and image.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_triton_decode_backend_on_a_cpu_is_a_one_line_error(world, capsys):
+    argv = ["generate", "--model", str(world / "S"), "--prompt", "hi", "--device", "cpu", "--decode-backend", "triton"]
+    assert main(argv) == 2
+    _one_line_error(capsys, "--decode-backend triton", "CUDA")
+    assert Path(world / "S" / "config.json").is_file()
