@@ -331,15 +331,19 @@ def check_output_dir(path, flag: str = "--out") -> Path:
     return path
 
 
+DISTILL_SETTINGS = "distill_config.json"  # what marks a distillation run folder (distill/trainer.py writes it)
+
+
 def check_checkpoint_output(path, flag: str = "--out") -> Path:
     """A folder a checkpoint is written to: as ``check_output_dir``, and neither a distillation run folder
     nor one of its stage checkpoints, whose replacement would lose a run's work (and which ``distill``
     would then take for finished)."""
     path = check_output_dir(path, flag)
-    run_file = "distill_config.json"
-    if (path / run_file).exists():
-        raise MmmambaError(f"{flag} {path}: is a distillation run folder (it holds {run_file}); write to a new folder")
-    if path.name.startswith("after_stage") and (path.parent / run_file).exists():
+    if (path / DISTILL_SETTINGS).exists():
+        raise MmmambaError(
+            f"{flag} {path}: is a distillation run folder (it holds {DISTILL_SETTINGS}); write to a new folder"
+        )
+    if path.name.startswith("after_stage") and (path.parent / DISTILL_SETTINGS).exists():
         raise MmmambaError(f"{flag} {path}: is a stage checkpoint of the run in {path.parent}; write to a new folder")
     return path
 

@@ -19,6 +19,7 @@ from ..data.tokenizer import ChatTokenizer, load_tokenizer
 from ..errors import MmmambaError
 from ..formats import load_checkpoint
 from ..io import (
+    DISTILL_SETTINGS,
     check_free_space,
     check_output_dir,
     folder_digest,
@@ -70,7 +71,7 @@ def data_dirs(data_dir) -> list:
     return dirs
 
 
-RUN_FILES = ("log.csv", "val.csv", "loss.png", "distill_config.json")  # what a run folder holds besides checkpoints
+RUN_FILES = ("log.csv", "val.csv", "loss.png", DISTILL_SETTINGS)  # what a run folder holds besides checkpoints
 
 
 def check_paths(teacher_dir, student_dir, data_dir, out: Path) -> None:

@@ -30,7 +30,7 @@ from ..data.mixture import MixtureSampler, parse_sources
 from ..data.tokenizer import copy_tokenizer
 from ..errors import MmmambaError
 from ..formats import load_checkpoint
-from ..io import remove_tree
+from ..io import DISTILL_SETTINGS, remove_tree
 from ..models import Decoder
 from ..training.loop import StepReport, train_loop
 from ..training.optim import NonFiniteGuard, make_adamw
@@ -55,7 +55,7 @@ from .prepare import Prepared, batches, cfg_loss_args, check_paths, data_identit
 from .stages import STAGES, StageConfig, select_trainable, stage_loss
 from .validation import target_nll, val_log
 
-SETTINGS_FILE = "distill_config.json"
+SETTINGS_FILE = DISTILL_SETTINGS
 PLAIN_KL = {"temperature": 1.0, "ce_weight": 0.0}  # val.csv's KL: the stage-3 loss with no options
 LOG_COLUMNS = ("stage", "step", "lr", "train_loss", "val_loss", "tokens", "seconds")
 

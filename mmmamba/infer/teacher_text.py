@@ -175,6 +175,10 @@ class Writer:
         self.cache = model.make_cache(cfg.batch_size, max_length)
         self.step = DecodeStep(model, self.cache, cfg.decode)
         self.stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=self.device)
+        if cfg.sampler == "sorted":
+            self.sample = lambda logits, u: nucleus_sample(logits, cfg.temperature, cfg.top_p, u, cfg.candidates)
+        else:
+            self.sample = lambda logits, u: nucleus_sample_unsorted(logits, cfg.temperature, cfg.top_p, u)
 
     @torch.no_grad()
     def write(self, prefixes: list[list[int]], seed: int) -> list[list[int]]:
@@ -191,10 +195,7 @@ class Writer:
         steps = 0
         for i in range(cfg.new_tokens):
             u = torch.rand(b, generator=g, device=self.device, dtype=torch.float64)
-            if cfg.sampler == "sorted":
-                token = nucleus_sample(logits, cfg.temperature, cfg.top_p, u, cfg.candidates)
-            else:
-                token = nucleus_sample_unsorted(logits, cfg.temperature, cfg.top_p, u)
+            token = self.sample(logits, u)
             tokens[:, i] = token
             steps = i + 1
             done |= torch.isin(token, self.stops)

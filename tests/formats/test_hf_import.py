@@ -141,7 +141,7 @@ def test_internlm2_packed_folder_matches_llama(tmp_path):
         ({"mlp_bias": True}, "mlp_bias is not supported"),
     ],
 )  # fmt: skip
-def test_rope_other_than_plain_is_refused_in_both_config_spellings(tmp_path, change, message):
+def test_unsupported_rope_and_mlp_bias_are_refused_in_one_line(tmp_path, change, message):
     """transformers 5 writes RoPE scaling into ``rope_parameters``, not ``rope_scaling``: a Llama 3 folder
     must be refused, not read as plain RoPE with wrong logits past the first positions."""
     make_hf(tmp_path, "llama")

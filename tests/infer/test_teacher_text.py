@@ -33,17 +33,28 @@ def test_nucleus_sample_equals_float64_reference(candidates, temperature, top_p)
     assert got.tolist() == nucleus_sample_reference(logits, temperature, top_p, u).tolist()
 
 
-def test_nucleus_sample_draws_the_renormalised_nucleus():
-    """Over an even grid of uniforms each token's share is its probability within the nucleus."""
-    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0]).double()
-    p = logits.softmax(-1)
+@pytest.mark.parametrize(
+    "sample,logits",
+    [
+        # 2 candidates: the sorted sampler's pre-sort overflows and the row is sorted in full
+        (lambda x, u: nucleus_sample(x, 1.0, 0.8, u, candidates=2), [2.0, 1.0, 0.5, 0.0, -1.0, -3.0]),
+        # vocabulary order unlike probability order: the unsorted sampler walks the former
+        (lambda x, u: nucleus_sample_unsorted(x, 1.0, 0.8, u), [-1.0, 2.0, 0.0, 0.5, -3.0, 1.0]),
+    ],
+    ids=["sorted", "unsorted"],
+)
+def test_samplers_draw_the_renormalised_nucleus(sample, logits):
+    """Float32, the fast paths' dtype: over an even grid of uniforms each token's share is its probability
+    within the nucleus, for both samplers."""
+    logits = torch.tensor(logits)
+    p = logits.double().softmax(-1)
     ps, order = p.sort(descending=True)
     keep = (ps.cumsum(0) - ps) < 0.8
     expect = torch.zeros_like(p)
     expect[order[keep]] = ps[keep] / ps[keep].sum()
     n = 20000
     u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    tokens = nucleus_sample(logits.float().expand(n, -1), 1.0, 0.8, u, candidates=2)
+    tokens = sample(logits.expand(n, -1), u)
     share = torch.bincount(tokens, minlength=6).double() / n
     assert torch.allclose(share, expect, atol=2 / n)
 
@@ -69,22 +80,6 @@ def test_nucleus_threshold_is_the_sorted_nucleus_smallest_probability(dtype):
         smallest = ps.gather(-1, size - 1)
         near = ((ps.cumsum(-1) - top_p).abs() < 1e-5).any(-1, keepdim=True)  # float32 sums may round either way
         assert torch.equal(torch.where(near, smallest, nucleus_threshold(probs, top_p)), smallest)
-
-
-def test_unsorted_nucleus_sample_draws_the_renormalised_nucleus():
-    """Float32, the fast path's dtype: over an even grid of uniforms each token's share is its probability
-    within the nucleus, the same distribution as the sorted sampler's."""
-    logits = torch.tensor([-1.0, 2.0, 0.0, 0.5, -3.0, 1.0])
-    p = logits.double().softmax(-1)
-    ps, order = p.sort(descending=True)
-    keep = (ps.cumsum(0) - ps) < 0.8
-    expect = torch.zeros_like(p)
-    expect[order[keep]] = ps[keep] / ps[keep].sum()
-    n = 20000
-    u = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    tokens = nucleus_sample_unsorted(logits.expand(n, -1), 1.0, 0.8, u)
-    share = torch.bincount(tokens, minlength=6).double() / n
-    assert torch.allclose(share, expect, atol=2 / n)
 
 
 def _docs(folder, n=10, words=120):
