@@ -337,7 +337,7 @@ DISTILL_SETTINGS = "distill_config.json"  # what marks a distillation run folder
 def check_checkpoint_output(path, flag: str = "--out") -> Path:
     """A folder a checkpoint is written to: as ``check_output_dir``, and neither a distillation run folder
     nor one of its stage checkpoints, whose replacement would lose a run's work (and which ``distill``
-    would then take for finished)."""
+    would then take for finished). A one-shot writer checks ``check_new_output`` too."""
     path = check_output_dir(path, flag)
     if (path / DISTILL_SETTINGS).exists():
         raise MmmambaError(
@@ -346,6 +346,28 @@ def check_checkpoint_output(path, flag: str = "--out") -> Path:
     if path.name.startswith("after_stage") and (path.parent / DISTILL_SETTINGS).exists():
         raise MmmambaError(f"{flag} {path}: is a stage checkpoint of the run in {path.parent}; write to a new folder")
     return path
+
+
+def check_new_output(path, flag: str, overwrite: bool, what: str, ours=(), done: str | None = None) -> None:
+    """A one-shot writer's output folder replaces one that already holds files only with ``--overwrite``, so
+    that a mistyped path or a rerun with other settings loses nothing.
+
+    ``ours`` names what this command itself writes into the folder and ``done`` the file it writes last: a
+    folder that holds only ``ours`` and not ``done`` is an interrupted run of this command, taken up again.
+    """
+    path = Path(path)
+    if overwrite or not path.is_dir():
+        return
+    names = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))  # not: temp files, .DS_Store
+    if not names:
+        return
+    if ours and set(names) <= set(ours) and (done is None or done not in names):
+        return  # this command's own unfinished output
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    raise MmmambaError(
+        f"{flag} {path}: already holds files ({shown}); write the {what} to a new folder, or pass --overwrite to "
+        "replace them"
+    )
 
 
 def check_output_file(path, flag: str = "--out") -> Path:

@@ -180,4 +180,13 @@ def side_output(out, suffix: str) -> Path:
     return out.with_name(out.stem + suffix)
 
 
+def add_overwrite(p) -> None:
+    """``--overwrite`` for a command that writes a new folder."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what --out already holds (refused by default: nothing is lost by mistake)",
+    )
+
+
 OUTSIDE_HELP = "read image paths that leave the data folder (.. or absolute); refused by default"

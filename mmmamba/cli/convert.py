@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import MmmambaError
-from .args import SEED, int_in, reads_model, shard_size
+from .args import SEED, add_overwrite, int_in, reads_model, shard_size
 
 
 def add_convert(sub) -> None:
@@ -39,6 +39,7 @@ def add_convert(sub) -> None:
     p.add_argument("--seed", type=SEED, default=0, help="random seed for the new parameters")
     p.add_argument("--max-shard-size", default="2GB", help="split the safetensors above this size (e.g. 500MB)")
     p.add_argument("--dry-run", action="store_true", help="check inputs and output, estimate memory, write nothing")
+    add_overwrite(p)
     p.set_defaults(func=cmd_convert)
 
 
@@ -50,13 +51,15 @@ def cmd_convert(args) -> None:
     from ..data.tokenizer import copy_tokenizer
     from ..formats import load_checkpoint, save_checkpoint
     from ..formats.loading import load_config
-    from ..io import check_checkpoint_output, same_or_inside
+    from ..io import check_checkpoint_output, check_new_output, same_or_inside
 
     reads_model("--teacher", args.teacher)
     out = check_checkpoint_output(args.out)
-    if same_or_inside(args.teacher, out):
-        what = "is" if Path(out).resolve() == Path(args.teacher).resolve() else "contains"
+    if same_or_inside(args.teacher, out) or same_or_inside(out, args.teacher):
+        what = {True: "is", False: "contains"}[Path(out).resolve() == Path(args.teacher).resolve()]
+        what = what if same_or_inside(args.teacher, out) else "lies inside"
         raise MmmambaError(f"--out {out} {what} the teacher {args.teacher}; write the student to a new folder")
+    check_new_output(out, "--out", args.overwrite, "student")
     max_shard = shard_size(args.max_shard_size)
     cfg = load_config(args.teacher)
     if "mamba2" in cfg.mixers:

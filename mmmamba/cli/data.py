@@ -6,7 +6,12 @@ from pathlib import Path
 
 from ..checks import MAX_BATCH
 from ..errors import MmmambaError
-from .args import SEED, check_outputs_in, float_in, int_in, reads_model, resolve_device, resolve_dtype
+from .args import SEED, add_overwrite, check_outputs_in, float_in, int_in, reads_model, resolve_device, resolve_dtype
+
+SPLIT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl")
+SUITE_FILES = (*SPLIT_FILES, "images", "suite.json")  # what each command writes into its --out
+CORPUS_FILES = (*SPLIT_FILES, "corpus.json")
+CHAT_FILES = (*SPLIT_FILES, "meta.json")
 
 
 def add_data(sub) -> None:
@@ -25,6 +30,7 @@ def add_data(sub) -> None:
         help="another train size for one family (repeatable), e.g. reverse=32000: more distinct samples of a "
         "hard family; val and test do not change",
     )  # fmt: skip
+    add_overwrite(p)
     p.set_defaults(func=cmd_data_make)
 
     p = dsub.add_parser("text", help="plain text / Markdown / HTML files -> tokenised text corpus (train/val/test)")
@@ -40,6 +46,7 @@ def add_data(sub) -> None:
     p.add_argument("--val-frac", type=float_in(0.0, 0.9), default=0.05, help="share of documents for val")
     p.add_argument("--test-frac", type=float_in(0.0, 0.9), default=0.05, help="share of documents for test")
     p.add_argument("--seed", type=SEED, default=0, help="which documents go to val and test")
+    add_overwrite(p)
     p.set_defaults(func=cmd_data_text)
     p = dsub.add_parser("self-distill", help="answer prompts with the teacher -> chat JSONL (train/val/test)")
     p.add_argument("--teacher", required=True, help="teacher checkpoint folder (or .gguf)")
@@ -59,6 +66,7 @@ def add_data(sub) -> None:
     p.add_argument("--seed", type=SEED, default=0, help="sampling and split seed")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto: bf16 on CUDA")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_overwrite(p)
     p.set_defaults(func=cmd_data_self_distill)
 
     p = dsub.add_parser(
@@ -95,7 +103,7 @@ def add_data(sub) -> None:
 
 def cmd_data_make(args) -> None:
     from ..data.suite import make_suite
-    from ..io import check_free_space, check_output_dir
+    from ..io import check_free_space, check_new_output, check_output_dir
 
     sizes = {"train": args.train, "val": args.val, "test": args.test}
     try:
@@ -106,6 +114,7 @@ def cmd_data_make(args) -> None:
         raise MmmambaError(f"--recall-images {args.recall_images!r}: give image counts from 1 to 8, e.g. 2,3,4")
     family_train = _family_sizes(args.family_train or [])
     out = check_output_dir(args.out)
+    check_new_output(out, "--out", args.overwrite, "suite", SUITE_FILES, done="suite.json")
     n = 8 * sum(sizes.values()) + sum(family_train.values())  # up to 8 families
     check_free_space(out, 2048 * n, "the task suite")  # ~2 KB per PNG
     make_suite(out, args.seed, sizes, recall, family_train)
@@ -132,9 +141,10 @@ def _family_sizes(items: list[str]) -> dict[str, int]:
 def cmd_data_text(args) -> None:
     from ..data.text_corpus import build_text_corpus, collect_files
     from ..data.tokenizer import load_tokenizer
-    from ..io import check_free_space, check_output_dir, inputs, same_or_inside
+    from ..io import check_free_space, check_new_output, check_output_dir, inputs, same_or_inside
 
     out = check_output_dir(args.out)
+    check_new_output(out, "--out", args.overwrite, "corpus", CORPUS_FILES, done="corpus.json")
     files = collect_files(args.inputs)
     inputs().add_files(files, "--inputs")
     reads_model("--tokenizer", args.tokenizer)
@@ -161,11 +171,12 @@ def cmd_data_self_distill(args) -> None:
     from ..formats import load_checkpoint
     from ..infer import SamplingConfig
     from ..infer.self_distill import read_prompts, self_distill
-    from ..io import check_output_dir, inputs, same_or_inside
+    from ..io import check_new_output, check_output_dir, inputs, same_or_inside
 
     reads_model("--teacher", args.teacher)
     inputs().add_file(args.prompts, "--prompts")
     out = check_output_dir(args.out)
+    check_new_output(out, "--out", args.overwrite, "chat set", CHAT_FILES, done="meta.json")
     check_outputs_in(out, ["train.jsonl", "val.jsonl", "test.jsonl", "meta.json"])
     if Path(args.teacher).exists() and same_or_inside(args.teacher, out):
         raise MmmambaError(f"--out {out} is or contains the teacher {args.teacher}; write the data to a new folder")
@@ -191,10 +202,11 @@ def cmd_data_self_distill(args) -> None:
 def cmd_data_teacher_text(args) -> None:
     from ..data.tokenizer import load_tokenizer
     from ..formats import load_checkpoint
-    from ..infer.teacher_text import TeacherTextConfig, plan_rows, write_teacher_text
-    from ..io import check_output_dir, same_or_inside
+    from ..infer.teacher_text import PLAN_FILE, TeacherTextConfig, plan_rows, write_teacher_text
+    from ..io import check_new_output, check_output_dir, same_or_inside
 
     out = check_output_dir(args.out)
+    check_new_output(out, "--out", False, "teacher text", (*CORPUS_FILES, PLAN_FILE, "parts"))  # resumes its own
     for flag, src in (("--teacher", args.teacher), ("--prefixes", args.prefixes), ("--prompts", args.prompts)):
         if src is not None and Path(src).exists() and same_or_inside(src, out):
             raise MmmambaError(f"--out {out} is or contains {flag} {src}; write the teacher text to a new folder")

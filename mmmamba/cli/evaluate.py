@@ -95,8 +95,10 @@ def cmd_eval(args) -> None:
         raise MmmambaError(f"--choices {args.choices}: {what}; give a JSONL of {{context, choices, label}}")
     if args.choices is not None:
         from ..evaluation.text import read_choices
+        from ..formats.loading import load_config
 
-        read_choices(args.choices)  # every item checked before any model is run
+        max_tokens = load_config(args.model).max_position
+        read_choices(args.choices, load_tokenizer(args.model), max_tokens)  # every item, before any model runs
     device = resolve_device(args.device)
     if args.benchmark is not None:
         for flag, value in (("--teacher", args.teacher), ("--choices", args.choices)):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import MmmambaError
-from .args import check_outputs_in, int_in, reads_model, shard_size
+from .args import add_overwrite, check_outputs_in, int_in, reads_model, shard_size
 
 
 def add_import(sub) -> None:
@@ -17,10 +17,12 @@ def add_import(sub) -> None:
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of the weights")
     p.add_argument("--max-shard-size", default="2GB", help="split the safetensors above this size (e.g. 500MB)")
+    add_overwrite(p)
     p.set_defaults(func=cmd_import_gguf)
     p = isub.add_parser("granite-hybrid", help="a GraniteMoeHybrid folder (e.g. from `export --format granite-hybrid`)")
     p.add_argument("folder", help="the folder (config.json, safetensors, tokenizer files)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
+    add_overwrite(p)
     p.set_defaults(func=cmd_import_granite)
 
 
@@ -49,6 +51,7 @@ def add_export(sub) -> None:
         help="granite-hybrid: pad each Mamba-2 mixer with zero heads to expand × hidden channels (exact; llama.cpp "
         "needs 2). Default: the smallest that holds the heads",
     )  # fmt: skip
+    add_overwrite(p)
     p.set_defaults(func=cmd_export)
 
 
@@ -56,12 +59,13 @@ def cmd_import_gguf(args) -> None:
     import torch
 
     from ..formats.gguf import import_gguf, open_gguf
-    from ..io import check_checkpoint_output, check_free_space, human_bytes, same_or_inside
+    from ..io import check_checkpoint_output, check_free_space, check_new_output, human_bytes, same_or_inside
 
     reads_model("file", args.file)
     out = check_checkpoint_output(args.out)
     if same_or_inside(args.file, out):
         raise MmmambaError(f"--out {out} is or contains {args.file}; write the checkpoint to a new folder")
+    check_new_output(out, "--out", args.overwrite, "checkpoint")
     open_gguf(args.file)  # a missing or foreign file is refused before any work
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     check_free_space(out, 8 * Path(args.file).stat().st_size * dtype.itemsize, "the dequantized checkpoint")
@@ -78,20 +82,36 @@ def cmd_import_granite(args) -> None:
     from ..formats import save_checkpoint
     from ..formats.checkpoint import read_model_config
     from ..formats.granite import ARCH, load_granite
-    from ..io import check_checkpoint_output, same_or_inside
+    from ..io import check_checkpoint_output, check_new_output, same_or_inside
 
     out = check_checkpoint_output(args.out)
-    if same_or_inside(args.folder, out):
-        raise MmmambaError(f"--out {out} is or contains {args.folder}; write the checkpoint to a new folder")
+    if same_or_inside(args.folder, out) or same_or_inside(out, args.folder):
+        raise MmmambaError(
+            f"--out {out}: is, contains or lies inside {args.folder}; write the checkpoint to a new folder"
+        )
+    check_new_output(out, "--out", args.overwrite, "checkpoint")
     raw, ours = read_model_config(args.folder)
     if ours or raw.get("architectures") != [ARCH]:
         raise MmmambaError(f"{args.folder}: not a {ARCH} folder (its config.json names another architecture)")
-    from ..data.tokenizer import copy_tokenizer
+    from ..data.tokenizer import copy_tokenizer, load_tokenizer
 
+    _check_tokenizer_loads(args.folder, load_tokenizer)  # copied as it is: a broken one is refused here, not later
     model = load_granite(args.folder, raw)
     save_checkpoint(model, out, extra=lambda d: copy_tokenizer(args.folder, d))
     kinds = " ".join("A" if k == "attention" else "M" for k in model.config.mixers)
     print(f"wrote {out}: {args.folder} ({kinds}; A attention, M Mamba-2 gate-first)")
+
+
+def _check_tokenizer_loads(folder, load_tokenizer) -> None:
+    try:
+        load_tokenizer(folder)
+    except MmmambaError:
+        raise
+    except Exception as e:  # transformers' own errors on a malformed tokenizer file
+        detail = " ".join(str(e).split())[:200]
+        raise MmmambaError(
+            f"{folder}: its tokenizer files do not load ({type(e).__name__}: {detail}); copy working ones in"
+        ) from None
 
 
 def cmd_info(args) -> None:
@@ -154,12 +174,13 @@ def info_lines(path) -> list[str]:
 def cmd_export(args) -> None:
     from ..data.tokenizer import TOKENIZER_FILES, copy_tokenizer
     from ..formats import load_checkpoint
-    from ..io import check_checkpoint_output, same_or_inside
+    from ..io import check_checkpoint_output, check_new_output, same_or_inside
 
     reads_model("--model", args.model)
     out = check_checkpoint_output(args.out)
     if same_or_inside(out, args.model):
         raise MmmambaError(f"--out {out}: inside the model folder {args.model}; write the export elsewhere")
+    check_new_output(out, "--out", args.overwrite, "export")
     check_outputs_in(out, ["config.json", "model.safetensors", *TOKENIZER_FILES])
     if args.mamba_expand is not None and args.format != "granite-hybrid":
         raise MmmambaError(f"--mamba-expand {args.mamba_expand}: only for --format granite-hybrid; drop it")

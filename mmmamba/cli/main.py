@@ -62,22 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     from ..io import command_inputs
 
     safe_stdout()
+    name = " ".join(str(w) for w in (args.command, getattr(args, "action", None)) if w)  # e.g. "data make"
     try:
         with command_inputs():  # what the handler reads; no output may replace it
             args.func(args)
     except MmmambaError as e:
-        print(f"mmmamba {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"mmmamba {name}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except OSError as e:  # a full disk at a write that has no check of its own
         from ..io import is_disk_full
 
         if is_disk_full(e):
-            print(f"mmmamba {args.command}: error: disk full ({e.strerror}); free space and rerun", file=sys.stderr)
+            print(f"mmmamba {name}: error: disk full ({e.strerror}); free space and rerun", file=sys.stderr)
             return 2
         if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
             where = f"{e.filename}: " if e.filename else ""
             print(
-                f"mmmamba {args.command}: error: {where}{e.strerror} (a read-only or protected location); "
+                f"mmmamba {name}: error: {where}{e.strerror} (a read-only or protected location); "
                 "choose a writable output path",
                 file=sys.stderr,
             )
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         resumable = getattr(args, "resumable", False)  # set_defaults(resumable=True): distill, teacher train/tune
         then = "rerun the same command to resume" if resumable else "nothing half-written was left"
-        print(f"mmmamba {args.command}: interrupted; {then}", file=sys.stderr)
+        print(f"mmmamba {name}: interrupted; {then}", file=sys.stderr)
         return 130
     return 0
 

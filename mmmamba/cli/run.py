@@ -133,6 +133,8 @@ def cmd_generate(args) -> None:
     from ..data.images import attach_image
     from ..infer import generate
 
+    if not args.prompt.strip() and args.image is None:
+        raise MmmambaError("--prompt: empty; give the user message (or an --image to answer about)")
     device = resolve_device(args.device)
     model, tok, image, sampling = _load_for_chat(args)
     dtype = resolve_dtype(args.dtype, device)

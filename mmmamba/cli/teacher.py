@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 from ..errors import MmmambaError
-from .args import COUNT, MAX_STEPS, OUTSIDE_HELP, SEED, float_in, int_in, reads_folder, reads_model, resolve_device
+from .args import (
+    COUNT,
+    MAX_STEPS,
+    OUTSIDE_HELP,
+    SEED,
+    add_overwrite,
+    float_in,
+    int_in,
+    reads_folder,
+    reads_model,
+    resolve_device,
+)
 
 
 def add_teacher(sub) -> None:
@@ -36,6 +47,7 @@ def add_teacher(sub) -> None:
         help="internvl: 0.5 merges 2x2 patches into one token",
     )
     p.add_argument("--seed", type=SEED, default=0, help="the image front-end's initialisation")
+    add_overwrite(p)
     p.set_defaults(func=cmd_teacher_graft)
     p = tsub.add_parser(
         "tune",
@@ -81,12 +93,15 @@ def cmd_teacher_train(args) -> None:
 
 
 def cmd_teacher_graft(args) -> None:
-    from ..io import same_or_inside
+    from ..io import check_checkpoint_output, check_new_output, same_or_inside
     from ..teacher.vlm import GraftConfig, graft_vision
 
     reads_model("--llm", args.llm)
-    if same_or_inside(args.llm, args.out):
-        raise MmmambaError(f"--out {args.out} is or contains the LLM {args.llm}; write the VLM to a new folder")
+    if same_or_inside(args.llm, args.out) or same_or_inside(args.out, args.llm):
+        raise MmmambaError(
+            f"--out {args.out}: is, contains or lies inside the LLM {args.llm}; write the VLM to a new folder"
+        )
+    check_new_output(check_checkpoint_output(args.out), "--out", args.overwrite, "VLM")
     cfg = GraftConfig(args.vision, args.image_size, args.patch_size, args.downsample_ratio, args.seed)
     graft_vision(args.llm, args.out, cfg)
 

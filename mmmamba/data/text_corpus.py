@@ -202,10 +202,29 @@ def drop_near_duplicates(docs: list[tuple[str, str]], threshold: float) -> tuple
     return kept, dropped
 
 
+def split_sizes(n: int, val_frac: float, test_frac: float, what: str) -> tuple[int, int]:
+    """(n_val, n_test) of ``n`` shuffled items (documents, answers, groups): each fraction of ``n``, rounded,
+    and at least one item for a split whose fraction is above 0, so that no split asked for comes out empty.
+    Fewer items than that needs (one each, train included) are refused, naming ``what`` they are."""
+    asked = [name for name, frac in (("val", val_frac), ("test", test_frac)) if frac > 0]
+    if n < 1 + len(asked):
+        raise MmmambaError(
+            f"{n} {what}: too few for train{''.join(', ' + a for a in asked)} (one each at least); give more, or "
+            "set --val-frac/--test-frac 0"
+        )
+    n_val = max(round(n * val_frac), 1) if val_frac > 0 else 0
+    n_test = max(round(n * test_frac), 1) if test_frac > 0 else 0
+    while n_val + n_test > n - 1:  # train keeps one at least: take from the larger held-out split
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_val, n_test
+
+
 def split_of(index: int, n_docs: int, val_frac: float, test_frac: float) -> str:
     """Documents are shuffled first; the last ``test_frac`` go to test, the ``val_frac`` before them to val."""
-    n_test = round(n_docs * test_frac) if test_frac else 0
-    n_val = round(n_docs * val_frac) if val_frac else 0
+    n_val, n_test = split_sizes(n_docs, val_frac, test_frac, "documents")
     if index >= n_docs - n_test:
         return "test"
     return "val" if index >= n_docs - n_test - n_val else "train"
@@ -239,12 +258,7 @@ def build_text_corpus(
     duplicates = []
     if near_duplicate <= 1:
         docs, duplicates = drop_near_duplicates(docs, near_duplicate)
-    n_val_test = (1 if val_frac else 0) + (1 if test_frac else 0)
-    if len(docs) < 1 + n_val_test:
-        raise MmmambaError(
-            f"--inputs: {len(docs)} document(s) of at least {min_chars} characters; need {1 + n_val_test} "
-            "(one per split); add text or set --val-frac/--test-frac 0"
-        )
+    split_sizes(len(docs), val_frac, test_frac, f"--inputs documents of {min_chars}+ characters")  # enough?
     random.Random(seed).shuffle(docs)
     chunks: dict[str, list[Chunk]] = {s: [] for s in SPLITS}
     head = [tok.bos_id] if tok.bos_id is not None else []

@@ -88,8 +88,9 @@ def text_scores(
     return out
 
 
-def read_choices(path) -> list[dict]:
-    """An lm-eval-style multiple-choice JSONL, each line checked (``file:line`` in the error)."""
+def read_choices(path, tok: ChatTokenizer | None = None, max_tokens: int | None = None) -> list[dict]:
+    """An lm-eval-style multiple-choice JSONL, each line checked (``file:line`` in the error). With ``tok``
+    and ``max_tokens`` (the model's context), a context and choice that tokenise longer are refused too."""
     items = []
     for where, rec in iter_jsonl(path):
         ok = isinstance(rec, dict) and isinstance(rec.get("context"), str)
@@ -99,6 +100,16 @@ def read_choices(path) -> list[dict]:
             raise MmmambaError(
                 f'{where}: expected {{"context": str, "choices": [2 or more non-empty str], "label": index}}'
             )
+        if tok is not None:
+            context = tok.encode_text(rec["context"])
+            if not context:
+                raise MmmambaError(f"{where}: the context is empty after tokenisation; give it some text")
+            longest = max(len(tok.encode_text(" " + c.strip())) for c in choices)
+            if max_tokens is not None and len(context) + longest > max_tokens:
+                raise MmmambaError(
+                    f"{where}: context and choice are {len(context) + longest} tokens, over the model's "
+                    f"{max_tokens} (max_position); shorten the item or leave it out"
+                )
         items.append(rec)
     if not items:
         raise MmmambaError(f"{path}: holds no multiple-choice items")

@@ -146,6 +146,12 @@ def manifest_sizes(path: Path) -> dict:
             raise MmmambaError(f"{path / name}: is a folder, expected a safetensors file; replace it with the file")
         if Path(str(name)).name != name or not (path / name).is_file():
             raise MmmambaError(f"{path / str(name)}: missing from the checkpoint (listed in {MANIFEST}); re-copy it")
+        size = (path / name).stat().st_size
+        if name.endswith(".safetensors") and size != files[name]:  # weights only: a tokenizer file may be edited
+            raise MmmambaError(
+                f"{path / name}: {size} bytes where {json.dumps(files[name])} were written ({MANIFEST}); the copy is "
+                f"incomplete or was changed: re-copy it (or, if you replaced the weights on purpose, delete {MANIFEST})"
+            )
     return files
 
 

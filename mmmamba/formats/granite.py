@@ -232,6 +232,14 @@ def _need(raw: dict, key: str, where: str):
     return raw[key]
 
 
+def _count(raw: dict, key: str, where: str, default: int | None = None) -> int:
+    """A whole-number size of at least 1 (a JSON integer, not a string or a bool)."""
+    value = _need(raw, key, where) if default is None else default if raw.get(key) is None else raw[key]
+    if type(value) is not int or value < 1:
+        raise MmmambaError(f"{where}: {key} = {json.dumps(value)}; it must be a whole number of at least 1")
+    return value
+
+
 def _is(raw: dict, key: str, want, where: str, why: str) -> None:
     got = raw.get(key, want)
     ok = (
@@ -245,20 +253,18 @@ def _is(raw: dict, key: str, want, where: str, why: str) -> None:
 
 def granite_decoder_config(raw: dict, where: str) -> tuple[DecoderConfig, int]:
     """(our DecoderConfig, mamba heads in the folder) for a GraniteMoeHybrid config.json; one line per refusal."""
-    heads, hidden = _need(raw, "num_attention_heads", where), _need(raw, "hidden_size", where)
+    heads, hidden = _count(raw, "num_attention_heads", where), _count(raw, "hidden_size", where)
     kinds = _need(raw, "layer_types", where)
     theirs = {"mamba": "mamba2", "linear_attention": "mamba2", "attention": "attention", "full_attention": "attention"}
     if not isinstance(kinds, list) or any(k not in theirs for k in kinds):
         raise MmmambaError(f"{where}: layer_types must list 'mamba' or 'attention' per layer, got {json.dumps(kinds)}")
     mixers = [theirs[k] for k in kinds]
-    head_dim = _need(raw, "mamba_d_head", where)
-    if not isinstance(head_dim, int):
-        raise MmmambaError(f"{where}: mamba_d_head must be an integer; write it out (not 'auto')")
+    head_dim = _count(raw, "mamba_d_head", where)  # also refuses transformers' 'auto': write it out
     if "attention" in mixers and heads * head_dim != hidden:
         raise MmmambaError(
             f"{where}: mamba_d_head {head_dim} != hidden_size / heads; mmmamba's mixers share one head_dim"
         )
-    n_heads = _need(raw, "mamba_n_heads", where)
+    n_heads = _count(raw, "mamba_n_heads", where)
     _is(raw, "num_local_experts", 0, where, "only the dense layout (no experts) imports")
     _is(raw, "hidden_act", "silu", where, "only silu is supported")
     _is(raw, "mamba_n_groups", n_heads, where, "mmmamba's mixers have one B/C group per head (n_groups = n_heads)")
@@ -280,13 +286,13 @@ def granite_decoder_config(raw: dict, where: str) -> tuple[DecoderConfig, int]:
     if len(biases - {None}) > 1:
         raise MmmambaError(f"{where}: attention_bias and mamba_proj_bias differ; mmmamba has one q/k/v bias switch")
     cfg = DecoderConfig(
-        vocab_size=_need(raw, "vocab_size", where),
+        vocab_size=_count(raw, "vocab_size", where),
         hidden_size=hidden,
         num_layers=len(mixers),
         num_heads=heads,
-        num_kv_heads=raw.get("num_key_value_heads") or heads,
+        num_kv_heads=_count(raw, "num_key_value_heads", where, default=heads),
         head_dim=head_dim,
-        intermediate_size=_need(raw, "shared_intermediate_size", where),
+        intermediate_size=_count(raw, "shared_intermediate_size", where),
         rope_theta=float(params.get("rope_theta", raw.get("rope_theta", 10000.0))),
         norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
@@ -294,7 +300,7 @@ def granite_decoder_config(raw: dict, where: str) -> tuple[DecoderConfig, int]:
         max_position=int(raw.get("max_position_embeddings", 4096)),
         mixers=mixers,
         mamba={
-            "conv_kernel": _need(raw, "mamba_d_conv", where),
+            "conv_kernel": _count(raw, "mamba_d_conv", where),
             "conv_bias": bool(raw.get("mamba_conv_bias", True)),
             "chunk_size": int(raw.get("mamba_chunk_size", 256)),
             "gate_order": "gate-first",

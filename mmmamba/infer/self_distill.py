@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.text_corpus import split_sizes
 from ..data.tokenizer import ChatTokenizer
 from ..errors import MmmambaError
 from ..io import MAX_LINE_BYTES, parse_json, read_regular, write_json_atomic, write_jsonl_atomic
@@ -32,6 +33,8 @@ def read_prompts(path) -> list[str]:
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist" if not path.exists() else "is not a regular file"
         raise MmmambaError(f"--prompts {path}: {what}; give a .txt (one prompt a line) or .jsonl file")
+    if path.suffix.lower() not in (".txt", ".jsonl"):
+        raise MmmambaError(f"--prompts {path}: not a .txt (one prompt a line) or .jsonl file; rename or convert it")
     try:
         text = read_regular(path, "prompts file", MAX_PROMPT_BYTES).decode("utf-8")
     except UnicodeDecodeError as e:
@@ -53,6 +56,8 @@ def read_prompts(path) -> list[str]:
             prompt = conv[0].get("value")
         if not isinstance(prompt, str) or not prompt.strip():
             raise MmmambaError(f'{where}: expected {{"prompt": "…"}} or a chat record with a first human turn')
+        if "image" in rec or "images" in rec or "<image>" in prompt:
+            raise MmmambaError(f"{where}: an image prompt; prompts are text only (give a chat set or text prompts)")
         prompts.append(prompt.strip())
     if not prompts:
         raise MmmambaError(f"--prompts {path}: holds no prompts")
@@ -128,8 +133,8 @@ def self_distill(
             f"{empty} empty); raise --max-new-tokens"
         )
     random.Random(seed).shuffle(records)
-    n_test = round(len(records) * test_frac)
-    n_val = round(len(records) * val_frac)
+    spare = 1 if cut else 0  # cut answers fill train, so every complete answer may go to val or test
+    n_val, n_test = split_sizes(len(records) + spare, val_frac, test_frac, "answered prompts")
     splits = {
         "test": records[len(records) - n_test :] if n_test else [],
         "val": records[len(records) - n_test - n_val : len(records) - n_test] if n_val else [],

@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from ..checks import MAX_BATCH
+from ..data.text_corpus import split_sizes
 from ..data.tokenizer import ChatTokenizer
 from ..errors import MmmambaError
 from ..io import iter_jsonl, read_json, remove_tree, write_json_atomic, write_jsonl_atomic
@@ -144,8 +145,7 @@ def split_groups(rows: list[Row], cfg: TeacherTextConfig) -> dict[str, str]:
     """group → split: the groups shuffled with the seed, the last ``test_frac`` to test, ``val_frac`` before."""
     groups = sorted({r.group for r in rows})
     random.Random(cfg.seed + 1).shuffle(groups)
-    n_test = round(len(groups) * cfg.test_frac)
-    n_val = round(len(groups) * cfg.val_frac)
+    n_val, n_test = split_sizes(len(groups), cfg.val_frac, cfg.test_frac, "teacher-text sources (prefixes, prompts)")
     out = {}
     for i, g in enumerate(groups):
         out[g] = "test" if i >= len(groups) - n_test else "val" if i >= len(groups) - n_test - n_val else "train"

@@ -391,7 +391,7 @@ def _tune(run: RunFolder, model, init_dir, data_dir, text_dirs, cfg: TuneConfig,
     data = load_tune_data(data_dir, text_dirs, tok, model, cfg)
     model.to(cfg.device)
     run.save_settings(settings)
-    log = run.log("tune_log.csv", LOG_COLUMNS)
+    log = run.log("tune_log.csv", LOG_COLUMNS, text=("phase",))
     log.start()
     before = out / "text_before.json"
     if not before.is_file():  # the LLM's own text perplexity, measured once before any training

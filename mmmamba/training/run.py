@@ -28,10 +28,11 @@ from ..io import RunLock, read_json, recover_dir, write_atomic, write_json_atomi
 
 class RunLog:
     """A run's CSV log at ``path``: ``columns``, one row per step (or validation). The ``key`` columns
-    (whole numbers) order the rows, so that a resume can forget the rows past the step it resumes from."""
+    (whole numbers) order the rows, so that a resume can forget the rows past the step it resumes from.
+    Every other column holds numbers, but for the ``text`` ones."""
 
-    def __init__(self, path, columns: Sequence[str], key: Sequence[str] = ("step",)):
-        self.path, self.columns, self.key = Path(path), tuple(columns), tuple(key)
+    def __init__(self, path, columns: Sequence[str], key: Sequence[str] = ("step",), text: Sequence[str] = ()):
+        self.path, self.columns, self.key, self.text = Path(path), tuple(columns), tuple(key), tuple(text)
 
     def start(self) -> None:
         """Create the log with its header, unless it exists."""
@@ -40,10 +41,19 @@ class RunLog:
             write_text_atomic(self.path, ",".join(self.columns) + "\n")
 
     def rows(self) -> list[dict]:
+        """The well-formed rows: a line cut short by a kill, or edited by hand, is left out rather than
+        stopping the plot or the token count of a run that is otherwise fine."""
         if not self.path.is_file():
             return []
-        with self.path.open() as f:
-            return list(csv.DictReader(f))
+        with self.path.open(newline="", errors="replace") as f:
+            return [r for r in csv.DictReader(f) if self._well_formed(r)]
+
+    def _well_formed(self, row: dict) -> bool:
+        if None in row or None in row.values():  # more or fewer cells than the header
+            return False
+        if not all(row.get(k, "").isdigit() for k in self.key):
+            return False
+        return all(not v or k in self.key or k in self.text or _is_number(v) for k, v in row.items())
 
     def truncate(self, *upto: int) -> None:
         """Forget rows whose key is past ``upto``: the steps a resumed run will take again."""
@@ -64,7 +74,15 @@ class RunLog:
         """Append one row, values in column order (None is written empty; floats to 6 significant digits)."""
         self.start()
         with self.path.open("a") as f:
-            csv.writer(f).writerow([_cell(v) for v in values])
+            csv.writer(f, lineterminator="\n").writerow([_cell(v) for v in values])  # as the header
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _cell(v) -> str:
@@ -160,9 +178,11 @@ class RunFolder:
         save_checkpoint(model, folder, extra=extra)
         return folder
 
-    def log(self, name: str, columns: Sequence[str], key: Sequence[str] = ("step",)) -> RunLog:
+    def log(
+        self, name: str, columns: Sequence[str], key: Sequence[str] = ("step",), text: Sequence[str] = ()
+    ) -> RunLog:
         """One of the run's CSV logs (``log.csv``, ``val.csv``, …)."""
-        return RunLog(self.out / name, columns, key)
+        return RunLog(self.out / name, columns, key, text)
 
 
 def _key(line: str, at: list[int]) -> tuple:

@@ -227,6 +227,10 @@ def world(tmp_path_factory):
     data("surrogate_train", raw=(raw + "\n").encode(), split="train.jsonl")
     (root / "choices_bad.jsonl").write_text('{"context": "a", "choices": ["b", "c\\ud800"], "label": 0}\n')
     (root / "prompts_bad.jsonl").write_text('{"prompt": "hello \\udc80 there"}\n')
+    (root / "prompts.csv").write_text("prompt,id\nhello there,1\n")
+    long_item = {"context": "word " * 5000, "choices": ["b", "c"], "label": 0}  # beyond any tiny model's context
+    (root / "choices_long.jsonl").write_text(json.dumps({"context": "a", "choices": ["b", "c"], "label": 1}) + "\n"
+                                             + json.dumps(long_item) + "\n")  # fmt: skip
     (root / "outside_digest").write_text(digest(outside))
     return root
 
@@ -317,6 +321,32 @@ CASES = {  # name: (argv, a word the message must hold: the input it names)
         "pipe.jsonl",
     ),
     "choices_fifo": (EVAL + ["--data", W + "/data", "--choices", W + "/pipe.jsonl"], "pipe.jsonl"),
+    "prompts_csv": (
+        ["data", "self-distill", "--teacher", W + "/teacher", "--prompts", W + "/prompts.csv", "--out", W + "/sd"],
+        "prompts.csv",
+    ),
+    "prompts_image": (
+        [
+            "data",
+            "teacher-text",
+            "--teacher",
+            W + "/text_teacher",
+            "--prompts",
+            W + "/data",
+            "--out",
+            W + "/tt",
+            "--text-rows",
+            "0",
+            "--device",
+            "cpu",
+        ],
+        "train.jsonl:1",
+    ),  # fmt: skip
+    "generate_empty_prompt": (GEN[:-1] + [" "], "--prompt"),
+    "choices_too_long": (
+        EVAL + ["--data", W + "/data", "--choices", W + "/choices_long.jsonl"],
+        "choices_long.jsonl:2",
+    ),
     "eval_json_dev_zero_teacher_eval": (
         [
             "report",

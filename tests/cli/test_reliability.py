@@ -523,7 +523,8 @@ def test_disk_full_while_resaving_keeps_the_old_checkpoint(world, tmp_path, monk
     # through the CLI: convert into an existing student folder on a full disk
     shutil.copytree(world / "student", tmp_path / "student")
     before = digest(tmp_path / "student")
-    assert main(["convert", "--teacher", str(world / "teacher"), "--out", str(tmp_path / "student")]) == 2
+    argv = ["convert", "--teacher", str(world / "teacher"), "--out", str(tmp_path / "student"), "--overwrite"]
+    assert main(argv) == 2
     assert "disk full" in capsys.readouterr().err
     assert digest(tmp_path / "student") == before
 

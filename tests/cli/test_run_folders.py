@@ -72,7 +72,8 @@ def test_data_make_replaces_a_link_in_an_images_place_and_never_writes_through_i
     precious.write_text("precious")
     image.unlink()
     image.symlink_to(precious)
-    assert main(["data", "make", "--out", str(suite), "--seed", "0", "--train", "2", "--val", "1", "--test", "1"]) == 0
+    argv = ["data", "make", "--out", str(suite), "--seed", "0", "--train", "2", "--val", "1", "--test", "1"]
+    assert main([*argv, "--overwrite"]) == 0
     assert precious.read_text() == "precious"
     assert image.is_file() and not image.is_symlink() and image.read_bytes()[:4] == b"\x89PNG"
 
@@ -82,3 +83,58 @@ def test_the_triton_decode_backend_on_a_cpu_is_a_one_line_error(world, capsys):
     assert main(argv) == 2
     _one_line_error(capsys, "--decode-backend triton", "CUDA")
     assert Path(world / "S" / "config.json").is_file()
+
+
+def _tree(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_checkpoint_writer_replaces_an_existing_checkpoint_only_with_overwrite(world, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["convert", "--teacher", TEACHER, "--keep-attention", "none", "--out", str(other)]) == 0
+    before = _tree(other)
+    capsys.readouterr()
+    for argv in (["convert", "--teacher", TEACHER, "--keep-attention", "every:2", "--out", str(other)],
+                 ["teacher", "graft", "--llm", TEACHER, "--out", str(other)],
+                 ["export", "--format", "mmmamba-official", "--model", TEACHER, "--out", str(other)]):  # fmt: skip
+        assert main(argv) == 2
+        _one_line_error(capsys, str(other), "already holds", "--overwrite")
+        assert _tree(other) == before
+    assert (
+        main(["convert", "--teacher", TEACHER, "--keep-attention", "every:2", "--out", str(other), "--overwrite"]) == 0
+    )
+    assert _tree(other) != before and (other / "config.json").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["convert", "--teacher", TEACHER, "--out", str(empty)]) == 0  # an empty folder is no loss
+
+
+def test_convert_refuses_an_out_inside_the_teacher(tmp_path, capsys):
+    import shutil
+
+    teacher = tmp_path / "T"
+    shutil.copytree(TEACHER, teacher)
+    before = _tree(teacher)
+    assert main(["convert", "--teacher", str(teacher), "--out", str(teacher / "student")]) == 2
+    _one_line_error(capsys, "lies inside the teacher")
+    assert _tree(teacher) == before
+
+
+def test_data_make_keeps_a_finished_suite_of_other_settings_and_takes_up_an_interrupted_one(tmp_path, capsys):
+    suite = tmp_path / "suite"
+    argv = ["data", "make", "--out", str(suite), "--train", "2", "--val", "1", "--test", "1"]
+    assert main([*argv, "--seed", "0"]) == 0
+    before = _tree(suite)
+    capsys.readouterr()
+    assert main([*argv, "--seed", "1"]) == 2
+    _one_line_error(capsys, str(suite), "already holds", "--overwrite")
+    assert _tree(suite) == before
+    (suite / "suite.json").unlink()  # as if stopped before its last write
+    (suite / "test.jsonl").unlink()
+    assert main([*argv, "--seed", "0"]) == 0
+    assert _tree(suite) == before
+    capsys.readouterr()
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "config.json").write_text("{}")  # not a suite's file
+    assert main(["data", "make", "--out", str(tmp_path / "mixed"), "--train", "2", "--val", "1", "--test", "1"]) == 2
+    _one_line_error(capsys, "config.json", "--overwrite")

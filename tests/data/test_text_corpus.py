@@ -8,6 +8,7 @@ from mmmamba.cli.main import main
 from mmmamba.data.conversations import read_split
 from mmmamba.data.text_corpus import html_to_text, markdown_to_text, read_text_split
 from mmmamba.data.tokenizer import ByteTokenizer, load_tokenizer
+from mmmamba.errors import MmmambaError
 from mmmamba.evaluation.freeform import agreement, normalize, reference_scores, token_f1
 
 HTML = """<html><head><title>T</title><style>p {}</style><script>var x = 1;</script></head><body>
@@ -109,7 +110,7 @@ def test_self_distill_writes_chat_jsonl_and_drops_unfinished(tmp_path, gguf_teac
     generation = importlib.import_module("mmmamba.infer.generate")  # the module (the package exports a function)
     tok = load_tokenizer(gguf_teacher)
     stop = tok.stop_ids[0]
-    prompts = [f"question number {i}" for i in range(12)]
+    prompts = [f"question number {i}" + " please" * (i % 3) for i in range(12)]  # lengths of both parities
     (tmp_path / "p.txt").write_text("\n".join(prompts + prompts[:2]) + "\n\n")  # duplicates and blanks ignored
     real = generation.generate
     batches = []
@@ -268,3 +269,15 @@ def test_distill_pools_several_data_folders(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err and not (tmp_path / "r").exists()
     assert main([*common, "--data", str(corpora[0]), str(corpora[0]) + "/", "--batch-size", "2"]) == 2
     assert "given twice" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_split_sizes_give_every_split_asked_for_an_item_and_refuse_too_few():
+    from mmmamba.data.text_corpus import split_sizes
+
+    assert split_sizes(1000, 0.05, 0.05, "documents") == (50, 50)  # large sets: the plain rounded fractions
+    assert split_sizes(20, 0.03, 0.05, "answered prompts") == (1, 1)  # 0.6 and 1.0 → one each, not 0
+    assert split_sizes(5, 0, 0.1, "documents") == (0, 1)
+    assert split_sizes(4, 0.45, 0.45, "documents") == (1, 2)  # train keeps one
+    with pytest.raises(MmmambaError, match="2 answered prompts: too few for train, val, test"):
+        split_sizes(2, 0.1, 0.1, "answered prompts")
+    assert split_sizes(1, 0, 0, "documents") == (0, 0)

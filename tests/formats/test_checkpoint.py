@@ -45,6 +45,7 @@ def test_missing_tensor_is_named(tmp_path, teacher):
     tensors = load_file(tmp_path / "model.safetensors")
     del tensors["layers.2.mixer.k_proj.weight"]
     save_file(tensors, tmp_path / "model.safetensors")
+    (tmp_path / "manifest.json").unlink()  # weights replaced on purpose (else their size is refused first)
     with pytest.raises(mmmamba.MmmambaError, match=r"layers\.2\.mixer\.k_proj\.weight.*missing"):
         mmmamba.from_pretrained(tmp_path)
 
@@ -54,6 +55,7 @@ def test_wrong_shape_is_named(tmp_path, teacher):
     tensors = load_file(tmp_path / "model.safetensors")
     tensors["norm.weight"] = torch.ones(3, dtype=torch.float64)
     save_file(tensors, tmp_path / "model.safetensors")
+    (tmp_path / "manifest.json").unlink()
     with pytest.raises(mmmamba.MmmambaError, match=r"'norm\.weight' has shape \(3,\)"):
         mmmamba.from_pretrained(tmp_path)
 
@@ -61,10 +63,18 @@ def test_wrong_shape_is_named(tmp_path, teacher):
 def test_truncated_weights_and_bad_config_give_one_line_errors(tmp_path, teacher):
     save_checkpoint(teacher, tmp_path)
     f = tmp_path / "model.safetensors"
-    f.write_bytes(f.read_bytes()[:1000])
-    with pytest.raises(mmmamba.MmmambaError, match="model.safetensors: unreadable") as e:
+    whole = f.read_bytes()
+    f.write_bytes(whole[:1000])
+    with pytest.raises(mmmamba.MmmambaError, match="model.safetensors: 1000 bytes where .* were written") as e:
         mmmamba.from_pretrained(tmp_path)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "re-copy" in str(e.value)
+    f.write_bytes(whole + b"\0" * 8)  # a longer file: no longer the bytes that were written
+    with pytest.raises(mmmamba.MmmambaError, match="incomplete or was changed"):
+        mmmamba.from_pretrained(tmp_path)
+    (tmp_path / "manifest.json").unlink()  # without the manifest, the reader's own check speaks
+    f.write_bytes(whole[:1000])
+    with pytest.raises(mmmamba.MmmambaError, match="model.safetensors: unreadable"):
+        mmmamba.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(mmmamba.MmmambaError, match="config.json: not valid JSON"):
         mmmamba.from_pretrained(tmp_path)

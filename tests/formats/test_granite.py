@@ -130,6 +130,19 @@ def test_export_import_export_is_bit_exact(name, expand, tmp_path):
     torch.testing.assert_close(direct(ids).logits, model(ids).logits, rtol=0, atol=0)
 
 
+def test_import_refuses_a_broken_tokenizer_before_writing(tmp_path, capsys):
+    model = student(**SHAPES["ratio2-hd16-k2-tied-linear"])
+    save_checkpoint(model, tmp_path / "ours", extra=ByteTokenizer().save)
+    assert main(["export", "--format", "granite-hybrid", "--model", str(tmp_path / "ours"), "--out",
+                 str(tmp_path / "a")]) == 0  # fmt: skip
+    (tmp_path / "a" / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "Nonsense"}}')
+    capsys.readouterr()
+    assert main(["import", "granite-hybrid", str(tmp_path / "a"), "--out", str(tmp_path / "back")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "tokenizer" in err and str(tmp_path / "a") in err, err
+    assert not (tmp_path / "back").exists()
+
+
 def refused(model, tmp_path, match):
     with pytest.raises(MmmambaError, match=match):
         export_granite(model, tmp_path / "x")
@@ -188,7 +201,9 @@ def test_import_refuses_what_our_mixer_cannot_hold(tmp_path):
     raw = json.loads((tmp_path / "g/config.json").read_text())
     save_file(clean, str(tmp_path / "g/model.safetensors"), metadata={"format": "pt"})
     changes = [("num_local_experts", 4, "no experts"), ("position_embedding_type", None, "NoPE"),
-               ("mamba_n_groups", 1, "n_groups = n_heads"), ("logits_scaling", 2.0, "multiplier")]  # fmt: skip
+               ("mamba_n_groups", 1, "n_groups = n_heads"), ("logits_scaling", 2.0, "multiplier"),
+               ("mamba_d_conv", "2", 'config.json: mamba_d_conv = "2"'), ("mamba_n_heads", 0, "mamba_n_heads = 0"),
+               ("vocab_size", True, "config.json: vocab_size")]  # fmt: skip
     for key, value, match in changes:
         (tmp_path / "g/config.json").write_text(json.dumps({**raw, key: value}))
         with pytest.raises(MmmambaError, match=match):

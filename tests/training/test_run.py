@@ -39,6 +39,29 @@ def test_log_truncates_past_the_resumed_step_and_keeps_column_order(tmp_path):
     assert log.rows()[-1] == {"stage": "2", "step": "2", "loss": ""}
 
 
+def test_log_rows_leave_out_malformed_lines_and_every_line_ends_as_the_header(tmp_path):
+    log = RunLog(tmp_path / "log.csv", ("phase", "step", "loss"), text=("phase",))
+    log.add("embed", 1, 0.5)
+    with log.path.open("a") as f:  # a line cut short by a kill, one edited by hand, one with a cell too many
+        f.write("embed,2\nembed,x,0.4\nembed,3,oops\nembed,4,0.3,9\n")
+    log.add("full", 5, 0.25)
+    assert [(r["phase"], r["step"], r["loss"]) for r in log.rows()] == [("embed", "1", "0.5"), ("full", "5", "0.25")]
+    assert log.total("step") == 6
+    assert b"\r" not in log.path.read_bytes()
+
+
+def test_a_malformed_log_line_does_not_stop_the_loss_plot(tmp_path):
+    from mmmamba.distill.trainer import LOG_COLUMNS, plot_losses
+
+    log = RunLog(tmp_path / "log.csv", LOG_COLUMNS, key=("stage", "step"))
+    log.add(1, 1, "1e-3", 0.5, None, 10, 0.1)
+    with log.path.open("a") as f:
+        f.write("1,2\n1,3,1e-3,,,\n")
+    log.add(1, 4, "1e-3", 0.25, 0.3, 10, 0.1)
+    plot_losses(tmp_path)
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_publish_makes_a_part_finished_and_a_second_writer_is_refused(tmp_path):
     cfg = DecoderConfig(vocab_size=16, hidden_size=8, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=4,
                         intermediate_size=16)  # fmt: skip
