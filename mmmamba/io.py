@@ -348,9 +348,10 @@ def check_checkpoint_output(path, flag: str = "--out") -> Path:
     return path
 
 
-def check_new_output(path, flag: str, overwrite: bool, what: str, ours=(), done: str | None = None) -> None:
+def check_new_output(path, flag: str, overwrite: bool | None, what: str, ours=(), done: str | None = None) -> None:
     """A one-shot writer's output folder replaces one that already holds files only with ``--overwrite``, so
-    that a mistyped path or a rerun with other settings loses nothing.
+    that a mistyped path or a rerun with other settings loses nothing (``overwrite`` None: a command without
+    that flag).
 
     ``ours`` names what this command itself writes into the folder and ``done`` the file it writes last: a
     folder that holds only ``ours`` and not ``done`` is an interrupted run of this command, taken up again.
@@ -364,10 +365,8 @@ def check_new_output(path, flag: str, overwrite: bool, what: str, ours=(), done:
     if ours and set(names) <= set(ours) and (done is None or done not in names):
         return  # this command's own unfinished output
     shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-    raise MmmambaError(
-        f"{flag} {path}: already holds files ({shown}); write the {what} to a new folder, or pass --overwrite to "
-        "replace them"
-    )
+    fix = "" if overwrite is None else ", or pass --overwrite to replace them"  # None: the command has no such flag
+    raise MmmambaError(f"{flag} {path}: already holds files ({shown}); write the {what} to a new folder{fix}")
 
 
 def check_output_file(path, flag: str = "--out") -> Path:

@@ -206,7 +206,7 @@ def cmd_data_teacher_text(args) -> None:
     from ..io import check_new_output, check_output_dir, same_or_inside
 
     out = check_output_dir(args.out)
-    check_new_output(out, "--out", False, "teacher text", (*CORPUS_FILES, PLAN_FILE, "parts"))  # resumes its own
+    check_new_output(out, "--out", None, "teacher text", (*CORPUS_FILES, PLAN_FILE, "parts"))  # resumes its own
     for flag, src in (("--teacher", args.teacher), ("--prefixes", args.prefixes), ("--prompts", args.prompts)):
         if src is not None and Path(src).exists() and same_or_inside(src, out):
             raise MmmambaError(f"--out {out} is or contains {flag} {src}; write the teacher text to a new folder")

@@ -100,6 +100,12 @@ def test_a_checkpoint_writer_replaces_an_existing_checkpoint_only_with_overwrite
         assert main(argv) == 2
         _one_line_error(capsys, str(other), "already holds", "--overwrite")
         assert _tree(other) == before
+    (tmp_path / "p.txt").write_text("hello\n")
+    argv = ["data", "teacher-text", "--teacher", TEACHER, "--prompts", str(tmp_path / "p.txt"), "--out", str(other)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "already holds" in err and "--overwrite" not in err  # teacher-text resumes its own folder, has no flag
+    assert _tree(other) == before
     assert (
         main(["convert", "--teacher", TEACHER, "--keep-attention", "every:2", "--out", str(other), "--overwrite"]) == 0
     )
