@@ -215,6 +215,9 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=8)
     p.add_argument("--no-rope-fix", dest="rope_fix", action="store_false")
     args = p.parse_args()
+    if importlib.util.find_spec("mmmamba") is None:  # before the build, which takes minutes
+        print("mmmamba is not importable here: `pip install -e .` in the checkout first", file=sys.stderr)
+        return 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     site = Path(args.site) if args.site else build(work, args.sdist)
