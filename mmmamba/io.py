@@ -314,8 +314,18 @@ def _check_parent_chain(path: Path, flag: str) -> None:
 
 
 def check_output_dir(path, flag: str = "--out") -> Path:
-    """An output folder: not a file, not under a file, writable. Nothing is created."""
+    """An output folder: not a file, not under a file, not a link, writable. Nothing is created."""
     path = Path(path)
+    try:
+        path.lstat()
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # a name too long, a component that is not a folder, ...
+        raise MmmambaError(f"{flag} {path}: {e.strerror}; choose another path") from None
+    if path.is_symlink():  # written whole and renamed into place, an output would replace the link itself
+        target = os.readlink(path)
+        what = "a link to a folder" if path.is_dir() else "a dangling link or a link loop"
+        raise MmmambaError(f"{flag} {path}: is {what} ({target}); give the real folder's path instead")
     if path.exists() and not path.is_dir():
         raise MmmambaError(f"{flag} {path}: is a file, expected a folder; choose another path")
     reader = inputs().reader_of(path) if path.is_dir() else None
@@ -419,9 +429,19 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} PB"
 
 
+def resolved(path) -> Path:
+    """``path`` with every link resolved; a link loop or a name the system refuses is a one-line error."""
+    try:
+        return Path(path).resolve()
+    except RuntimeError:  # Python 3.11: "Symlink loop from ..."
+        raise MmmambaError(f"{path}: a symlink loop; fix or remove the link") from None
+    except OSError as e:
+        raise MmmambaError(f"{path}: {e.strerror}; choose another path") from None
+
+
 def same_or_inside(a, b) -> bool:
     """Whether path ``a`` is ``b`` or lies inside it (after resolving links)."""
-    a, b = Path(a).resolve(), Path(b).resolve()
+    a, b = resolved(a), resolved(b)
     return a == b or b in a.parents
 
 

@@ -31,7 +31,7 @@ def add_data(sub) -> None:
         "hard family; val and test do not change",
     )  # fmt: skip
     add_overwrite(p)
-    p.set_defaults(func=cmd_data_make)
+    p.set_defaults(func=cmd_data_make, resumable=True)  # a rerun takes up an interrupted suite
 
     p = dsub.add_parser("text", help="plain text / Markdown / HTML files -> tokenised text corpus (train/val/test)")
     p.add_argument("--inputs", nargs="+", required=True, help="files and folders (.txt .md .rst .html .htm)")

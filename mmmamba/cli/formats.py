@@ -81,7 +81,7 @@ def cmd_import_gguf(args) -> None:
 def cmd_import_granite(args) -> None:
     from ..formats import save_checkpoint
     from ..formats.checkpoint import read_model_config
-    from ..formats.granite import ARCH, load_granite
+    from ..formats.granite import ARCH, granite_decoder_config, load_granite
     from ..io import check_checkpoint_output, check_new_output, same_or_inside
 
     out = check_checkpoint_output(args.out)
@@ -95,6 +95,7 @@ def cmd_import_granite(args) -> None:
         raise MmmambaError(f"{args.folder}: not a {ARCH} folder (its config.json names another architecture)")
     from ..data.tokenizer import copy_tokenizer, load_tokenizer
 
+    granite_decoder_config(raw, f"{Path(args.folder) / 'config.json'}")  # the config first: its errors name it
     _check_tokenizer_loads(args.folder, load_tokenizer)  # copied as it is: a broken one is refused here, not later
     model = load_granite(args.folder, raw)
     save_checkpoint(model, out, extra=lambda d: copy_tokenizer(args.folder, d))

@@ -148,6 +148,10 @@ def cmd_generate(args) -> None:
     import time
 
     prompt = tok.user_turn(text, image_tokens=counts)
+    if not prompt:
+        template = getattr(args, "chat_template", None)
+        where = f"--chat-template {template}" if template else f"--model {args.model}"
+        raise MmmambaError(f"{where}: the chat template renders this prompt as 0 tokens; fix the template")
     if args.print_prompt:  # the exact text and token count the model would receive; nothing is generated
         print(_prompt_text(tok, prompt))
         print(f"-- {len(prompt)} tokens")

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MmmambaError
-from ..io import check_regular, iter_jsonl
+from ..io import check_regular, iter_jsonl, resolved
 from .images import ImageProcessor
 from .tokenizer import IMAGE_MARK, ChatTokenizer
 
@@ -58,8 +58,8 @@ def _image_path(root: Path, rel: str, where: str, allow_outside: bool) -> Path:
         raise MmmambaError(f"{where}: empty or invalid image path {rel!r}")
     p = Path(rel)
     if not allow_outside:
-        real_root = root.resolve()
-        real = (root / p).resolve()
+        real_root = resolved(root)
+        real = resolved(root / p)
         if p.is_absolute() or ".." in p.parts or (real != real_root and real_root not in real.parents):
             via = "" if p.is_absolute() or ".." in p.parts else f" (through a link, to {real})"
             raise MmmambaError(

@@ -87,6 +87,8 @@ def check_paths(teacher_dir, student_dir, data_dir, out: Path) -> None:
     for flag, p in named:
         if same_or_inside(out, p) and Path(out).resolve() == Path(p).resolve():
             raise MmmambaError(f"--out {out} is the {flag[2:]} folder; distil into a new folder")
+        if Path(p).is_dir() and same_or_inside(out, p):  # the run would change a folder it reads (and its digest)
+            raise MmmambaError(f"--out {out}: lies inside the {flag[2:]} folder {p}; distil into a folder outside it")
         if Path(p).exists() and same_or_inside(p, out) and Path(p).resolve().parent == out.resolve():
             if Path(p).name.startswith("after_stage"):
                 raise MmmambaError(f"{flag} {p} would be overwritten by this run's {Path(p).name}; copy it elsewhere")

@@ -300,7 +300,9 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         if f.is_dir():
             raise MmmambaError(f"{f}: is a folder, expected a safetensors file; replace it with the weights")
         if not f.is_file():
-            raise MmmambaError(f"{f}: shard named in {INDEX} is missing; copy it into the folder")
+            named = f"shard named in {INDEX}" if (path / INDEX).exists() else "the weights file"
+            kind = "a dangling link or a link loop" if f.is_symlink() else "missing" if not f.exists() else "not a file"
+            raise MmmambaError(f"{f}: {named} is {kind}; copy the real file into the folder")
         total += f.stat().st_size
     if total > machine_memory():
         raise MmmambaError(f"{path}: {human_bytes(total)} of weights do not fit in this machine's memory")
@@ -320,6 +322,11 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    plain = t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    return bool(torch.isfinite(t if plain else t.float()).all())  # float8 and the like: checked as float32
+
+
 def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source) -> None:
     """Copy ``tensors`` into ``model``; every parameter must be present with the right shape and kind."""
     expected = model.state_dict()
@@ -337,6 +344,10 @@ def load_state_strict(model: torch.nn.Module, tensors: dict[str, torch.Tensor], 
             raise MmmambaError(
                 f"{source}: tensor {name!r} is {str(tensors[name].dtype).replace('torch.', '')}, the model needs "
                 "floating point; the weights are not a model's"
+            )
+        if param.is_floating_point() and not _all_finite(tensors[name]):
+            raise MmmambaError(
+                f"{source}: tensor {name!r} holds NaN or Inf; the weights are damaged, so re-download or re-save them"
             )
     unexpected = sorted(set(tensors) - set(expected))
     if unexpected:

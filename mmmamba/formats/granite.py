@@ -302,7 +302,7 @@ def granite_decoder_config(raw: dict, where: str) -> tuple[DecoderConfig, int]:
         mamba={
             "conv_kernel": _count(raw, "mamba_d_conv", where),
             "conv_bias": bool(raw.get("mamba_conv_bias", True)),
-            "chunk_size": int(raw.get("mamba_chunk_size", 256)),
+            "chunk_size": _count(raw, "mamba_chunk_size", where, default=256),
             "gate_order": "gate-first",
         },  # fmt: skip
         conversion={"source": ARCH},

@@ -140,6 +140,8 @@ def generate(
     ``decode``: how each step runs (``DecodeStep``): auto (a CUDA graph on CUDA, eager elsewhere),
     eager, graph, or compile (``torch.compile`` then a CUDA graph); every model kind.
     """
+    if not prompts or not all(prompts):
+        raise MmmambaError("a prompt of 0 tokens: nothing to continue from; check the prompt and its chat template")
     device = model.embed_tokens.weight.device
     longest = max(len(p) for p in prompts)
     check_length(model, longest, max_new_tokens)

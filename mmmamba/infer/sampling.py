@@ -16,12 +16,16 @@ class SamplingConfig:
     seed: int | None = None
 
 
+MIN_TEMPERATURE = 1e-30  # smaller positive temperatures act as this one: greedy but for exact ties
+
+
 def sample_next(logits: Tensor, cfg: SamplingConfig, generator: torch.Generator | None = None) -> Tensor:
     """logits (b, vocab) → token ids (b,)."""
     if cfg.temperature <= 0:
         return logits.argmax(-1)
     logits = logits.float()
-    logits = (logits - logits.amax(-1, keepdim=True)) / cfg.temperature  # <= 0: a tiny temperature cannot overflow
+    t = max(cfg.temperature, MIN_TEMPERATURE)  # a float32 can hold it (1e-308 would round to 0: 0/0 at the max)
+    logits = (logits - logits.amax(-1, keepdim=True)) / t  # <= 0: a tiny temperature cannot overflow
     if cfg.top_k > 0:
         kth = logits.topk(min(cfg.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -70,8 +70,10 @@ class VisionConfig:
         self.use_thumbnail = flag(self.use_thumbnail, "vision.use_thumbnail")
         for key in ("mean", "std"):
             v = getattr(self, key)
-            if not isinstance(v, list) or not v:
-                raise MmmambaError(f"vision.{key} must be a non-empty list of numbers, got {v!r}")
+            if not isinstance(v, list) or len(v) not in (1, self.channels):
+                raise MmmambaError(
+                    f"vision.{key} must list one number, or one per channel ({self.channels}), got {v!r}"
+                )
             setattr(self, key, [real(x, f"vision.{key}", 0 if key == "std" else None, low_open=True) for x in v])
         if self.style not in VISION_STYLES:
             raise MmmambaError(f"unknown vision style {self.style!r}; use one of {list(VISION_STYLES)}")

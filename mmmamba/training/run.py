@@ -33,12 +33,22 @@ class RunLog:
 
     def __init__(self, path, columns: Sequence[str], key: Sequence[str] = ("step",), text: Sequence[str] = ()):
         self.path, self.columns, self.key, self.text = Path(path), tuple(columns), tuple(key), tuple(text)
+        self._started = False
 
     def start(self) -> None:
-        """Create the log with its header, unless it exists."""
-        if not self.path.exists():
+        """Create the log with its header, unless it exists with one; a last line cut short by a kill is
+        dropped, so that the next row starts a line of its own (checked once per RunLog)."""
+        if self._started:
+            return
+        self._started = True
+        if not self.path.exists() or self.path.stat().st_size == 0:  # an empty file: a kill before the header
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(self.path, ",".join(self.columns) + "\n")
+            return
+        text = self.path.read_bytes()
+        if not text.endswith(b"\n"):
+            kept = text[: text.rfind(b"\n") + 1] or (",".join(self.columns) + "\n").encode()
+            write_atomic(self.path, lambda p: p.write_bytes(kept))
 
     def rows(self) -> list[dict]:
         """The well-formed rows: a line cut short by a kill, or edited by hand, is left out rather than
@@ -59,7 +69,8 @@ class RunLog:
         """Forget rows whose key is past ``upto``: the steps a resumed run will take again."""
         if not self.path.is_file():
             return
-        lines = self.path.read_text().splitlines(keepends=True)
+        self.start()  # a last line cut short is dropped first
+        lines = self.path.read_text(errors="replace").splitlines(keepends=True)  # a stray byte is one bad row
         header = lines[0].rstrip("\n").split(",") if lines else []
         at = [header.index(k) for k in self.key if k in header]
         keep = lines[:1] + [line for line in lines[1:] if _key(line, at) <= tuple(upto)]

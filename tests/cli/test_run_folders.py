@@ -144,3 +144,38 @@ def test_data_make_keeps_a_finished_suite_of_other_settings_and_takes_up_an_inte
     (tmp_path / "mixed" / "config.json").write_text("{}")  # not a suite's file
     assert main(["data", "make", "--out", str(tmp_path / "mixed"), "--train", "2", "--val", "1", "--test", "1"]) == 2
     _one_line_error(capsys, "config.json", "--overwrite")
+
+
+def test_links_loops_and_long_names_as_paths_are_one_line_errors_before_work(world, tmp_path, capsys):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    (tmp_path / "l.gguf").symlink_to(tmp_path / "l.gguf")
+    long = str(tmp_path / ("x" * 300))
+    capsys.readouterr()
+    for argv, word in (
+        (["convert", "--teacher", TEACHER, "--out", str(tmp_path / "dangling")], "dangling link"),
+        (["data", "make", "--out", str(tmp_path / "loop"), "--train", "1", "--val", "1", "--test", "1"], "link loop"),
+        (["convert", "--teacher", TEACHER, "--out", str(tmp_path / "alias")], "a link to a folder"),
+        (["convert", "--teacher", TEACHER, "--out", long], "too long"),
+        (["import", "gguf", str(tmp_path / "l.gguf"), "--out", str(tmp_path / "imp")], "symlink loop"),
+        (
+            [
+                "distill",
+                "--teacher",
+                TEACHER,
+                "--student",
+                str(world / "S"),
+                "--data",
+                str(world / "suite"),
+                "--out",
+                str(world / "suite" / "run"),
+            ],
+            "lies inside the data folder",
+        ),  # fmt: skip
+    ):
+        assert main(argv) == 2, argv
+        _one_line_error(capsys, word)
+    assert (tmp_path / "alias").is_symlink() and not any((tmp_path / "real").iterdir())
+    assert not (world / "suite" / "run").exists() and not (tmp_path / "imp").exists()

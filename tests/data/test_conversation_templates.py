@@ -168,3 +168,12 @@ def test_print_prompt_shows_the_exact_text_and_count(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("user: what is it?\nassistant: \n-- ")
     assert main([*args, "--chat-template", "nope"]) == 2
     assert "--chat-template nope: no such file" in capsys.readouterr().err
+
+
+def test_a_template_that_renders_nothing_is_one_line_naming_it(tmp_path, capsys):
+    write_hovle(tmp_path / "m", chat_template=None, template="internlm2-chat")
+    (tmp_path / "empty.jinja").write_text("")
+    argv = ["generate", "--model", str(tmp_path / "m"), "--prompt", "hi", "--max-new-tokens", "2", "--device", "cpu"]
+    assert main([*argv, "--chat-template", str(tmp_path / "empty.jinja")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "empty.jinja" in err and "0 tokens" in err, err

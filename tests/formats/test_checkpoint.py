@@ -81,3 +81,13 @@ def test_truncated_weights_and_bad_config_give_one_line_errors(tmp_path, teacher
     (tmp_path / "config.json").write_text(json.dumps({"format": "mmmamba", "vocab_size": 3}))
     with pytest.raises(mmmamba.MmmambaError, match="incomplete"):
         mmmamba.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_load_naming_the_tensor(tmp_path, teacher, bad):
+    save_checkpoint(teacher, tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["layers.1.input_norm.weight"][3] = bad  # one value, same file size: the manifest cannot tell
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(mmmamba.MmmambaError, match=r"'layers\.1\.input_norm\.weight' holds NaN or Inf"):
+        mmmamba.from_pretrained(tmp_path)

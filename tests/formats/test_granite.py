@@ -143,6 +143,22 @@ def test_import_refuses_a_broken_tokenizer_before_writing(tmp_path, capsys):
     assert not (tmp_path / "back").exists()
 
 
+@pytest.mark.parametrize(
+    "key, value", [("mamba_n_heads", 0), ("mamba_d_state", "64"), ("mamba_chunk_size", 0), ("mamba_d_conv", "2")]
+)
+def test_import_names_a_bad_config_field_before_anything_else(tmp_path, capsys, key, value):
+    model = student(**SHAPES["ratio2-hd16-k2-tied-linear"])
+    save_checkpoint(model, tmp_path / "ours", extra=ByteTokenizer().save)
+    assert main(["export", "--format", "granite-hybrid", "--model", str(tmp_path / "ours"), "--out",
+                 str(tmp_path / "a")]) == 0  # fmt: skip
+    raw = json.loads((tmp_path / "a" / "config.json").read_text())
+    (tmp_path / "a" / "config.json").write_text(json.dumps({**raw, key: value}))
+    capsys.readouterr()
+    assert main(["import", "granite-hybrid", str(tmp_path / "a"), "--out", str(tmp_path / "back")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"config.json: {key} = {json.dumps(value)}" in err, err
+
+
 def refused(model, tmp_path, match):
     with pytest.raises(MmmambaError, match=match):
         export_granite(model, tmp_path / "x")

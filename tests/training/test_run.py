@@ -73,3 +73,18 @@ def test_publish_makes_a_part_finished_and_a_second_writer_is_refused(tmp_path):
             RunFolder(tmp_path / "r", "cfg.json").__enter__()
     with RunFolder(tmp_path / "r", "cfg.json"):  # released: the next writer gets it
         pass
+
+
+def test_log_takes_up_an_empty_file_a_line_cut_short_and_a_stray_byte(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"")  # killed before the header was written
+    log = RunLog(path, ("stage", "step", "loss"), key=("stage", "step"))
+    log.add(1, 1, 0.5)
+    assert path.read_text() == "stage,step,loss\n1,1,0.5\n"
+    with path.open("ab") as f:
+        f.write(b"1,2,0.4\n1,3,\xff\n1,4,0.3")  # a stray byte, then a row cut short by a kill
+    log = RunLog(path, ("stage", "step", "loss"), key=("stage", "step"))  # a resumed run
+    log.truncate(1, 3)
+    log.add(1, 4, 0.25)
+    assert path.read_bytes().endswith(b"1,2,0.4\n1,3,\xff\n1,4,0.25\n")  # the cut row is gone, not glued
+    assert [(r["step"], r["loss"]) for r in log.rows()] == [("1", "0.5"), ("2", "0.4"), ("4", "0.25")]
