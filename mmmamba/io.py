@@ -314,7 +314,7 @@ def _check_parent_chain(path: Path, flag: str) -> None:
 
 
 def check_output_dir(path, flag: str = "--out") -> Path:
-    """An output folder: not a file, not under a file, not a link, writable. Nothing is created."""
+    """An output folder: not a file, not under a file, not a dangling link, writable. Nothing is created."""
     path = Path(path)
     try:
         path.lstat()
@@ -322,10 +322,11 @@ def check_output_dir(path, flag: str = "--out") -> Path:
         pass
     except OSError as e:  # a name too long, a component that is not a folder, ...
         raise MmmambaError(f"{flag} {path}: {e.strerror}; choose another path") from None
-    if path.is_symlink():  # written whole and renamed into place, an output would replace the link itself
-        target = os.readlink(path)
-        what = "a link to a folder" if path.is_dir() else "a dangling link or a link loop"
-        raise MmmambaError(f"{flag} {path}: is {what} ({target}); give the real folder's path instead")
+    if path.is_symlink() and not path.is_dir():
+        raise MmmambaError(
+            f"{flag} {path}: is a dangling link or a link loop (to {os.readlink(path)}); remove it or choose another "
+            "path"
+        )
     if path.exists() and not path.is_dir():
         raise MmmambaError(f"{flag} {path}: is a file, expected a folder; choose another path")
     reader = inputs().reader_of(path) if path.is_dir() else None
@@ -349,6 +350,10 @@ def check_checkpoint_output(path, flag: str = "--out") -> Path:
     nor one of its stage checkpoints, whose replacement would lose a run's work (and which ``distill``
     would then take for finished). A one-shot writer checks ``check_new_output`` too."""
     path = check_output_dir(path, flag)
+    if path.is_symlink():  # written whole and renamed into place, the checkpoint would replace the link itself
+        raise MmmambaError(
+            f"{flag} {path}: is a link to a folder ({os.readlink(path)}); give the real folder's path instead"
+        )
     if (path / DISTILL_SETTINGS).exists():
         raise MmmambaError(
             f"{flag} {path}: is a distillation run folder (it holds {DISTILL_SETTINGS}); write to a new folder"

@@ -179,3 +179,5 @@ def test_links_loops_and_long_names_as_paths_are_one_line_errors_before_work(wor
         _one_line_error(capsys, word)
     assert (tmp_path / "alias").is_symlink() and not any((tmp_path / "real").iterdir())
     assert not (world / "suite" / "run").exists() and not (tmp_path / "imp").exists()
+    assert _distill(world, tmp_path / "alias") == 0  # a run writes inside its folder: a link to one is fine
+    assert (tmp_path / "real" / "after_stage1" / "config.json").is_file()
