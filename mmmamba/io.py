@@ -166,6 +166,21 @@ def publish_dir(tmp: Path, final: Path) -> None:
         remove_tree(old)
 
 
+def publish_new_dir(tmp: Path, final: Path) -> None:
+    """Move the complete folder ``tmp`` to ``final`` only where nothing holds that name but an empty folder:
+    the rename is atomic and refused by the system otherwise, so two writers of one new path never both win."""
+    try:
+        os.rename(tmp, final)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise MmmambaError(
+            f"{final}: another process wrote this folder while this one ran; nothing was replaced (write to a new "
+            "folder, or pass --overwrite)"
+        ) from None
+    _fsync_dir(final.parent)
+
+
 def link_or_copy_tree(src: Path, dst: Path) -> None:
     """Hard-link (or copy, across file systems) a file or folder: the source stays untouched."""
     if src.is_dir():

@@ -80,7 +80,7 @@ def cmd_convert(args) -> None:
     if auto is not None:
         student.config.conversion["auto_keep"] = auto
         student.config.conversion["auto_rank"] = args.auto_rank or "error"
-    save_checkpoint(student, out, max_shard, extra=lambda d: copy_tokenizer(args.teacher, d))
+    save_checkpoint(student, out, max_shard, extra=lambda d: copy_tokenizer(args.teacher, d), replace=args.overwrite)
     order = student.config.mamba["gate_order"]
     print(f"wrote {args.out}: {kept_summary(student.config.mixers, auto, args.auto_rank)} (init {args.init}, {order})")
 

@@ -69,7 +69,7 @@ def cmd_import_gguf(args) -> None:
     open_gguf(args.file)  # a missing or foreign file is refused before any work
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     check_free_space(out, 8 * Path(args.file).stat().st_size * dtype.itemsize, "the dequantized checkpoint")
-    model = import_gguf(args.file, out, dtype, shard_size(args.max_shard_size))
+    model = import_gguf(args.file, out, dtype, shard_size(args.max_shard_size), replace=args.overwrite)
     n = sum(p.numel() for p in model.parameters())
     size = sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file())
     print(
@@ -98,7 +98,7 @@ def cmd_import_granite(args) -> None:
     granite_decoder_config(raw, f"{Path(args.folder) / 'config.json'}")  # the config first: its errors name it
     _check_tokenizer_loads(args.folder, load_tokenizer)  # copied as it is: a broken one is refused here, not later
     model = load_granite(args.folder, raw)
-    save_checkpoint(model, out, extra=lambda d: copy_tokenizer(args.folder, d))
+    save_checkpoint(model, out, extra=lambda d: copy_tokenizer(args.folder, d), replace=args.overwrite)
     kinds = " ".join("A" if k == "attention" else "M" for k in model.config.mixers)
     print(f"wrote {out}: {args.folder} ({kinds}; A attention, M Mamba-2 gate-first)")
 

@@ -103,7 +103,7 @@ def cmd_teacher_graft(args) -> None:
         )
     check_new_output(check_checkpoint_output(args.out), "--out", args.overwrite, "VLM")
     cfg = GraftConfig(args.vision, args.image_size, args.patch_size, args.downsample_ratio, args.seed)
-    graft_vision(args.llm, args.out, cfg)
+    graft_vision(args.llm, args.out, cfg, replace=args.overwrite)
 
 
 def cmd_teacher_tune(args) -> None:

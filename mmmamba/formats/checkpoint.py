@@ -23,6 +23,7 @@ from ..io import (
     link_or_copy_tree,
     machine_memory,
     publish_dir,
+    publish_new_dir,
     read_json,
     recover_dir,
     recover_for_reading,
@@ -100,13 +101,19 @@ def _umask() -> int:
     return mask
 
 
-def save_checkpoint(model: torch.nn.Module, path, max_shard_bytes: int = MAX_SHARD_BYTES, extra=None) -> None:
+def save_checkpoint(
+    model: torch.nn.Module, path, max_shard_bytes: int = MAX_SHARD_BYTES, extra=None, replace: bool = True
+) -> None:
     """Write a complete checkpoint folder, or leave what was at ``path`` untouched.
 
     Everything (weights, config, ``extra(folder)`` files such as the tokenizer, then a manifest of
     file sizes) is written into a temporary sibling folder, which is then renamed to ``path``. An
     existing folder at ``path`` is swapped out and removed only after; its files that the new save
     does not define (training state, logs, a tokenizer) are carried over by hard links.
+
+    ``replace=False`` (a one-shot writer without ``--overwrite``): the rename succeeds only onto nothing or
+    an empty folder, so that of two processes writing one new path at once, the second is refused rather
+    than silently replacing the first's folder.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -121,6 +128,9 @@ def save_checkpoint(model: torch.nn.Module, path, max_shard_bytes: int = MAX_SHA
     try:
         os.mkdir(tmp)
         _write_folder(tmp, model, state, max_shard_bytes, extra)
+        if not replace:
+            publish_new_dir(tmp, path)
+            return
         if path.is_dir():
             for entry in path.iterdir():
                 if not _own_file(entry.name) and not (tmp / entry.name).exists():

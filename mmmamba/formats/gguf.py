@@ -310,7 +310,9 @@ def is_gguf(path) -> bool:
     return p.suffix.lower() == ".gguf" and p.is_file()
 
 
-def import_gguf(path, out, dtype: torch.dtype = torch.float32, max_shard_bytes: int | None = None) -> Decoder:
+def import_gguf(
+    path, out, dtype: torch.dtype = torch.float32, max_shard_bytes: int | None = None, replace: bool = True
+) -> Decoder:
     """``mmmamba import gguf``: the file as a checkpoint folder (config.json + safetensors + tokenizer).
 
     The tokenizer is built first (a file transformers cannot read is refused before any dequantizing).
@@ -320,5 +322,7 @@ def import_gguf(path, out, dtype: torch.dtype = torch.float32, max_shard_bytes: 
     hf = gguf_hf_tokenizer(path)
     model = load_gguf_decoder(path, dtype)
     model.config.conversion["gguf"]["file"] = Path(path).name
-    save_checkpoint(model, out, max_shard_bytes or MAX_SHARD_BYTES, extra=lambda d: write_tokenizer(hf, d))
+    save_checkpoint(
+        model, out, max_shard_bytes or MAX_SHARD_BYTES, extra=lambda d: write_tokenizer(hf, d), replace=replace
+    )
     return model

@@ -70,7 +70,7 @@ class GraftConfig:
         return f"--image-size {self.image_size} --patch-size {self.patch_size}"
 
 
-def graft_vision(llm_dir, out, cfg: GraftConfig) -> Decoder:
+def graft_vision(llm_dir, out, cfg: GraftConfig, replace: bool = True) -> Decoder:
     """Write ``out``: the LLM at ``llm_dir`` with an image front-end and the image tokens. Returns the model."""
     out = check_checkpoint_output(Path(out))
     vision = cfg.vision()
@@ -107,7 +107,7 @@ def graft_vision(llm_dir, out, cfg: GraftConfig) -> Decoder:
             tensor = grown
         state[name] = tensor
     vlm.load_state_dict(state)
-    save_checkpoint(vlm, out, extra=_tokenizer_writer(tok))
+    save_checkpoint(vlm, out, extra=_tokenizer_writer(tok), replace=replace)
     n_vision = sum(p.numel() for p in vlm.vision.parameters())
     print(
         f"wrote {out}: {llm_dir} + a {cfg.style} image front-end ({n_vision / 1e6:.2f} M parameters, "

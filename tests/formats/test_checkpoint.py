@@ -91,3 +91,16 @@ def test_non_finite_weights_are_refused_at_load_naming_the_tensor(tmp_path, teac
     save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(mmmamba.MmmambaError, match=r"'layers\.1\.input_norm\.weight' holds NaN or Inf"):
         mmmamba.from_pretrained(tmp_path)
+
+
+def test_a_new_checkpoint_never_replaces_a_folder_another_writer_filled_meanwhile(tmp_path, teacher):
+    save_checkpoint(teacher, tmp_path / "new", replace=False)  # nothing there: written
+    (tmp_path / "empty").mkdir()
+    save_checkpoint(teacher, tmp_path / "empty", replace=False)  # an empty folder: no loss, written
+    assert (tmp_path / "empty" / "config.json").is_file()
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "config.json").write_text("theirs")  # as if another process published first
+    with pytest.raises(mmmamba.MmmambaError, match="another process wrote this folder"):
+        save_checkpoint(teacher, tmp_path / "theirs", replace=False)
+    assert [p.name for p in (tmp_path / "theirs").iterdir()] == ["config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "new", "theirs"]  # no temporary left
