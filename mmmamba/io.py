@@ -181,6 +181,23 @@ def publish_new_dir(tmp: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
+def write_dir_atomic(final, write: Callable[[Path], object], replace: bool = True) -> None:
+    """A whole folder: ``write(tmp)`` fills a temporary sibling, which is then renamed to ``final``
+    (``publish_dir``; with ``replace=False``, ``publish_new_dir``). On any failure or interrupt the
+    temporary is removed and ``final`` is as it was."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(final)  # what a killed writer left beside it
+    tmp = temp_sibling(final)
+    try:
+        os.mkdir(tmp)
+        write(tmp)
+        (publish_dir if replace else publish_new_dir)(tmp, final)
+    except BaseException:
+        remove_tree(tmp)
+        raise
+
+
 def link_or_copy_tree(src: Path, dst: Path) -> None:
     """Hard-link (or copy, across file systems) a file or folder: the source stays untouched."""
     if src.is_dir():

@@ -31,7 +31,7 @@ def add_data(sub) -> None:
         "hard family; val and test do not change",
     )  # fmt: skip
     add_overwrite(p)
-    p.set_defaults(func=cmd_data_make, resumable=True)  # a rerun takes up an interrupted suite
+    p.set_defaults(func=cmd_data_make)
 
     p = dsub.add_parser("text", help="plain text / Markdown / HTML files -> tokenised text corpus (train/val/test)")
     p.add_argument("--inputs", nargs="+", required=True, help="files and folders (.txt .md .rst .html .htm)")
@@ -103,7 +103,7 @@ def add_data(sub) -> None:
 
 def cmd_data_make(args) -> None:
     from ..data.suite import make_suite
-    from ..io import check_free_space, check_new_output, check_output_dir
+    from ..io import check_free_space, check_new_output, check_output_dir, write_dir_atomic
 
     sizes = {"train": args.train, "val": args.val, "test": args.test}
     try:
@@ -117,7 +117,9 @@ def cmd_data_make(args) -> None:
     check_new_output(out, "--out", args.overwrite, "suite", SUITE_FILES, done="suite.json")
     n = 8 * sum(sizes.values()) + sum(family_train.values())  # up to 8 families
     check_free_space(out, 2048 * n, "the task suite")  # ~2 KB per PNG
-    make_suite(out, args.seed, sizes, recall, family_train)
+    replace = args.overwrite or (out.is_dir() and any(out.iterdir()))  # --overwrite, or an older make's partial suite
+    # written whole, then renamed in: a kill leaves nothing half-made, and a second writer is refused
+    write_dir_atomic(out, lambda tmp: make_suite(tmp, args.seed, sizes, recall, family_train), replace)
     more = f", train {family_train}" if family_train else ""
     print(f"wrote {args.out}: train/val/test JSONL + images (seed {args.seed}, per family {sizes}{more})")
 

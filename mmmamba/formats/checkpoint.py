@@ -22,13 +22,9 @@ from ..io import (
     is_disk_full,
     link_or_copy_tree,
     machine_memory,
-    publish_dir,
-    publish_new_dir,
     read_json,
-    recover_dir,
     recover_for_reading,
-    remove_tree,
-    temp_sibling,
+    write_dir_atomic,
 )
 from ..models.config import LIMITS, MAMBA_LIMITS, VISION_LIMITS, DecoderConfig
 from ..models.sizing import check_fits
@@ -118,26 +114,21 @@ def save_checkpoint(
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise MmmambaError(f"{path}: is a file, expected a checkpoint folder; choose another path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover_dir(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if model.config.tie_embeddings:
         state.pop("lm_head.weight")
     check_finite(state, path)
-    tmp = temp_sibling(path)
-    try:
-        os.mkdir(tmp)
+
+    def write(tmp: Path) -> None:
         _write_folder(tmp, model, state, max_shard_bytes, extra)
-        if not replace:
-            publish_new_dir(tmp, path)
-            return
-        if path.is_dir():
+        if replace and path.is_dir():
             for entry in path.iterdir():
                 if not _own_file(entry.name) and not (tmp / entry.name).exists():
                     link_or_copy_tree(entry, tmp / entry.name)
-        publish_dir(tmp, path)
+
+    try:
+        write_dir_atomic(path, write, replace)
     except BaseException as e:
-        remove_tree(tmp)
         if is_disk_full(e):
             raise disk_full_error(path, e) from None
         raise

@@ -436,7 +436,7 @@ KILL_POINTS = {
     # inside the stage-end save: weights written, nothing published
     "save_file_first": (checkpoint, "save_file", 1, False),
     "tokenizer_copy": (trainer, "copy_tokenizer", 1, False),
-    "manifest_then_publish": (checkpoint, "publish_dir", 1, False),
+    "manifest_then_publish": (mmmamba.io, "publish_dir", 1, False),
     # right after the stage marker appeared, before train_state.pt is removed
     "after_stage1_marker": (run_folder, "save_checkpoint", 1, True),
     "after_stage3_marker": (run_folder, "save_checkpoint", 2, True),

@@ -84,10 +84,10 @@ def test_eval_outputs_never_replace_inputs(world, capsys, extra):
     assert err.startswith("mmmamba eval: error:")
 
 
-def test_eval_output_through_a_symlink_or_hard_link_is_refused(world, tmp_path, capsys):
+def test_eval_output_through_a_symlink_or_hard_link_is_refused(world, tmp_path, capsys, monkeypatch):
     (tmp_path / "link.json").symlink_to(world / "teacher" / "config.json")
     os.link(world / "data" / "test.jsonl", tmp_path / "hard.jsonl")
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # restored after the test: later tests use paths relative to the checkout
     for out in ("link.json", "hard.jsonl"):  # relative paths too
         err = refused(fill(EVAL, world) + ["--json", out], capsys, world / "teacher", world / "data")
         assert "reads" in err
