@@ -28,6 +28,7 @@ import hashlib
 import json
 import random
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -135,15 +136,25 @@ def read_document(path: Path, where: str | None = None) -> str:
     return html_to_text(raw) if kind == "html" else markdown_to_text(raw) if kind == "markdown" else _tidy(raw)
 
 
-def collect_files(inputs: list[str]) -> list[Path]:
-    """Files named, and the text/Markdown/HTML files under folders named (sorted, each once)."""
+def collect_files(inputs: list[str], say_skipped: bool = True) -> list[Path]:
+    """Files named, and the text/Markdown/HTML files under folders named (sorted, each once); with
+    ``say_skipped``, one line on stderr per folder for the entries that are not regular files."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if not p.exists():
             raise MmmambaError(f"--inputs {item}: does not exist; name text/Markdown/HTML files or folders")
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIXES)
+            named = [f for f in p.rglob("*") if f.suffix.lower() in SUFFIXES]
+            found = sorted(f for f in named if f.is_file())
+            skipped = sorted(f for f in named if not f.is_file() and not f.is_dir())  # FIFOs, dangling links, loops
+            if (
+                skipped and say_skipped
+            ):  # said, not fatal: documentation folders often hold links to files not installed
+                print(
+                    f"--inputs {item}: skipped {len(skipped)} entries that are not regular files (e.g. {skipped[0]})",
+                    file=sys.stderr,
+                )
             if not found:
                 raise MmmambaError(f"--inputs {item}: no {'/'.join(sorted(SUFFIXES))} files in this folder")
             files += found
@@ -246,7 +257,7 @@ def build_text_corpus(
 ) -> dict:
     """Read, clean, tokenise and split ``inputs`` into ``out`` (one atomic write per file).
     ``near_duplicate`` > 1 keeps every document."""
-    files = collect_files(inputs)
+    files = collect_files(inputs, say_skipped=False)  # the command said it when it checked its inputs
     docs: list[tuple[str, str]] = []
     skipped = 0
     for f in tqdm(files, desc="read", unit="file", disable=not progress):

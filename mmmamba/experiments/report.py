@@ -6,6 +6,8 @@ per-family accuracy, the commands that made it); the teacher row comes from an `
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 from ..checks import real, whole
@@ -78,6 +80,12 @@ def read_results(paths) -> list[dict]:
         row = check_eval(read_json(f, "run result"), f)
         if not isinstance(row.get("name"), str) or not isinstance(row.get("group"), str):
             raise MmmambaError(f"{f}: needs string 'name' and 'group'; pass result.json files of the ablation grid")
+        if not re.fullmatch(r"[\w.:+-]{1,80}", row["name"]):  # it names a table row and a chart bar
+            raise MmmambaError(
+                f"{f}: run name {json.dumps(row['name'])[:90]} is not 1-80 letters, digits or . _ : + -; rename the run"
+            )
+        if any(r["name"] == row["name"] for r in rows):
+            raise MmmambaError(f"{f}: run {row['name']!r} is given twice in --runs; name each run once")
         commands = row.get("commands", [])
         if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
             raise MmmambaError(f"{f}: 'commands' must be a list of strings")

@@ -281,3 +281,19 @@ def test_split_sizes_give_every_split_asked_for_an_item_and_refuse_too_few():
     with pytest.raises(MmmambaError, match="2 answered prompts: too few for train, val, test"):
         split_sizes(2, 0.1, 0.1, "answered prompts")
     assert split_sizes(1, 0, 0, "documents") == (0, 0)
+
+
+def test_entries_of_a_folder_that_are_not_files_are_skipped_and_said_once(tmp_path, capsys):
+    import os
+
+    from mmmamba.data.text_corpus import collect_files
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("text")
+    (tmp_path / "d" / "b.html").symlink_to(tmp_path / "nowhere.html")
+    os.mkfifo(tmp_path / "d" / "c.md")
+    assert collect_files([str(tmp_path / "d")]) == [tmp_path / "d" / "a.txt"]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "skipped 2 entries that are not regular files" in err
+    assert collect_files([str(tmp_path / "d")], say_skipped=False) == [tmp_path / "d" / "a.txt"]
+    assert capsys.readouterr().err == ""

@@ -175,3 +175,26 @@ def test_rows_side_by_side_show_one_bar_over_their_logged_steps(tmp_path, capsys
     stop.set()  # one reading, then the bar closes
     ablations.watch_rows(["linear", "hybrid_every4", "keep_head2"], args, stop)  # keep_head2: no log yet
     assert "8/48" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["a|b", "two\nlines", "", "x" * 81])
+def test_report_refuses_run_names_that_would_break_its_table(tmp_path, name):
+    from mmmamba.errors import MmmambaError
+
+    teacher = tmp_path / "teacher.json"
+    teacher.write_text(json.dumps({"mean_accuracy": 0.9, "per_family": {"count": 0.9, "color": 0.9}}))
+    bad = _row(tmp_path, "bad", "headline", [1], 0.8, 11.0)
+    bad.write_text(json.dumps({**json.loads(bad.read_text()), "name": name}))
+    with pytest.raises(MmmambaError, match="run name"):
+        write_report([bad], teacher, tmp_path / "R.md")
+
+
+def test_report_refuses_a_run_given_twice(tmp_path):
+    from mmmamba.errors import MmmambaError
+
+    teacher = tmp_path / "teacher.json"
+    teacher.write_text(json.dumps({"mean_accuracy": 0.9, "per_family": {"count": 0.9, "color": 0.9}}))
+    row = _row(tmp_path, "linear", "headline", [], 0.8, 11.0)
+    with pytest.raises(MmmambaError, match="given twice"):
+        write_report([row, row], teacher, tmp_path / "R.md")
+    assert not (tmp_path / "R.md").exists()
