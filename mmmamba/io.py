@@ -482,6 +482,13 @@ def same_or_inside(a, b) -> bool:
     return a == b or b in a.parents
 
 
+def overlap(out, source) -> str | None:
+    """How folder ``out`` overlaps ``source``: "is", "contains" or "lies inside" it; None when apart."""
+    if same_or_inside(source, out):
+        return "is" if resolved(out) == resolved(source) else "contains"
+    return "lies inside" if same_or_inside(out, source) else None
+
+
 # ---- a command's inputs: an output never replaces a file the command reads ----
 
 

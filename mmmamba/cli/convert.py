@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import MmmambaError
 from .args import SEED, add_overwrite, int_in, reads_model, shard_size
 
@@ -51,13 +49,12 @@ def cmd_convert(args) -> None:
     from ..data.tokenizer import copy_tokenizer
     from ..formats import load_checkpoint, save_checkpoint
     from ..formats.loading import load_config
-    from ..io import check_checkpoint_output, check_new_output, same_or_inside
+    from ..io import check_checkpoint_output, check_new_output, overlap
 
     reads_model("--teacher", args.teacher)
     out = check_checkpoint_output(args.out)
-    if same_or_inside(args.teacher, out) or same_or_inside(out, args.teacher):
-        what = {True: "is", False: "contains"}[Path(out).resolve() == Path(args.teacher).resolve()]
-        what = what if same_or_inside(args.teacher, out) else "lies inside"
+    what = overlap(out, args.teacher)
+    if what is not None:
         raise MmmambaError(f"--out {out} {what} the teacher {args.teacher}; write the student to a new folder")
     check_new_output(out, "--out", args.overwrite, "student")
     max_shard = shard_size(args.max_shard_size)

@@ -150,7 +150,7 @@ def cmd_data_text(args) -> None:
     files = collect_files(args.inputs)
     inputs().add_files(files, "--inputs")
     reads_model("--tokenizer", args.tokenizer)
-    check_outputs_in(out, ["train.jsonl", "val.jsonl", "test.jsonl", "corpus.json"])
+    check_outputs_in(out, CORPUS_FILES)
     for f in files:
         if out.exists() and same_or_inside(f, out):
             raise MmmambaError(f"--out {out}: holds the input {f}; write the corpus to a new folder")
@@ -179,7 +179,7 @@ def cmd_data_self_distill(args) -> None:
     inputs().add_file(args.prompts, "--prompts")
     out = check_output_dir(args.out)
     check_new_output(out, "--out", args.overwrite, "chat set", CHAT_FILES, done="meta.json")
-    check_outputs_in(out, ["train.jsonl", "val.jsonl", "test.jsonl", "meta.json"])
+    check_outputs_in(out, CHAT_FILES)
     if Path(args.teacher).exists() and same_or_inside(args.teacher, out):
         raise MmmambaError(f"--out {out} is or contains the teacher {args.teacher}; write the data to a new folder")
     if args.val_frac + args.test_frac >= 1:

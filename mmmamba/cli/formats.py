@@ -82,28 +82,29 @@ def cmd_import_granite(args) -> None:
     from ..formats import save_checkpoint
     from ..formats.checkpoint import read_model_config
     from ..formats.granite import ARCH, granite_decoder_config, load_granite
-    from ..io import check_checkpoint_output, check_new_output, same_or_inside
+    from ..io import check_checkpoint_output, check_new_output, overlap
 
     out = check_checkpoint_output(args.out)
-    if same_or_inside(args.folder, out) or same_or_inside(out, args.folder):
-        raise MmmambaError(
-            f"--out {out}: is, contains or lies inside {args.folder}; write the checkpoint to a new folder"
-        )
+    what = overlap(out, args.folder)
+    if what is not None:
+        raise MmmambaError(f"--out {out} {what} {args.folder}; write the checkpoint to a new folder")
     check_new_output(out, "--out", args.overwrite, "checkpoint")
     raw, ours = read_model_config(args.folder)
     if ours or raw.get("architectures") != [ARCH]:
         raise MmmambaError(f"{args.folder}: not a {ARCH} folder (its config.json names another architecture)")
-    from ..data.tokenizer import copy_tokenizer, load_tokenizer
+    from ..data.tokenizer import copy_tokenizer
 
     granite_decoder_config(raw, f"{Path(args.folder) / 'config.json'}")  # the config first: its errors name it
-    _check_tokenizer_loads(args.folder, load_tokenizer)  # copied as it is: a broken one is refused here, not later
+    _check_tokenizer_loads(args.folder)  # copied as it is: a broken one is refused here, not later
     model = load_granite(args.folder, raw)
     save_checkpoint(model, out, extra=lambda d: copy_tokenizer(args.folder, d), replace=args.overwrite)
     kinds = " ".join("A" if k == "attention" else "M" for k in model.config.mixers)
     print(f"wrote {out}: {args.folder} ({kinds}; A attention, M Mamba-2 gate-first)")
 
 
-def _check_tokenizer_loads(folder, load_tokenizer) -> None:
+def _check_tokenizer_loads(folder) -> None:
+    from ..data.tokenizer import load_tokenizer
+
     try:
         load_tokenizer(folder)
     except MmmambaError:

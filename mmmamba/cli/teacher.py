@@ -93,14 +93,13 @@ def cmd_teacher_train(args) -> None:
 
 
 def cmd_teacher_graft(args) -> None:
-    from ..io import check_checkpoint_output, check_new_output, same_or_inside
+    from ..io import check_checkpoint_output, check_new_output, overlap
     from ..teacher.vlm import GraftConfig, graft_vision
 
     reads_model("--llm", args.llm)
-    if same_or_inside(args.llm, args.out) or same_or_inside(args.out, args.llm):
-        raise MmmambaError(
-            f"--out {args.out}: is, contains or lies inside the LLM {args.llm}; write the VLM to a new folder"
-        )
+    what = overlap(args.out, args.llm)
+    if what is not None:
+        raise MmmambaError(f"--out {args.out} {what} the LLM {args.llm}; write the VLM to a new folder")
     check_new_output(check_checkpoint_output(args.out), "--out", args.overwrite, "VLM")
     cfg = GraftConfig(args.vision, args.image_size, args.patch_size, args.downsample_ratio, args.seed)
     graft_vision(args.llm, args.out, cfg, replace=args.overwrite)

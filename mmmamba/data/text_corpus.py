@@ -148,9 +148,7 @@ def collect_files(inputs: list[str], say_skipped: bool = True) -> list[Path]:
             named = [f for f in p.rglob("*") if f.suffix.lower() in SUFFIXES]
             found = sorted(f for f in named if f.is_file())
             skipped = sorted(f for f in named if not f.is_file() and not f.is_dir())  # FIFOs, dangling links, loops
-            if (
-                skipped and say_skipped
-            ):  # said, not fatal: documentation folders often hold links to files not installed
+            if skipped and say_skipped:  # said, not fatal: doc folders often link to files not installed
                 print(
                     f"--inputs {item}: skipped {len(skipped)} entries that are not regular files (e.g. {skipped[0]})",
                     file=sys.stderr,

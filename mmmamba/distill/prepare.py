@@ -26,6 +26,7 @@ from ..io import (
     free_bytes,
     human_bytes,
     machine_memory,
+    overlap,
     same_or_inside,
 )
 from ..models import Decoder, DecoderConfig
@@ -85,9 +86,10 @@ def check_paths(teacher_dir, student_dir, data_dir, out: Path) -> None:
             raise MmmambaError(f"--out {out}: {stage} is not a checkpoint folder; remove it or use a new --out")
     named = [("--teacher", teacher_dir), ("--student", student_dir)] + [("--data", d) for d in data_dirs(data_dir)]
     for flag, p in named:
-        if same_or_inside(out, p) and Path(out).resolve() == Path(p).resolve():
+        what = overlap(out, p)
+        if what == "is":
             raise MmmambaError(f"--out {out} is the {flag[2:]} folder; distil into a new folder")
-        if Path(p).is_dir() and same_or_inside(out, p):  # the run would change a folder it reads (and its digest)
+        if what == "lies inside" and Path(p).is_dir():  # the run would change a folder it reads (and its digest)
             raise MmmambaError(f"--out {out}: lies inside the {flag[2:]} folder {p}; distil into a folder outside it")
         if Path(p).exists() and same_or_inside(p, out) and Path(p).resolve().parent == out.resolve():
             if Path(p).name.startswith("after_stage"):

@@ -104,8 +104,9 @@ def read_choices(path, tok: ChatTokenizer | None = None, max_tokens: int | None 
             context = tok.encode_text(rec["context"])
             if not context:
                 raise MmmambaError(f"{where}: the context is empty after tokenisation; give it some text")
+        if tok is not None and max_tokens is not None:
             longest = max(len(tok.encode_text(" " + c.strip())) for c in choices)
-            if max_tokens is not None and len(context) + longest > max_tokens:
+            if len(context) + longest > max_tokens:
                 raise MmmambaError(
                     f"{where}: context and choice are {len(context) + longest} tokens, over the model's "
                     f"{max_tokens} (max_position); shorten the item or leave it out"
