@@ -10,8 +10,9 @@
 #     for one student only: the gate order at equal budget (same data, steps and seed for both)
 #   DISTILL_ARGS="--train-mlp --ce-weight 0.5"   # more `mmmamba distill` flags for every student (levers)
 #   SSD=torch|fla|auto (the training scan), MICRO=32 (samples per forward), PROMPTS=2000 (self-distill prompts)
-#   TT_ROWS=16000 TT_PER_PROMPT=2 TT_BATCH=1024 (teacher-written text: rows from corpus prefixes, samples per
-#   prompt, rows decoded at once; TT_ROWS=0: none)
+#   TT_ROWS=16000 TT_PER_PROMPT=2 TT_NEW=192 TT_BATCH=1024 (teacher-written text: rows from corpus prefixes,
+#   samples per prompt, tokens written per row, rows decoded at once; both counts 0: none)
+#   CHAT_W=1 TEXT_W=1 TT_W=1 (mixture weights: how often each of a set's samples is drawn, `--data DIR:WEIGHT`)
 #   STOP_AFTER=data stops once the teacher and every data set exist; STOP_AFTER=distill once the students are distilled
 #
 # Data: the teacher's greedy answers to prompts made from the text corpus's train split (the chat set),
@@ -44,6 +45,10 @@ TEXT=${TEXT:-$R/text}
 TT_ROWS=${TT_ROWS:-16000}
 TT_PER_PROMPT=${TT_PER_PROMPT:-2}
 TT_BATCH=${TT_BATCH:-1024}
+TT_NEW=${TT_NEW:-192}
+CHAT_W=${CHAT_W:-1}
+TEXT_W=${TEXT_W:-1}
+TT_W=${TT_W:-1}
 CONVERT_ARGS=${CONVERT_ARGS:-}
 DISTILL_ARGS=${DISTILL_ARGS:-}
 mm() { echo "+ mmmamba $*" >&2; "$PY" -m mmmamba "$@"; }
@@ -87,11 +92,13 @@ fi
 # 3. chat set answered by the teacher (greedy, bf16 on the GPU); answers cut by MAX_NEW train only
 [ -f "$R/chat/meta.json" ] || mm data self-distill --teacher "$R/teacher" --prompts "$R/prompts.txt" --out "$R/chat" \
   --max-new-tokens "$MAX_NEW" --batch-size 128 --test-frac 0.05 --val-frac 0.03 --cut-to-train
-data="$R/chat $TEXT"
-if [ "$TT_ROWS" != 0 ]; then  # teacher-written text (sampled; the record of prefixes, seeds and settings in corpus.json)
-  [ -f "$R/tt/corpus.json" ] || mm data teacher-text --teacher "$R/teacher" --prefixes "$TEXT" --prompts "$R/chat" \
-    --out "$R/tt" --text-rows "$TT_ROWS" --per-prompt "$TT_PER_PROMPT" --batch-size "$TT_BATCH" --temperature 1 --top-p 0.95
-  data="$data $R/tt"
+data="$R/chat:$CHAT_W $TEXT:$TEXT_W"
+if [ "$TT_ROWS" != 0 ] || [ "$TT_PER_PROMPT" != 0 ]; then  # teacher-written text (sampled; prefixes, seeds, settings in corpus.json)
+  prefixes=(); [ "$TT_ROWS" = 0 ] || prefixes=(--prefixes "$TEXT")
+  prompts=(); [ "$TT_PER_PROMPT" = 0 ] || prompts=(--prompts "$R/chat" --per-prompt "$TT_PER_PROMPT")
+  [ -f "$R/tt/corpus.json" ] || mm data teacher-text --teacher "$R/teacher" "${prefixes[@]}" "${prompts[@]}" --out "$R/tt" \
+    --text-rows "$TT_ROWS" --new-tokens "$TT_NEW" --batch-size "$TT_BATCH" --temperature 1 --top-p 0.95
+  data="$data $R/tt:$TT_W"
 fi
 [ "${STOP_AFTER:-}" != data ] || exit 0  # STOP_AFTER=data: teacher and data sets only
 

@@ -278,10 +278,25 @@ def load_gguf_decoder(path, dtype: torch.dtype | None = None) -> Decoder:
     return build_loaded(cfg, read_gguf_tensors(reader, cfg, spec, path, dtype), path, dtype)
 
 
+def tokenizer_header(reader, where) -> str:
+    """The tokenizer model named in the header (``llama``, ``gpt2``, ...), once its vocabulary is there.
+
+    Only the tokenizer's keys are checked: a vocabulary-only file (llama.cpp ships them under
+    ``models/``) holds no weights, and its architecture need not be one we convert."""
+    meta = metadata(reader)
+    kind = meta.get("tokenizer.ggml.model")
+    if not isinstance(kind, str) or not kind:
+        raise MmmambaError(f"{where}: no tokenizer in its metadata ('tokenizer.ggml.model' is missing); "
+                           "give a GGUF file converted with its tokenizer")
+    if not meta.get("tokenizer.ggml.tokens"):
+        raise MmmambaError(f"{where}: its tokenizer has no tokens ('tokenizer.ggml.tokens' is missing or empty)")
+    return kind
+
+
 def gguf_hf_tokenizer(path):
     """The file's tokenizer and chat template as a transformers tokenizer (built from metadata only)."""
     path = Path(path)
-    gguf_config(open_gguf(path), path)  # the header checked by our rules before transformers reads it
+    tokenizer_header(open_gguf(path), path)  # checked by our rules before transformers reads it
     try:
         from transformers import AutoTokenizer
     except ImportError:

@@ -131,18 +131,7 @@ def write_gguf(
     w.add_rope_dimension_count(cfg.hidden_size // cfg.num_attention_heads)
     w.add_vocab_size(cfg.vocab_size)
     w.add_file_type(3)
-    vocab = tokenizer_vocab()
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(vocab)
-    w.add_token_types([3 if t in SPECIALS else 1 for t in vocab])
-    w.add_token_merges(list(MERGES))
-    w.add_bos_token_id(vocab.index("<|im_start|>"))
-    w.add_eos_token_id(vocab.index("<|im_end|>"))
-    w.add_unk_token_id(vocab.index("<|endoftext|>"))
-    w.add_pad_token_id(vocab.index("<|im_end|>"))
-    w.add_add_bos_token(False)
-    w.add_chat_template(CHATML)
+    add_tokenizer(w)
     stored = {}
     for name, t in model.state_dict().items():
         if name == "lm_head.weight" and cfg.tie_word_embeddings:
@@ -171,3 +160,32 @@ def write_gguf(
     w.write_tensors_to_file()
     w.close()
     return stored
+
+
+def add_tokenizer(w) -> None:
+    """The tiny ChatML byte-level BPE tokenizer's keys, as llama.cpp's converter writes them."""
+    vocab = tokenizer_vocab()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(vocab)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in vocab])
+    w.add_token_merges(list(MERGES))
+    w.add_bos_token_id(vocab.index("<|im_start|>"))
+    w.add_eos_token_id(vocab.index("<|im_end|>"))
+    w.add_unk_token_id(vocab.index("<|endoftext|>"))
+    w.add_pad_token_id(vocab.index("<|im_end|>"))
+    w.add_add_bos_token(False)
+    w.add_chat_template(CHATML)
+
+
+def write_vocab_gguf(path, arch: str = "gpt2", tokenizer: bool = True) -> None:
+    """A vocabulary-only GGUF file (no tensors), like the ``models/ggml-vocab-*.gguf`` llama.cpp ships."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    if tokenizer:
+        add_tokenizer(w)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()

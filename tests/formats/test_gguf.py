@@ -14,9 +14,9 @@ transformers = pytest.importorskip("transformers")
 import mmmamba  # noqa: E402
 from mmmamba.cli.main import main  # noqa: E402
 from mmmamba.data.tokenizer import load_tokenizer  # noqa: E402
-from mmmamba.formats.gguf import load_gguf_decoder, permute_rope_rows, unpermute_rope_rows  # noqa: E402
+from mmmamba.formats.gguf import gguf_hf_tokenizer, load_gguf_decoder, permute_rope_rows, unpermute_rope_rows  # noqa: E402
 from mmmamba.formats.hf_families import LLAMA, map_names  # noqa: E402
-from tests.formats.gguf_files import hf_llama, write_gguf  # noqa: E402
+from tests.formats.gguf_files import hf_llama, write_gguf, write_vocab_gguf  # noqa: E402
 
 
 def ours_by_hf_name(model, hf_names, layers):
@@ -133,3 +133,18 @@ def test_smollm2_gguf_equals_transformers():
         assert (model(input_ids=ids).logits - oracle(input_ids=ids).logits).abs().max() <= 1e-4
     answer = mmmamba.generate(model, [prompt], None, 12, stop_ids=tok.stop_ids, pad_id=tok.pad_id)[0]
     assert tok.decode(answer).strip() == "The capital of France is Paris."
+
+
+def test_a_vocabulary_only_file_gives_its_tokenizer_whatever_its_architecture(tmp_path):
+    """llama.cpp ships vocabulary-only files (``models/ggml-vocab-gpt-2.gguf``: architecture gpt2, no
+    tensors). Reading one's tokenizer checks the tokenizer's keys, not the model header."""
+    torch.manual_seed(0)
+    write_gguf(tmp_path / "model.gguf", hf_llama())
+    write_vocab_gguf(tmp_path / "vocab.gguf", arch="gpt2")
+    text = "Hello, world: a list [1, 2] and émigré text."
+    assert gguf_hf_tokenizer(tmp_path / "vocab.gguf").encode(text) == gguf_hf_tokenizer(tmp_path / "model.gguf").encode(text)
+    write_vocab_gguf(tmp_path / "empty.gguf", tokenizer=False)
+    with pytest.raises(mmmamba.MmmambaError, match="empty.gguf: no tokenizer in its metadata"):
+        gguf_hf_tokenizer(tmp_path / "empty.gguf")
+    with pytest.raises(mmmamba.MmmambaError, match="architecture 'gpt2' is not supported"):
+        load_gguf_decoder(tmp_path / "vocab.gguf")  # as a model it is still refused
