@@ -196,6 +196,15 @@ class DecoderConfig:
         bad = sorted(set(self.mixers) - set(MIXER_KINDS))
         if bad:
             raise MmmambaError(f"unknown mixer kind(s) {bad}; use one of {list(MIXER_KINDS)}")
+        kept = self.conversion.get("keep_attention")
+        attention_layers = [i for i, m in enumerate(self.mixers) if m == "attention"]
+        if kept is not None and (
+            not isinstance(kept, list) or [type(i) for i in kept] != [int] * len(kept) or kept != attention_layers
+        ):
+            raise MmmambaError(
+                f"config conversion.keep_attention {kept!r} does not list the attention layers of mixers; "
+                "it records which layers kept attention, so it must name those, in order"
+            )
         if isinstance(self.vision, dict):
             self.vision = VisionConfig(**self.vision)
         if self.vision is not None and not isinstance(self.vision, VisionConfig):

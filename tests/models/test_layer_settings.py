@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import mmmamba
 from mmmamba.convert import convert_to_mamba
 from mmmamba.formats import load_checkpoint, save_checkpoint
-from mmmamba.models import Decoder
+from mmmamba.models import Decoder, DecoderConfig
 from mmmamba.models.sizing import cache_bytes, parameter_count
 from tests.conftest import tiny_config
 from tests.infer.test_decode import decode_both_ways
@@ -144,3 +144,13 @@ def test_sizes_count_each_layer():
 def test_bad_overrides_are_one_line_errors(groups, message):
     with pytest.raises(mmmamba.MmmambaError, match=message):
         tiny_config(layer_overrides=groups)
+
+
+@pytest.mark.parametrize("kept", [[99], [1, 0], [0, 0], [1], "0", [0.0]])
+def test_a_kept_attention_record_that_contradicts_the_mixers_is_refused(kept):
+    mixers = ["attention", "mamba2", "mamba2", "mamba2"]
+    base = dict(vocab_size=32, hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, head_dim=16,
+                intermediate_size=64)
+    assert DecoderConfig(**base, mixers=mixers, conversion={"keep_attention": [0]}).conversion["keep_attention"] == [0]
+    with pytest.raises(mmmamba.MmmambaError, match="conversion.keep_attention .* does not list the attention layers"):
+        DecoderConfig(**base, mixers=mixers, conversion={"keep_attention": kept})
