@@ -89,7 +89,7 @@ def tiny_students(work: Path, vendor: Path) -> list[Path]:
     from mmmamba.formats.gguf import gguf_hf_tokenizer, write_tokenizer
     from mmmamba.models import Decoder, DecoderConfig
 
-    hf = gguf_hf_tokenizer(vendor / "models" / "ggml-vocab-gpt-2.gguf")
+    hf = gguf_hf_tokenizer(vendor / "models" / "ggml-vocab-gpt-2.gguf", vocab_only=True)
     out = []
     for name, keep in (("tiny-linear", []), ("tiny-hybrid", [1])):
         folder = work / name

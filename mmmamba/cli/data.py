@@ -117,11 +117,19 @@ def cmd_data_make(args) -> None:
     check_new_output(out, "--out", args.overwrite, "suite", SUITE_FILES, done="suite.json")
     n = 8 * sum(sizes.values()) + sum(family_train.values())  # up to 8 families
     check_free_space(out, 2048 * n, "the task suite")  # ~2 KB per PNG
-    replace = args.overwrite or (out.is_dir() and any(out.iterdir()))  # --overwrite, or an older make's partial suite
     # written whole, then renamed in: a kill leaves nothing half-made, and a second writer is refused
-    write_dir_atomic(out, lambda tmp: make_suite(tmp, args.seed, sizes, recall, family_train), replace)
+    write_dir_atomic(
+        out, lambda tmp: make_suite(tmp, args.seed, sizes, recall, family_train), _replaces(out, args.overwrite)
+    )
     more = f", train {family_train}" if family_train else ""
     print(f"wrote {args.out}: train/val/test JSONL + images (seed {args.seed}, per family {sizes}{more})")
+
+
+def _replaces(out: Path, overwrite: bool) -> bool:
+    """Whether the finished folder may replace what ``out`` holds: with --overwrite, or an interrupted
+    run's own files (``check_new_output`` let those through). Otherwise it is renamed in only onto
+    nothing or an empty folder, so a second writer of one new folder is refused."""
+    return bool(overwrite) or (out.is_dir() and any(out.iterdir()))
 
 
 def _family_sizes(items: list[str]) -> dict[str, int]:
@@ -143,7 +151,7 @@ def _family_sizes(items: list[str]) -> dict[str, int]:
 def cmd_data_text(args) -> None:
     from ..data.text_corpus import build_text_corpus, collect_files
     from ..data.tokenizer import load_tokenizer
-    from ..io import check_free_space, check_new_output, check_output_dir, inputs, same_or_inside
+    from ..io import check_free_space, check_new_output, check_output_dir, inputs, same_or_inside, write_dir_atomic
 
     out = check_output_dir(args.out)
     check_new_output(out, "--out", args.overwrite, "corpus", CORPUS_FILES, done="corpus.json")
@@ -158,10 +166,12 @@ def cmd_data_text(args) -> None:
         raise MmmambaError(f"--val-frac {args.val_frac} + --test-frac {args.test_frac}: leave some text for training")
     check_free_space(out, 12 * sum(f.stat().st_size for f in files), "the text corpus")
     tok = load_tokenizer(args.tokenizer)
-    info = build_text_corpus(
-        args.inputs, out, tok, args.tokenizer, args.seq_len, args.val_frac, args.test_frac, args.seed, args.min_tokens,
+    built = []  # the corpus is written whole into a temporary sibling and renamed in, as `data make`'s suite is
+    write_dir_atomic(out, lambda tmp: built.append(build_text_corpus(
+        args.inputs, tmp, tok, args.tokenizer, args.seq_len, args.val_frac, args.test_frac, args.seed, args.min_tokens,
         near_duplicate=args.near_duplicate,
-    )  # fmt: skip
+    )), replace=_replaces(out, args.overwrite))  # fmt: skip
+    info = built[0]
     sizes = ", ".join(f"{k} {v['chunks']} chunks / {v['tokens']} tokens" for k, v in info["splits"].items())
     dup = len(info["dropped_near_duplicates"])
     docs = f"{info['documents']} documents ({dup} near-duplicates dropped)"
@@ -173,7 +183,7 @@ def cmd_data_self_distill(args) -> None:
     from ..formats import load_checkpoint
     from ..infer import SamplingConfig
     from ..infer.self_distill import read_prompts, self_distill
-    from ..io import check_new_output, check_output_dir, inputs, same_or_inside
+    from ..io import check_new_output, check_output_dir, inputs, same_or_inside, write_dir_atomic
 
     reads_model("--teacher", args.teacher)
     inputs().add_file(args.prompts, "--prompts")
@@ -189,10 +199,12 @@ def cmd_data_self_distill(args) -> None:
     tok = load_tokenizer(args.teacher)
     teacher = load_checkpoint(args.teacher).to(device=device, dtype=resolve_dtype(args.dtype, device)).eval()
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
-    meta = self_distill(
-        teacher, tok, prompts, out, args.teacher, args.max_new_tokens, args.batch_size, sampling,
+    made = []  # written whole into a temporary sibling, then renamed in
+    write_dir_atomic(out, lambda tmp: made.append(self_distill(
+        teacher, tok, prompts, tmp, args.teacher, args.max_new_tokens, args.batch_size, sampling,
         args.val_frac, args.test_frac, args.seed, cut_to_train=args.cut_to_train,
-    )  # fmt: skip
+    )), replace=_replaces(out, args.overwrite))  # fmt: skip
+    meta = made[0]
     cut = f", {meta['cut_kept_in_train']} cut answers kept in train" if args.cut_to_train else ""
     print(
         f"wrote {out}: {meta['kept']} of {meta['prompts']} prompts answered by {args.teacher} on {device} "

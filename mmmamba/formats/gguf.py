@@ -293,10 +293,16 @@ def tokenizer_header(reader, where) -> str:
     return kind
 
 
-def gguf_hf_tokenizer(path):
-    """The file's tokenizer and chat template as a transformers tokenizer (built from metadata only)."""
+def gguf_hf_tokenizer(path, vocab_only: bool = False):
+    """The file's tokenizer and chat template as a transformers tokenizer (built from metadata only).
+
+    The header is checked by our rules before transformers reads it: a model file's whole header
+    (transformers parses its model keys too), a ``vocab_only`` file's tokenizer keys alone."""
     path = Path(path)
-    tokenizer_header(open_gguf(path), path)  # checked by our rules before transformers reads it
+    reader = open_gguf(path)
+    tokenizer_header(reader, path)
+    if not vocab_only:
+        gguf_config(reader, path)
     try:
         from transformers import AutoTokenizer
     except ImportError:

@@ -297,3 +297,35 @@ def test_entries_of_a_folder_that_are_not_files_are_skipped_and_said_once(tmp_pa
     assert err.count("\n") == 1 and "skipped 2 entries that are not regular files" in err
     assert collect_files([str(tmp_path / "d")], say_skipped=False) == [tmp_path / "d" / "a.txt"]
     assert capsys.readouterr().err == ""
+
+
+def test_data_text_writes_the_corpus_whole(tmp_path, monkeypatch, capsys):
+    """A kill while the corpus is written leaves no half-made folder, and a folder another process filled
+    meanwhile is kept as that process left it (the finished corpus is renamed in only onto nothing)."""
+    import mmmamba.data.text_corpus as text_corpus
+
+    write_docs(tmp_path / "docs")
+    (tmp_path / "tok").mkdir()
+    ByteTokenizer().save(tmp_path / "tok")
+    out = tmp_path / "runs" / "corpus"
+    args = ["data", "text", "--inputs", str(tmp_path / "docs"), "--out", str(out), "--tokenizer", str(tmp_path / "tok")]
+    real = text_corpus.build_text_corpus
+
+    def killed(inputs, folder, *a, **k):
+        real(inputs, folder, *a, **k)
+        raise KeyboardInterrupt  # after every file is written, before the rename
+
+    monkeypatch.setattr(text_corpus, "build_text_corpus", killed)
+    assert main([*args, "--seq-len", "128"]) == 130  # stopped as Ctrl-C stops it
+    assert list((tmp_path / "runs").iterdir()) == []  # no corpus, and no temporary left beside it
+
+    def raced(inputs, folder, *a, **k):
+        out.mkdir()
+        (out / "theirs.txt").write_text("another writer's file")
+        return real(inputs, folder, *a, **k)
+
+    monkeypatch.setattr(text_corpus, "build_text_corpus", raced)
+    assert main([*args, "--seq-len", "128"]) == 2
+    assert "another process wrote this folder" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["corpus"]
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"]

@@ -137,15 +137,18 @@ def test_smollm2_gguf_equals_transformers():
 
 def test_a_vocabulary_only_file_gives_its_tokenizer_whatever_its_architecture(tmp_path):
     """llama.cpp ships vocabulary-only files (``models/ggml-vocab-gpt-2.gguf``: architecture gpt2, no
-    tensors). Reading one's tokenizer checks the tokenizer's keys, not the model header."""
+    tensors). Reading one's tokenizer as such checks the tokenizer's keys, not a model header."""
     torch.manual_seed(0)
     write_gguf(tmp_path / "model.gguf", hf_llama())
     write_vocab_gguf(tmp_path / "vocab.gguf", arch="gpt2")
     text = "Hello, world: a list [1, 2] and émigré text."
-    vocab_only, from_model = (gguf_hf_tokenizer(tmp_path / f) for f in ("vocab.gguf", "model.gguf"))
+    vocab_only = gguf_hf_tokenizer(tmp_path / "vocab.gguf", vocab_only=True)
+    from_model = gguf_hf_tokenizer(tmp_path / "model.gguf")
     assert vocab_only.encode(text) == from_model.encode(text)
     write_vocab_gguf(tmp_path / "empty.gguf", tokenizer=False)
     with pytest.raises(mmmamba.MmmambaError, match="empty.gguf: no tokenizer in its metadata"):
-        gguf_hf_tokenizer(tmp_path / "empty.gguf")
+        gguf_hf_tokenizer(tmp_path / "empty.gguf", vocab_only=True)
+    with pytest.raises(mmmamba.MmmambaError, match="architecture 'gpt2' is not supported"):
+        gguf_hf_tokenizer(tmp_path / "vocab.gguf")  # a model file's tokenizer: its model header is checked too
     with pytest.raises(mmmamba.MmmambaError, match="architecture 'gpt2' is not supported"):
         load_gguf_decoder(tmp_path / "vocab.gguf")  # as a model it is still refused
