@@ -419,6 +419,13 @@ def check_new_output(path, flag: str, overwrite: bool | None, what: str, ours=()
 def check_output_file(path, flag: str = "--out") -> Path:
     """An output file: not a folder, not under a file, writable. Nothing is created."""
     path = Path(path)
+    try:
+        path.lstat()
+    except FileNotFoundError:
+        pass
+    except OSError as e:  # a name too long, a component that is not a folder, ...
+        raise MmmambaError(f"{flag} {path}: {e.strerror}; choose another path") from None
+    resolved(path)  # a link loop
     if path.is_dir():
         raise MmmambaError(f"{flag} {path}: is a folder, expected a file path; name a file")
     inputs().check_output(path, flag)
@@ -589,7 +596,7 @@ def check_outputs_distinct(outputs: list[tuple[str, object]]) -> None:
     for flag, path in outputs:
         if path is None:
             continue
-        real = Path(path).resolve()
+        real = resolved(path)
         if real in seen:
             raise MmmambaError(f"{flag} {path}: is also {seen[real]}; give each output its own path")
         seen[real] = flag

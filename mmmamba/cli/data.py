@@ -221,6 +221,13 @@ def cmd_data_teacher_text(args) -> None:
 
     out = check_output_dir(args.out)
     check_new_output(out, "--out", None, "teacher text", (*CORPUS_FILES, PLAN_FILE, "parts"))  # resumes its own
+    if out.is_dir() and not (out / PLAN_FILE).exists() and any((out / f).exists() for f in CORPUS_FILES):
+        raise MmmambaError(
+            f"--out {out}: holds a corpus that no teacher-text run wrote (no {PLAN_FILE}); "
+            "write the teacher text to a new folder"
+        )
+    if not args.prompts and not (args.prefixes and args.text_rows):
+        raise MmmambaError("no rows to write: give --prefixes with --text-rows above 0, or --prompts")
     for flag, src in (("--teacher", args.teacher), ("--prefixes", args.prefixes), ("--prompts", args.prompts)):
         if src is not None and Path(src).exists() and same_or_inside(src, out):
             raise MmmambaError(f"--out {out} is or contains {flag} {src}; write the teacher text to a new folder")

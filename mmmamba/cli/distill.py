@@ -117,7 +117,9 @@ def cmd_distill(args) -> None:
             print("batch shares of the --data folders: " + ", ".join(f"{x:.3f}" for x in e["data_shares"]))
         return
     from ..distill.trainer import all_finished
+    from ..io import check_output_dir
 
+    check_output_dir(args.out)  # a name the system refuses, before anything looks inside it
     done_before = all_finished(args.out, stages)  # then distill checks the settings and says it is finished
     distill(args.teacher, args.student, args.data, args.out, cfg)
     if not done_before:

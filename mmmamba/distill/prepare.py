@@ -27,6 +27,7 @@ from ..io import (
     human_bytes,
     machine_memory,
     overlap,
+    resolved,
     same_or_inside,
 )
 from ..models import Decoder, DecoderConfig
@@ -65,7 +66,7 @@ def data_dirs(data_dir) -> list:
         raise MmmambaError("--data: name at least one data folder")
     seen: dict[Path, str] = {}
     for d in dirs:
-        key = Path(d).resolve()
+        key = resolved(d)
         if key in seen:
             raise MmmambaError(f"--data {d}: given twice (also as {seen[key]}); name each folder once")
         seen[key] = str(d)

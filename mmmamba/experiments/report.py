@@ -80,6 +80,11 @@ def read_results(paths) -> list[dict]:
         row = check_eval(read_json(f, "run result"), f)
         if not isinstance(row.get("name"), str) or not isinstance(row.get("group"), str):
             raise MmmambaError(f"{f}: needs string 'name' and 'group'; pass result.json files of the ablation grid")
+        if row["group"] not in GROUP_TITLES:
+            raise MmmambaError(
+                f"{f}: group {row['group']!r} is none of {', '.join(GROUP_TITLES)}; pass result.json files "
+                "of the ablation grid"
+            )
         if not re.fullmatch(r"[\w.:+-]{1,80}", row["name"]):  # it names a table row and a chart bar
             raise MmmambaError(
                 f"{f}: run name {json.dumps(row['name'])[:90]} is not 1-80 letters, digits or . _ : + -; rename the run"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -209,6 +210,27 @@ class Writer:
         return out
 
 
+def read_part(path: Path, rows: list[int], new_tokens: int, vocab_size: int) -> dict[int, list[int]] | None:
+    """A finished batch's rows → their new tokens, or None where there is none to take up: no file, or one
+    that is not exactly that batch's rows in order with at most ``new_tokens`` ids in the vocabulary (a
+    damaged part is said once and written again)."""
+    if not path.is_file():
+        return None
+    try:
+        recs = [rec for _, rec in iter_jsonl(path)]
+        ok = [r.get("row") if isinstance(r, dict) else None for r in recs] == rows and all(
+            isinstance(r["new"], list) and len(r["new"]) <= new_tokens
+            and all(type(t) is int and 0 <= t < vocab_size for t in r["new"]) for r in recs
+        )  # fmt: skip
+        reason = "not that batch's rows and token ids"
+    except MmmambaError as e:
+        ok, reason = False, str(e)
+    if ok:
+        return {r["row"]: r["new"] for r in recs}
+    print(f"{path}: a damaged finished batch ({reason}); writing it again", file=sys.stderr)
+    return None
+
+
 def _plan_record(rows: list[Row], cfg: TeacherTextConfig, sources: dict) -> dict:
     digest = hashlib.sha256()
     for r in rows:
@@ -249,7 +271,13 @@ def write_teacher_text(
     parts = out / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     batches = batches_of(rows, cfg.batch_size)
-    todo = [k for k in range(len(batches)) if not (parts / f"batch-{k:06d}.jsonl").is_file()]
+    vocab = teacher.config.vocab_size
+    done = {
+        k: part
+        for k in range(len(batches))
+        if (part := read_part(parts / f"batch-{k:06d}.jsonl", batches[k], cfg.new_tokens, vocab))
+    }
+    todo = [k for k in range(len(batches)) if k not in done]
     writer = Writer(teacher, cfg, longest + cfg.new_tokens, (*tok.stop_ids, tok.end_id), tok.pad_id) if todo else None
     total = sum(len(batches[k]) for k in todo) * cfg.new_tokens
     bar = tqdm(total=total, desc="teacher text", unit="tok", unit_scale=True, disable=not progress)
@@ -258,15 +286,13 @@ def write_teacher_text(
         idx = batches[k]
         new = writer.write([rows[i].prefix for i in idx], batch_seed(cfg.seed, k))
         write_jsonl_atomic(parts / f"batch-{k:06d}.jsonl", [{"row": i, "new": n} for i, n in zip(idx, new)])
+        done[k] = dict(zip(idx, new))
         written += sum(len(n) for n in new)
         bar.update(len(idx) * cfg.new_tokens)
         bar.set_postfix(written=f"{written / max(1e-9, time.time() - t0):.0f} tok/s", refresh=False)
     bar.close()
     seconds = time.time() - t0
-    new_of: dict[int, list[int]] = {}
-    for k in range(len(batches)):
-        for _, rec in iter_jsonl(parts / f"batch-{k:06d}.jsonl"):
-            new_of[rec["row"]] = rec["new"]
+    new_of = {i: new for k in range(len(batches)) for i, new in done[k].items()}
     split_of = split_groups(rows, cfg)
     records: dict[str, list[dict]] = {s: [] for s in SPLITS}
     stops = set(tok.stop_ids) | {tok.end_id}

@@ -182,6 +182,27 @@ def test_deterministic_resumable_and_read_as_a_text_corpus(corpus, tmp_path, mon
     monkeypatch.setattr(tt.Writer, "write", real)
     assert _run(tmp_path / "c", corpus, "--batch-size", "3", "--seed", "4") == 0
     assert _records(tmp_path / "c") == first and not (tmp_path / "c" / "parts").exists()
+    # a damaged finished batch is said once and written again, to the same text
+    for n, damage in enumerate(('{"x": 1}\n', "", '{"row": 0, "new": [99999, -1]}\n')):
+        folder = tmp_path / f"d{n}"
+        monkeypatch.setattr(tt.Writer, "write", flaky)
+        calls.clear()
+        assert _run(folder, corpus, "--batch-size", "3", "--seed", "4") == 130
+        monkeypatch.setattr(tt.Writer, "write", real)
+        (part,) = (folder / "parts").iterdir()
+        part.write_text(damage)
+        capsys.readouterr()
+        assert _run(folder, corpus, "--batch-size", "3", "--seed", "4") == 0
+        assert "damaged finished batch" in capsys.readouterr().err
+        assert _records(folder) == first
+    # a corpus no teacher-text run wrote is not taken for an unfinished run of its own
+    assert _run(tmp_path / "e", corpus, "--batch-size", "3", "--seed", "4") == 0
+    (tmp_path / "e" / tt.PLAN_FILE).unlink()
+    before = (tmp_path / "e" / "train.jsonl").read_bytes()
+    capsys.readouterr()
+    assert _run(tmp_path / "e", corpus, "--batch-size", "3", "--seed", "5") == 2
+    assert "no teacher-text run wrote" in capsys.readouterr().err
+    assert (tmp_path / "e" / "train.jsonl").read_bytes() == before
     # other settings into the same folder: refused in one line
     capsys.readouterr()
     assert _run(tmp_path / "c", corpus, "--batch-size", "3", "--seed", "9") == 2
