@@ -154,13 +154,23 @@ def eval_benchmark(args, device) -> None:
 
 def eval_text(args, device) -> None:
     """``mmmamba eval`` on a ``mmmamba data text`` corpus: perplexity, KL to --teacher, multiple choice."""
+    from ..data.text_corpus import check_corpus_vocab, read_text_split
     from ..data.tokenizer import load_tokenizer
     from ..evaluation.text import evaluate_text, print_text_report
-    from ..formats import load_checkpoint
+    from ..formats import load_checkpoint, load_config
     from ..io import write_json_atomic
 
-    model = load_checkpoint(args.model).float().to(device)
+    cfg = load_config(args.model)
     tok = load_tokenizer(args.model)
+    check_corpus_vocab(args.data, tok, cfg.vocab_size)  # before any model is loaded
+    windows = read_text_split(args.data, args.split, cfg.vocab_size)[: args.limit]
+    longest = max(map(len, windows), default=0)
+    if longest > cfg.max_position:
+        raise MmmambaError(
+            f"--data {Path(args.data) / args.split}.jsonl: a window of {longest} tokens, more than the model's "
+            f"max_position {cfg.max_position}; rebuild the corpus with --seq-len {cfg.max_position} or less"
+        )
+    model = load_checkpoint(args.model).float().to(device)
     teacher = None if args.teacher is None else load_checkpoint(args.teacher).float().to(device)
     batch = min(args.batch_size, 8)  # full-vocabulary log-probabilities of whole windows
     report = evaluate_text(

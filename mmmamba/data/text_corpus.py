@@ -37,7 +37,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..errors import MmmambaError
-from ..io import check_regular, iter_jsonl, read_regular, write_json_atomic, write_text_atomic
+from ..io import check_regular, iter_jsonl, read_json, read_regular, write_json_atomic, write_text_atomic
 from .conversations import Example
 from .tokenizer import ChatTokenizer
 
@@ -306,8 +306,41 @@ def build_text_corpus(
     return info
 
 
+CORPUS_FORMAT = "mmmamba-text-corpus"
+
+
+def corpus_info(data_dir) -> dict:
+    """``corpus.json`` of a text corpus, with the fields readers rely on checked."""
+    path = Path(data_dir) / "corpus.json"
+    info = read_json(path, "text-corpus file")
+    if not isinstance(info, dict) or info.get("format") != CORPUS_FORMAT:
+        raise MmmambaError(
+            f"{path}: not a text corpus's corpus.json (format {CORPUS_FORMAT!r}); rebuild the corpus "
+            "with `mmmamba data text`"
+        )
+    for key in ("vocab_size", "seq_len"):
+        v = info.get(key)
+        if v is not None and (type(v) is not int or v < 1):
+            raise MmmambaError(f"{path}: {key} {v!r} is not a whole number >= 1; rebuild the corpus")
+    return info
+
+
+def check_corpus_vocab(data_dir, tok, model_vocab: int, flag: str = "--data") -> None:
+    """A corpus built with another tokenizer is refused: its ids would be read as other tokens. ``corpus.json``
+    records the vocabulary size of the tokenizer it was built with (``data text``) or of the teacher that
+    wrote it (``data teacher-text``)."""
+    recorded = corpus_info(data_dir).get("vocab_size")
+    ours = {model_vocab, getattr(tok, "vocab_size", model_vocab)}
+    if recorded is not None and recorded not in ours:
+        raise MmmambaError(
+            f"{flag} {data_dir}: built with a tokenizer of {recorded} tokens, but the model's has "
+            f"{' / '.join(str(v) for v in sorted(ours))}; rebuild the corpus with --tokenizer set to the model"
+        )
+
+
 def read_text_split(data_dir, split: str, vocab_size: int | None = None) -> list[list[int]]:
     """``{data_dir}/{split}.jsonl`` of a text corpus → token windows; each line checked (``file:line``)."""
+    corpus_info(data_dir)
     path = Path(data_dir) / f"{split}.jsonl"
     if not path.exists():
         raise MmmambaError(f"{path}: no such text-corpus split; build it with `mmmamba data text`")
@@ -315,8 +348,8 @@ def read_text_split(data_dir, split: str, vocab_size: int | None = None) -> list
     out = []
     for where, rec in iter_jsonl(path):
         ids = rec.get("input_ids") if isinstance(rec, dict) else None
-        if not isinstance(ids, list) or not ids or not all(type(i) is int and i >= 0 for i in ids):
-            raise MmmambaError(f"{where}: 'input_ids' must be a non-empty list of token ids")
+        if not isinstance(ids, list) or len(ids) < 2 or not all(type(i) is int and i >= 0 for i in ids):
+            raise MmmambaError(f"{where}: 'input_ids' must be a list of 2 or more token ids (one to predict from)")
         if vocab_size is not None and max(ids) >= vocab_size:
             raise MmmambaError(f"{where}: token id {max(ids)} outside the model's vocabulary of {vocab_size}")
         out.append(ids)

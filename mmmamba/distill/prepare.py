@@ -14,7 +14,7 @@ from tqdm import tqdm
 from ..data.conversations import Batch, Example, check_images_match, collate, encode_sample, read_split
 from ..data.images import image_processor
 from ..data.mixture import parse_sources, shares
-from ..data.text_corpus import is_text_corpus, text_examples
+from ..data.text_corpus import check_corpus_vocab, is_text_corpus, text_examples
 from ..data.tokenizer import ChatTokenizer, load_tokenizer
 from ..errors import MmmambaError
 from ..formats import load_checkpoint
@@ -95,6 +95,18 @@ def check_paths(teacher_dir, student_dir, data_dir, out: Path) -> None:
         if Path(p).exists() and same_or_inside(p, out) and Path(p).resolve().parent == out.resolve():
             if Path(p).name.startswith("after_stage"):
                 raise MmmambaError(f"{flag} {p} would be overwritten by this run's {Path(p).name}; copy it elsewhere")
+    if out.is_dir() and not (out / DISTILL_SETTINGS).exists():  # not a run folder (or one that lost its settings)
+        inputs = {resolved(p) for _, p in named if Path(p).exists()}
+        foreign = sorted(  # a training state alone is checked (and taken up) by the trainer
+            e.name for e in out.iterdir()
+            if not e.name.startswith((".", "train_state", "state_")) and resolved(e) not in inputs
+        )  # fmt: skip
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise MmmambaError(
+                f"--out {out}: holds {shown} but no {DISTILL_SETTINGS}, so it is no distillation run to resume; "
+                "distil into a new or empty folder (or restore the run's settings file)"
+            )
 
 
 def check_pair(teacher: Decoder, student_cfg: DecoderConfig, teacher_dir, student_dir) -> None:
@@ -156,6 +168,7 @@ def prepare(teacher_dir, student_dir, data_dir, out: Path, cfg: DistillConfig, p
     for folder in data_dirs(data_dir):  # pooled: uniformly by sample, or as DIR:WEIGHT says (data/mixture.py)
         if is_text_corpus(folder):  # `mmmamba data text`: token windows, every token a target
             vocab = teacher.config.vocab_size
+            check_corpus_vocab(folder, tok, vocab)
             train += text_examples(folder, "train", vocab, limit)
             val_examples += text_examples(folder, "val", vocab, limit, cfg.val_limit)
         else:

@@ -418,7 +418,7 @@ def distill(
 def _distill(run: RunFolder, teacher_dir, student_dir, data_dir, cfg, settings, comm, device, stop_after, dry_run,
              progress):  # fmt: skip
     out, lead = run.out, comm.rank == 0
-    run.check_settings(settings)
+    run.check_settings(settings, paths=("teacher", "student"))
     writer = lead and not dry_run  # the lock holder; a dry run only reads, and deletes nothing
     pending = None
     if out.is_dir():

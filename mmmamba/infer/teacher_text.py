@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from ..checks import MAX_BATCH
-from ..data.text_corpus import split_sizes
+from ..data.text_corpus import check_corpus_vocab, split_sizes
 from ..data.tokenizer import ChatTokenizer
 from ..errors import MmmambaError
 from ..io import iter_jsonl, read_json, remove_tree, write_json_atomic, write_jsonl_atomic
@@ -98,13 +98,14 @@ class Row:
     prefix: list[int]
 
 
-def corpus_prefixes(corpus_dir, cfg: TeacherTextConfig, vocab_size: int) -> list[Row]:
+def corpus_prefixes(corpus_dir, cfg: TeacherTextConfig, vocab_size: int, tok=None) -> list[Row]:
     """``cfg.text_rows`` prefixes drawn (with the seed) from the *train* split of a text corpus."""
     path = Path(corpus_dir) / "train.jsonl"
     if not (Path(corpus_dir) / "corpus.json").is_file() or not path.is_file():
         raise MmmambaError(
             f"--prefixes {corpus_dir}: no corpus.json / train.jsonl; build a text corpus with `mmmamba data text`"
         )
+    check_corpus_vocab(corpus_dir, tok, vocab_size, "--prefixes")
     windows = []
     for where, rec in iter_jsonl(path):
         ids = rec.get("input_ids") if isinstance(rec, dict) else None
@@ -351,7 +352,7 @@ def plan_rows(prefixes_dir, prompts_path, tok: ChatTokenizer, cfg: TeacherTextCo
 
     if prefixes_dir is None and prompts_path is None:
         raise MmmambaError("give --prefixes (a text corpus) or --prompts (a prompts file or chat folder), or both")
-    rows = corpus_prefixes(prefixes_dir, cfg, vocab_size) if prefixes_dir is not None else []
+    rows = corpus_prefixes(prefixes_dir, cfg, vocab_size, tok) if prefixes_dir is not None else []
     if prompts_path is not None:
         p = Path(prompts_path)
         if p.is_dir():  # a chat set: its train prompts only (its val and test stay held out)

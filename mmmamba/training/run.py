@@ -104,6 +104,13 @@ def _cell(v) -> str:
     return str(v)
 
 
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return a == b or Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
 def write_figure(path, fig) -> None:
     """A matplotlib figure as a PNG, written atomically, then closed."""
     import matplotlib.pyplot as plt
@@ -134,11 +141,18 @@ class RunFolder:
             self._lock = None
 
     # settings ---------------------------------------------------------------------------------------
-    def check_settings(self, settings: dict) -> None:
+    def check_settings(self, settings: dict, paths: Sequence[str] = ()) -> None:
         """Refuse a folder that holds a run started with other settings or on other data. An unreadable
-        settings file is refused only when the folder holds work (else it is simply rewritten)."""
+        settings file is refused only when the folder holds work (else it is simply rewritten). The
+        settings named in ``paths`` are input paths: one folder spelled two ways (``T/``, ``./T``, an
+        absolute path) is the same setting."""
         f = self.settings_file
         if not f.exists():
+            if any(self.out.glob("after_*")):  # published parts of a run whose settings are unknown
+                raise MmmambaError(
+                    f"{self.out}: holds finished work but no {f.name}, so its settings are unknown; restore the "
+                    "file or use a new --out"
+                )
             return
         try:
             old = read_json(f, "run settings file")
@@ -149,6 +163,10 @@ class RunFolder:
                 ) from None
             return
         old.setdefault("data_identity", settings.get("data_identity"))  # a run recorded before data identities
+        for key in paths:
+            if isinstance(old.get(key), str) and isinstance(settings.get(key), str):
+                if _same_path(old[key], settings[key]):
+                    old[key] = settings[key]
         if old == settings:
             return
         diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
