@@ -286,8 +286,10 @@ def tokenizer_header(reader, where) -> str:
     meta = metadata(reader)
     kind = meta.get("tokenizer.ggml.model")
     if not isinstance(kind, str) or not kind:
-        raise MmmambaError(f"{where}: no tokenizer in its metadata ('tokenizer.ggml.model' is missing); "
-                           "give a GGUF file converted with its tokenizer")
+        raise MmmambaError(
+            f"{where}: no tokenizer in its metadata ('tokenizer.ggml.model' is missing); "
+            "give a GGUF file converted with its tokenizer"
+        )
     if not meta.get("tokenizer.ggml.tokens"):
         raise MmmambaError(f"{where}: its tokenizer has no tokens ('tokenizer.ggml.tokens' is missing or empty)")
     return kind
