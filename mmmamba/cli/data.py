@@ -179,6 +179,7 @@ def cmd_data_text(args) -> None:
 
 
 def cmd_data_self_distill(args) -> None:
+    from ..data.text_corpus import split_sizes
     from ..data.tokenizer import load_tokenizer
     from ..formats import load_checkpoint
     from ..infer import SamplingConfig
@@ -195,6 +196,7 @@ def cmd_data_self_distill(args) -> None:
     if args.val_frac + args.test_frac >= 1:
         raise MmmambaError(f"--val-frac {args.val_frac} + --test-frac {args.test_frac}: leave some for training")
     prompts = read_prompts(args.prompts)
+    split_sizes(len(prompts), args.val_frac, args.test_frac, f"prompts in {args.prompts}")  # before any answer
     device = resolve_device(args.device)
     tok = load_tokenizer(args.teacher)
     teacher = load_checkpoint(args.teacher).to(device=device, dtype=resolve_dtype(args.dtype, device)).eval()

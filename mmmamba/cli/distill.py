@@ -29,7 +29,7 @@ def add_distill(sub) -> None:
         "--val-limit", type=COUNT, default=128,
         help="val samples each validation scores (teacher and student forwards: lower it on a CPU)",
     )  # fmt: skip
-    p.add_argument("--temperature", type=float_in(0.0, 1e4, low_open=True), default=1.0, help="stage-3 KL temperature")
+    p.add_argument("--temperature", type=float_in(0.05, 100.0), default=1.0, help="stage-3 KL temperature")
     p.add_argument(
         "--ce-weight", type=float_in(0.0, 1e6), default=0.0, help="stage-3 weight of cross-entropy on answers"
     )

@@ -129,7 +129,7 @@ def read_document(path: Path, where: str | None = None) -> str:
     where = where or str(path)
     data = read_regular(path, "text/Markdown/HTML file", MAX_FILE_BYTES)  # a FIFO is refused, never opened to wait
     try:
-        raw = data.decode("utf-8")
+        raw = data.decode("utf-8-sig")  # a leading byte-order mark is no text
     except UnicodeDecodeError as e:
         raise MmmambaError(f"{where}: not UTF-8 text (byte {e.start}); re-save it as UTF-8 or leave it out") from None
     kind = SUFFIXES[path.suffix.lower()]

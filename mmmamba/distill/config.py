@@ -16,6 +16,9 @@ from .stages import STAGES
 RESUMABLE_WITH_OTHER = ("max_bad_steps", "micro_batch", "parallel", "device", "ssd_backend", "checkpoint_activations")
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 100.0  # the stage-3 KL temperature's range
+
+
 @dataclass
 class DistillConfig:
     stages: list[int] = field(default_factory=lambda: [1, 2, 3])
@@ -65,6 +68,10 @@ class DistillConfig:
             if bad:
                 need = "a finite number above 0" if low_open else "a finite number, 0 or more"
                 raise MmmambaError(f"--{name.replace('_', '-')} {v}: give {need}")
+        if not MIN_TEMPERATURE <= self.temperature <= MAX_TEMPERATURE:  # logits / T: a tiny T is an argmax, no gradient
+            raise MmmambaError(
+                f"--temperature {self.temperature}: give a KL temperature from {MIN_TEMPERATURE} to {MAX_TEMPERATURE:g}"
+            )
         return self
 
     def settings(self) -> dict:

@@ -18,6 +18,7 @@ Everything the run needs is checked before the first step (``prepare``; ``dry_ru
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -216,6 +217,7 @@ class StageRun:
     def __init__(self, stage_id: int, student: Decoder, prep: Prepared, cfg: DistillConfig, data_dir, out: Path,
                  comm: Comm, device, pending: dict | None, progress: Progress):  # fmt: skip
         self.id, self.cfg, self.out, self.comm, self.device, self.progress = stage_id, cfg, out, comm, device, progress
+        self.last_val: float | None = None  # the latest validation loss of this call
         self.teacher, self.pad_id, self.train_examples, self.val = prep.teacher, prep.tok.pad_id, prep.train, prep.val
         self.lead = comm.rank == 0
         base = STAGES[stage_id]
@@ -321,6 +323,7 @@ class StageRun:
         val_loss = fit = None
         if r.step % self.cfg.eval_every == 0 or r.step == self.steps:
             val_loss, fit = self.validate()
+            self.last_val = val_loss
         if self.lead:
             train_loss = r.loss if r.good else None
             self.log.add(self.id, r.step, f"{r.lr:.3e}", train_loss, val_loss, r.tokens, f"{r.seconds:.4f}")
@@ -355,7 +358,14 @@ class StageRun:
             tqdm.write(f"stage {self.id}: {self.guard.skipped} step(s) skipped for a non-finite loss or gradient")
 
     def publish(self, run: RunFolder, teacher_dir) -> Path:
-        """The whole student into ``after_stage{S}``, then the training state goes (rank 0 writes)."""
+        """The whole student into ``after_stage{S}``, then the training state goes (rank 0 writes). A stage whose
+        last validation loss is not finite has diverged: it is not published, and its state stays."""
+        last = self.last_val
+        if last is not None and not math.isfinite(last):
+            raise MmmambaError(
+                f"stage {self.id}: the validation loss is {last} at its last step, so the student diverged; nothing "
+                f"was published (lower --lr-scale, then rerun into a new --out)"
+            )
         self.student.eval()
         if self.layer_mode:
             _gather_owned(self.student, self.owners, self.comm)
@@ -427,6 +437,14 @@ def _distill(run: RunFolder, teacher_dir, student_dir, data_dir, cfg, settings, 
         comm.barrier()
         pending = pending_state(out, cfg, writer)
         comm.barrier()
+        log = out / "log.csv"
+        if run.has_work() and (
+            not log.is_file() or log.stat().st_size == 0
+        ):  # the tokens seen so far are counted there
+            raise MmmambaError(
+                f"{log}: missing or empty, but the run holds finished work whose tokens it counts; "
+                "restore the log or use a new --out"
+            )
     if all_finished(out, cfg.stages) and not dry_run:
         if lead:
             if not (out / "loss.png").exists() and (out / "log.csv").is_file():

@@ -36,7 +36,7 @@ def read_prompts(path) -> list[str]:
     if path.suffix.lower() not in (".txt", ".jsonl"):
         raise MmmambaError(f"--prompts {path}: not a .txt (one prompt a line) or .jsonl file; rename or convert it")
     try:
-        text = read_regular(path, "prompts file", MAX_PROMPT_BYTES).decode("utf-8")
+        text = read_regular(path, "prompts file", MAX_PROMPT_BYTES).decode("utf-8-sig")  # without a byte-order mark
     except UnicodeDecodeError as e:
         raise MmmambaError(f"--prompts {path}: not UTF-8 text (byte {e.start}); re-save it as UTF-8") from None
     prompts = []

@@ -46,6 +46,12 @@ class RunLog:
             write_text_atomic(self.path, ",".join(self.columns) + "\n")
             return
         text = self.path.read_bytes()
+        header = text.split(b"\n", 1)[0].decode("utf-8", "replace").strip()
+        if header != ",".join(self.columns) and "\n" in text.decode("utf-8", "replace"):
+            raise MmmambaError(
+                f"{self.path}: not this run's log (its first line is {header[:60]!r}, not the columns "
+                f"{','.join(self.columns)}); restore the run's log or use a new --out"
+            )
         if not text.endswith(b"\n"):
             kept = text[: text.rfind(b"\n") + 1] or (",".join(self.columns) + "\n").encode()
             write_atomic(self.path, lambda p: p.write_bytes(kept))

@@ -50,6 +50,10 @@ def read_state(folder) -> dict | None:
         raise MmmambaError(f"{f}: not an mmmamba training state; delete it to restart")
     state["step"] = check_step(state["step"], f)
     _check_counters(state["extra"], f)
+    weights = state["model"] if isinstance(state["model"], dict) else {}
+    for name, t in weights.items():  # a diverged state is not trained on (its steps would be NaN rows)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t.float()).all()):
+            raise MmmambaError(f"{f}: weight {name} holds NaN or Inf; delete the file to restart the stage")
     return state
 
 
