@@ -40,10 +40,12 @@ def distill_args(world, out, *extra, teacher=None, student=None, data=None):
             "--batch-size", "2", "--device", "cpu", *extra]  # fmt: skip
 
 
-def refused(capsys, args, *words):
+def refused(capsys, args, *words, after_steps=False):
     capsys.readouterr()
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
+    if after_steps:  # the progress bars of the steps taken come first
+        err = err.splitlines()[-1]
     assert "\n" not in err and "Traceback" not in err, err
     for w in words:
         assert w in err, err
@@ -124,3 +126,40 @@ def test_report_refuses_an_unknown_group_before_writing(world, tmp_path, capsys)
     refused(capsys, ["report", "--runs", str(tmp_path / "r.json"), "--teacher-eval", str(tmp_path / "t.json"),
                      "--out", str(out)], "nosuchgroup")  # fmt: skip
     assert not (tmp_path / "rep").exists() or not any((tmp_path / "rep").iterdir())
+
+
+def test_a_diverged_stage_is_not_published(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    refused(capsys, distill_args(world, run, "--lr-scale", "1e6", "--eval-every", "1"), "diverged", "--lr-scale",
+            after_steps=True)  # fmt: skip
+    assert not (run / "after_stage1").exists()
+
+
+def test_a_log_that_is_not_the_runs_is_refused(world, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(distill_args(world, run, "--steps-per-stage", "2", "--stages", "1,3")) == 0
+    shutil.rmtree(run / "after_stage3")  # stage 1 finished, stage 3 to do
+    (run / "log.csv").write_text("a,b\n1,2\n")
+    refused(capsys, distill_args(world, run, "--steps-per-stage", "2", "--stages", "1,3"), "log.csv", "not this run")
+    (run / "log.csv").unlink()
+    refused(capsys, distill_args(world, run, "--steps-per-stage", "2", "--stages", "1,3"), "log.csv", "missing")
+
+
+def test_kl_temperature_has_a_floor(world, tmp_path, capsys):
+    refused(capsys, distill_args(world, tmp_path / "r", "--temperature", "1e-30"), "--temperature")
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    from mmmamba.data.text_corpus import read_document
+    from mmmamba.infer.self_distill import read_prompts
+
+    (tmp_path / "doc.txt").write_bytes(b"\xef\xbb\xbfHello there.\n")
+    assert read_document(tmp_path / "doc.txt").startswith("Hello")
+    (tmp_path / "p.txt").write_bytes(b"\xef\xbb\xbfWhat is a list?\nSay hi.\n")
+    assert read_prompts(tmp_path / "p.txt") == ["What is a list?", "Say hi."]
+
+
+def test_self_distill_counts_prompts_before_answering(world, tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("one\ntwo\n")
+    refused(capsys, ["data", "self-distill", "--teacher", str(world / "teacher"), "--prompts", str(tmp_path / "p.txt"),
+                     "--out", str(tmp_path / "chat"), "--device", "cpu"], "2 prompts", "too few")  # fmt: skip
