@@ -149,8 +149,9 @@ def test_bad_overrides_are_one_line_errors(groups, message):
 @pytest.mark.parametrize("kept", [[99], [1, 0], [0, 0], [1], "0", [0.0]])
 def test_a_kept_attention_record_that_contradicts_the_mixers_is_refused(kept):
     mixers = ["attention", "mamba2", "mamba2", "mamba2"]
-    base = dict(vocab_size=32, hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, head_dim=16,
-                intermediate_size=64)
+    base = dict(
+        vocab_size=32, hidden_size=32, num_layers=4, num_heads=2, num_kv_heads=1, head_dim=16, intermediate_size=64
+    )
     assert DecoderConfig(**base, mixers=mixers, conversion={"keep_attention": [0]}).conversion["keep_attention"] == [0]
     with pytest.raises(mmmamba.MmmambaError, match="conversion.keep_attention .* does not list the attention layers"):
         DecoderConfig(**base, mixers=mixers, conversion={"keep_attention": kept})
