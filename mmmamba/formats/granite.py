@@ -251,14 +251,46 @@ def _is(raw: dict, key: str, want, where: str, why: str) -> None:
         raise MmmambaError(f"{where}: {key} = {json.dumps(got)}; {why}")
 
 
+def _flag(raw: dict, key: str, default: bool, where: str) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise MmmambaError(f"{where}: {key} = {json.dumps(value)}; it must be true or false")
+    return value
+
+
+def _number(raw: dict, key: str, default: float, where: str, name: str | None = None) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise MmmambaError(f"{where}: {name or key} = {json.dumps(value)}; it must be a finite number above 0")
+    return float(value)
+
+
 def granite_decoder_config(raw: dict, where: str) -> tuple[DecoderConfig, int]:
-    """(our DecoderConfig, mamba heads in the folder) for a GraniteMoeHybrid config.json; one line per refusal."""
+    """(our DecoderConfig, mamba heads in the folder) for a GraniteMoeHybrid config.json; one line per refusal,
+    naming the file, whatever kind of value is wrong."""
+    if not isinstance(raw, dict):
+        raise MmmambaError(f"{where}: not a JSON object; give a GraniteMoeHybrid config.json")
+    try:
+        return _granite_decoder_config(raw, where)
+    except MmmambaError as e:
+        raise MmmambaError(str(e) if where in str(e) else f"{where}: {e}; fix the config") from None
+    except (TypeError, ValueError, AttributeError, IndexError, KeyError, ArithmeticError) as e:
+        reason = " ".join(str(e).split())[:120] or e.__class__.__name__
+        raise MmmambaError(f"{where}: a value has the wrong type or size ({reason}); fix the config") from None
+
+
+def _granite_decoder_config(raw: dict, where: str) -> tuple[DecoderConfig, int]:
     heads, hidden = _count(raw, "num_attention_heads", where), _count(raw, "hidden_size", where)
     kinds = _need(raw, "layer_types", where)
     theirs = {"mamba": "mamba2", "linear_attention": "mamba2", "attention": "attention", "full_attention": "attention"}
     if not isinstance(kinds, list) or any(k not in theirs for k in kinds):
         raise MmmambaError(f"{where}: layer_types must list 'mamba' or 'attention' per layer, got {json.dumps(kinds)}")
     mixers = [theirs[k] for k in kinds]
+    if raw.get("num_hidden_layers", len(mixers)) != len(mixers):
+        raise MmmambaError(
+            f"{where}: layer_types lists {len(mixers)} layers, num_hidden_layers "
+            f"{json.dumps(raw['num_hidden_layers'])}; give one type per layer"
+        )
     head_dim = _count(raw, "mamba_d_head", where)  # also refuses transformers' 'auto': write it out
     if "attention" in mixers and heads * head_dim != hidden:
         raise MmmambaError(
@@ -276,13 +308,32 @@ def granite_decoder_config(raw: dict, where: str) -> tuple[DecoderConfig, int]:
         _is(raw, "attention_multiplier", head_dim**-0.5, where, "mmmamba's attention scale is 1/sqrt(head_dim)")
     for key in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
         _is(raw, key, 1.0, where, "mmmamba has no such multiplier; only 1 imports")
+    expand = raw.get("mamba_expand")
+    if expand is not None and (type(expand) is not int or expand * hidden != n_heads * head_dim):
+        raise MmmambaError(
+            f"{where}: mamba_expand = {json.dumps(expand)}; it must be mamba_n_heads * mamba_d_head / "
+            f"hidden_size = {n_heads * head_dim / hidden:g}"
+        )
     limit = raw.get("time_step_limit")
+    if limit is not None and not (
+        isinstance(limit, list) and len(limit) == 2 and all(v is None or isinstance(v, (int, float)) for v in limit)
+    ):
+        raise MmmambaError(f"{where}: time_step_limit = {json.dumps(limit)}; give [low, high] numbers")
     if limit is not None and (limit[0] != 0 or not (limit[1] is None or limit[1] >= NO_LIMIT)):
         raise MmmambaError(f"{where}: time_step_limit {limit}: mmmamba does not clamp Δ; only (0, inf) imports")
     params = raw.get("rope_parameters") or {}
-    if params.get("rope_type", "default") != "default" or (raw.get("rope_scaling") or {}):
-        raise MmmambaError(f"{where}: RoPE scaling {params.get('rope_type')!r}: only plain RoPE (theta) imports")
-    biases = {raw.get("attention_bias", False) if "attention" in mixers else None, raw.get("mamba_proj_bias", False)}
+    scaling = raw.get("rope_scaling") or {}
+    if not isinstance(params, dict) or not isinstance(scaling, dict):
+        raise MmmambaError(f"{where}: rope_parameters / rope_scaling must be JSON objects")
+    if params.get("rope_type", "default") != "default" or scaling:
+        kind = (
+            params.get("rope_type")
+            if params.get("rope_type", "default") != "default"
+            else scaling.get("type", scaling.get("rope_type"))
+        )
+        raise MmmambaError(f"{where}: RoPE scaling {kind!r} (rope_parameters / rope_scaling): only plain RoPE imports")
+    biases = {_flag(raw, "attention_bias", False, where) if "attention" in mixers else None,
+              _flag(raw, "mamba_proj_bias", False, where)}  # fmt: skip
     if len(biases - {None}) > 1:
         raise MmmambaError(f"{where}: attention_bias and mamba_proj_bias differ; mmmamba has one q/k/v bias switch")
     cfg = DecoderConfig(
@@ -293,15 +344,15 @@ def granite_decoder_config(raw: dict, where: str) -> tuple[DecoderConfig, int]:
         num_kv_heads=_count(raw, "num_key_value_heads", where, default=heads),
         head_dim=head_dim,
         intermediate_size=_count(raw, "shared_intermediate_size", where),
-        rope_theta=float(params.get("rope_theta", raw.get("rope_theta", 10000.0))),
-        norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        qkv_bias=bool(raw.get("mamba_proj_bias", False)),
-        max_position=int(raw.get("max_position_embeddings", 4096)),
+        rope_theta=_number(params, "rope_theta", raw.get("rope_theta", 10000.0), where, "rope_parameters.rope_theta"),
+        norm_eps=_number(raw, "rms_norm_eps", 1e-6, where),
+        tie_embeddings=_flag(raw, "tie_word_embeddings", False, where),
+        qkv_bias=_flag(raw, "mamba_proj_bias", False, where),
+        max_position=_count(raw, "max_position_embeddings", where, default=4096),
         mixers=mixers,
         mamba={
             "conv_kernel": _count(raw, "mamba_d_conv", where),
-            "conv_bias": bool(raw.get("mamba_conv_bias", True)),
+            "conv_bias": _flag(raw, "mamba_conv_bias", True, where),
             "chunk_size": _count(raw, "mamba_chunk_size", where, default=256),
             "gate_order": "gate-first",
         },  # fmt: skip
