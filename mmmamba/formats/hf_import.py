@@ -7,6 +7,7 @@ imported or run. Weight names are mapped by the tables in ``hf_families.py``.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -90,8 +91,19 @@ def slides(raw: dict, arch: str) -> bool:
     return arch == "MistralForCausalLM" or (arch == "Qwen2ForCausalLM" and bool(raw.get("use_sliding_window")))
 
 
+BOOLEAN_KEYS = ("tie_word_embeddings", "use_sliding_window", "mlp_bias", "attention_bias", "bias", "use_thumbnail")
+
+
+def check_booleans(raw: dict, where: str) -> None:
+    """A switch given as "false" or 0 would read as on: every boolean key must be true, false or null."""
+    for key in BOOLEAN_KEYS:
+        if raw.get(key) is not None and not isinstance(raw[key], bool):
+            raise MmmambaError(f"{where}: {key} = {json.dumps(raw[key])}; it must be true or false")
+
+
 def llm_fields(raw: dict, where: str, arch: str) -> dict:
     """DecoderConfig fields from a Llama-like LLM config (Llama, Mistral, Qwen2, InternLM2)."""
+    check_booleans(raw, where)
     if raw.get("hidden_act", "silu") != "silu":
         raise MmmambaError(f"{where}: hidden_act {raw['hidden_act']!r} is not supported (only silu)")
     plain_until = check_plain_rope(raw, where, allow_dynamic=True)
@@ -292,6 +304,10 @@ def hf_config(raw: dict, folder: Path) -> tuple[DecoderConfig, Family, dict]:
 def _hf_config(raw: dict, folder: Path, where: str) -> tuple[DecoderConfig, Family, dict]:
     arch = (raw.get("architectures") or ["?"])[0]
     kind = holistic_kind(raw)
+    check_booleans(raw, where)
+    for part in ("llm_config", "embedding_config"):
+        if isinstance(raw.get(part), dict):
+            check_booleans(raw[part], f"{where} ({part})")
     extra = {"tied_llm": False}
     if kind is not None:
         fields, counts, llm_arch = holistic_fields(raw, folder, where, kind)

@@ -139,6 +139,8 @@ def test_internlm2_packed_folder_matches_llama(tmp_path):
          "partial_rotary_factor 0.25"),
         ({"rope_parameters": "llama3"}, "rope_parameters must be an object"),
         ({"mlp_bias": True}, "mlp_bias is not supported"),
+        ({"tie_word_embeddings": "false"}, 'tie_word_embeddings = "false"; it must be true or false'),
+        ({"mlp_bias": 0}, "mlp_bias = 0; it must be true or false"),
     ],
 )  # fmt: skip
 def test_unsupported_rope_and_mlp_bias_are_refused_in_one_line(tmp_path, change, message):
