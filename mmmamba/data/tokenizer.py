@@ -113,11 +113,33 @@ def load_tokenizer(folder, chat_template: str | None = None) -> ChatTokenizer:
     ``chat_template`` (``--chat-template``): a Jinja file or a conversation template's name used in
     place of the folder's own format (``conversation_templates.override_chat_template``)."""
     tok = _load_tokenizer(folder, own_format=chat_template is None)
+    _check_fits_model(tok, folder)
     if chat_template is not None:
         from .conversation_templates import override_chat_template
 
         override_chat_template(tok, chat_template)
     return tok
+
+
+def _check_fits_model(tok: ChatTokenizer, folder) -> None:
+    """A tokenizer beside a model may not make ids past the model's vocabulary (its embedding has no row for
+    them): ``config.json``'s ``vocab_size`` (ours or Hugging Face's, a HoVLE one's ``llm_config``)."""
+    cfg = Path(folder) / "config.json"
+    if not cfg.is_file():
+        return
+    try:
+        raw = read_json(cfg, "config.json")
+    except MmmambaError:
+        return  # the model's own loader names what is wrong with it
+    vocab = raw.get("vocab_size")
+    if vocab is None and isinstance(raw.get("llm_config"), dict):
+        vocab = raw["llm_config"].get("vocab_size")
+    n = getattr(tok, "vocab_size", None)
+    if type(vocab) is int and type(n) is int and n > vocab:
+        raise MmmambaError(
+            f"{folder}: its tokenizer has {n} ids but the model's vocabulary is {vocab} (config.json); put the "
+            "model's own tokenizer files beside it"
+        )
 
 
 def _load_tokenizer(folder, own_format: bool) -> ChatTokenizer:

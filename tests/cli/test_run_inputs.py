@@ -163,3 +163,13 @@ def test_self_distill_counts_prompts_before_answering(world, tmp_path, capsys):
     (tmp_path / "p.txt").write_text("one\ntwo\n")
     refused(capsys, ["data", "self-distill", "--teacher", str(world / "teacher"), "--prompts", str(tmp_path / "p.txt"),
                      "--out", str(tmp_path / "chat"), "--device", "cpu"], "2 prompts", "too few")  # fmt: skip
+
+
+def test_a_tokenizer_with_ids_past_the_models_vocabulary_is_refused(world, tmp_path, capsys):
+    folder = tmp_path / "m"
+    shutil.copytree(world / "teacher", folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(cfg | {"vocab_size": 262}))
+    refused(
+        capsys, ["generate", "--model", str(folder), "--prompt", "hi", "--device", "cpu"], "ids", "vocabulary is 262"
+    )
