@@ -105,6 +105,33 @@ def readable_stdin() -> None:
             pass
 
 
+MAX_MESSAGE_CHARS = 1 << 20  # one chat message read from a pipe or file (a terminal is read by input())
+
+
+def check_stdin_open() -> None:
+    import sys
+
+    if sys.stdin is None or sys.stdin.closed:
+        raise MmmambaError("stdin is closed; run chat in a terminal, or pipe messages into it")
+
+
+def read_message(prompt: str, max_chars: int = MAX_MESSAGE_CHARS) -> str:
+    """One line of stdin; EOFError at its end. A pipe or file is read at most ``max_chars`` a line, so an
+    endless line (``< /dev/zero``) is one error instead of all the memory; a closed stdin is one error too."""
+    import sys
+
+    check_stdin_open()
+    if sys.stdin.isatty():
+        return input(prompt)
+    print(prompt, end="", flush=True)
+    line = sys.stdin.readline(max_chars + 1)
+    if not line:
+        raise EOFError
+    if len(line) > max_chars:
+        raise MmmambaError(f"stdin: a message longer than {max_chars} characters; shorten it or split it")
+    return line.rstrip("\n")
+
+
 def safe_stdout() -> None:
     """Printing never raises UnicodeEncodeError: what stdout cannot encode is written escaped."""
     import sys

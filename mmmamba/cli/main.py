@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 
 from ..errors import MmmambaError
@@ -69,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except MmmambaError as e:
         print(f"mmmamba {name}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of stdout stopped early (`| head`): nothing more to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except OSError as e:  # a full disk at a write that has no check of its own
         from ..io import is_disk_full
 

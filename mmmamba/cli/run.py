@@ -203,11 +203,13 @@ def _chat_image(model, name, path: str):
 
 
 def cmd_chat(args) -> None:
+    from ..checks import check_stdin_open
     from ..data.tokenizer import IMAGE_MARK
     from ..infer import ChatSession
     from ..io import human_bytes, machine_memory
     from ..models.sizing import cache_bytes
 
+    check_stdin_open()  # before the model loads
     model, tok, image, sampling = _load_for_chat(args)
     length = min(args.max_context or model.config.max_position, model.config.max_position)
     need = cache_bytes(model.config, 1, length)
@@ -221,12 +223,12 @@ def cmd_chat(args) -> None:
         f"chat with {args.model} ({length}-token context): type a message; /help lists the commands, "
         "/quit or an empty line ends." + (" Image attached to your first message." if image is not None else "")
     )
-    from ..checks import readable_stdin, scrub
+    from ..checks import read_message, readable_stdin, scrub
 
     readable_stdin()
     while True:
         try:
-            text, replaced = scrub(input("you> ").strip())
+            text, replaced = scrub(read_message("you> ").strip())
         except (EOFError, KeyboardInterrupt):
             print()
             break
