@@ -302,18 +302,26 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             raise MmmambaError(f"{f}: is a folder, expected a safetensors file; replace it with the weights")
         if not f.is_file():
             named = f"shard named in {INDEX}" if (path / INDEX).exists() else "the weights file"
-            kind = "a dangling link or a link loop" if f.is_symlink() else "missing" if not f.exists() else "not a file"
+            kind = (
+                ("a link to something that is not a regular file" if f.exists() else "a dangling link or a link loop")
+                if f.is_symlink()
+                else "missing"
+                if not f.exists()
+                else "not a file"
+            )
             raise MmmambaError(f"{f}: {named} is {kind}; copy the real file into the folder")
         total += f.stat().st_size
     if total > machine_memory():
         raise MmmambaError(f"{path}: {human_bytes(total)} of weights do not fit in this machine's memory")
-    tensors = {}
+    tensors, home = {}, {}
     for fname in files:
         f = path / fname
         try:
             with safe_open(str(f), framework="pt") as st:
                 for k in st.keys():
-                    tensors[k] = st.get_tensor(k)
+                    if k in home:  # which copy is meant cannot be told: refuse rather than let the last one win
+                        raise MmmambaError(f"{f}: tensor {k!r} is also in {home[k]}; each tensor belongs in one shard")
+                    tensors[k], home[k] = st.get_tensor(k), fname
         except (SafetensorError, OSError, RuntimeError, ValueError, TypeError) as e:
             reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
             listed = manifest_sizes(path).get(fname)

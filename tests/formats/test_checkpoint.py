@@ -40,6 +40,19 @@ def test_sharded_round_trip(tmp_path, teacher):
     assert_bit_exact(teacher, mmmamba.from_pretrained(tmp_path))
 
 
+def test_a_tensor_in_two_shards_is_refused(tmp_path, teacher):
+    """Whichever copy the index names, a second one in another shard is ambiguous: refused, never last-wins."""
+    save_checkpoint(teacher, tmp_path, max_shard_bytes=20_000)
+    first, second = sorted(tmp_path.glob("model-*.safetensors"))[:2]
+    tensors = load_file(second)
+    name = next(iter(load_file(first)))
+    tensors[name] = torch.zeros_like(load_file(first)[name])
+    save_file(tensors, second)
+    (tmp_path / "manifest.json").unlink()  # shards changed on purpose
+    with pytest.raises(mmmamba.MmmambaError, match=f"tensor '{name}' is also in {first.name}"):
+        mmmamba.from_pretrained(tmp_path)
+
+
 def test_missing_tensor_is_named(tmp_path, teacher):
     save_checkpoint(teacher, tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
