@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 from ..errors import MmmambaError
+
+NUMBER = re.compile(r"[0-9]+")  # ASCII digits only: int() also reads "１" (fullwidth) and " 1"
 
 HELP = "none | every:N (0, N, 2N, …) | head:K | tail:K | auto:K (chosen after stage 2) | a list such as 0,4,8"
 
@@ -12,8 +16,22 @@ def parse_keep_attention(spec: str, num_layers: int) -> list[int]:
     spec = spec.strip()
     if parse_auto(spec, num_layers) is not None:
         return []
+    if not spec:
+        raise MmmambaError(f"--keep-attention is empty; use {HELP} (none: a linear student)")
+    numbers = spec.split(":", 1)[1].split(",") if ":" in spec else [] if spec == "none" else spec.split(",")
+    if not all(NUMBER.fullmatch(n.strip()) for n in numbers):
+        raise MmmambaError(f"--keep-attention {spec!r} is not understood; use {HELP}")
+    if ":" in spec and spec.split(":", 1)[0] in (
+        "every",
+        "head",
+        "tail",
+    ):  # every:N needs N >= 1; head/tail:K 0..layers
+        n, every = int(numbers[0]), spec.startswith("every:")
+        if n < int(every) or (not every and n > num_layers):
+            bound = "1 or more" if every else f"between 0 and {num_layers}"
+            raise MmmambaError(f"--keep-attention {spec!r}: the number must be {bound}")
     try:
-        if spec in ("", "none"):
+        if spec == "none":
             layers = []
         elif spec.startswith("every:"):
             layers = list(range(0, num_layers, int(spec[6:])))
@@ -23,14 +41,12 @@ def parse_keep_attention(spec: str, num_layers: int) -> list[int]:
             k = int(spec[5:])
             layers = list(range(num_layers - k, num_layers))
         else:
-            layers = sorted({int(s) for s in spec.split(",")})
+            listed = [int(s) for s in spec.split(",")]
+            if len(set(listed)) != len(listed):
+                raise MmmambaError(f"--keep-attention {spec!r} names a layer twice; list each layer once")
+            layers = sorted(listed)
     except ValueError:
         raise MmmambaError(f"--keep-attention {spec!r} is not understood; use {HELP}") from None
-    if ":" in spec:  # every:N needs N >= 1; head:K / tail:K need 0 <= K <= layers
-        n, every = int(spec.split(":", 1)[1]), spec.startswith("every:")
-        if n < int(every) or (not every and n > num_layers):
-            bound = "1 or more" if every else f"between 0 and {num_layers}"
-            raise MmmambaError(f"--keep-attention {spec!r}: the number must be {bound}")
     if any(not 0 <= i < num_layers for i in layers):
         raise MmmambaError(f"--keep-attention {spec!r} names layers outside 0..{num_layers - 1}")
     return layers
@@ -40,10 +56,9 @@ def parse_auto(spec: str, num_layers: int) -> int | None:
     """K of ``auto:K``, else None."""
     if not spec.strip().startswith("auto:"):
         return None
-    try:
-        k = int(spec.strip()[5:])
-    except ValueError:
-        raise MmmambaError(f"--keep-attention {spec!r}: K must be an integer") from None
-    if not 0 <= k <= num_layers:
-        raise MmmambaError(f"--keep-attention {spec!r}: K must be between 0 and {num_layers}")
+    if not NUMBER.fullmatch(spec.strip()[5:]):
+        raise MmmambaError(f"--keep-attention {spec!r}: K must be a whole number")
+    k = int(spec.strip()[5:])
+    if not 1 <= k <= num_layers:
+        raise MmmambaError(f"--keep-attention {spec!r}: K must be between 1 and {num_layers} (none: a linear student)")
     return k
