@@ -17,7 +17,8 @@ def test_specs_name_their_layers(spec, layers):
 
 @pytest.mark.parametrize(
     "spec, says",
-    [("", "empty"), ("1,1", "twice"), ("１", "not understood"), ("every:４", "not understood"), ("a,b", "not understood"),
+    [("", "empty"), ("1,1", "twice"), ("１", "not understood"), ("every:４", "not understood"),
+     ("a,b", "not understood"),
      ("every:0", "1 or more"), ("head:13", "between 0 and 12"), ("12", "outside 0..11"), ("-1", "not understood"),
      ("auto:0", "between 1 and 12"), ("auto:x", "whole number"), ("foo:3", "not understood")],
 )  # fmt: skip
