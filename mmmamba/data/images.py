@@ -8,6 +8,8 @@ the grid and cut it row-major; with more than one tile, a thumbnail of the whole
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -53,11 +55,13 @@ def open_image(path) -> Image.Image:
 
 def _decode(f, path) -> Image.Image:
     try:
-        with Image.open(f) as im:
-            w, h = im.size
-            if w * h > MAX_IMAGE_PIXELS or min(w, h) < 1:
-                raise MmmambaError(f"{path}: {w}x{h} pixels is not a usable image size; resize it below 64 Mpixel")
-            return im.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own size limit below says it
+            with Image.open(f) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS or min(w, h) < 1:
+                    raise MmmambaError(f"{path}: {w}x{h} pixels is not a usable image size; resize it below 64 Mpixel")
+                return im.convert("RGB")
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
         raise MmmambaError(f"{path}: cannot read image ({e.__class__.__name__}); replace or remove it") from None
 
