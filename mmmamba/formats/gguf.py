@@ -292,6 +292,8 @@ def tokenizer_header(reader, where) -> str:
         )
     if not meta.get("tokenizer.ggml.tokens"):
         raise MmmambaError(f"{where}: its tokenizer has no tokens ('tokenizer.ggml.tokens' is missing or empty)")
+    if "tokenizer.chat_template" in reader.fields and not isinstance(meta.get("tokenizer.chat_template"), str):
+        raise MmmambaError(f"{where}: 'tokenizer.chat_template' is not text; re-convert the file with its template")
     return kind
 
 

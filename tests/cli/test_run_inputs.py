@@ -172,3 +172,11 @@ def test_a_tokenizer_with_ids_past_the_models_vocabulary_is_refused(world, tmp_p
     write_tokenizer(folder)  # a BPE tokenizer of more ids than the model's 264 embedding rows
     args = ["generate", "--model", str(folder), "--prompt", "hi", "--device", "cpu"]
     refused(capsys, args, "its tokenizer has", "vocabulary is 264")
+
+
+def test_convert_refuses_a_teacher_whose_tokenizer_does_not_load(world, tmp_path, capsys):
+    teacher = tmp_path / "t"
+    shutil.copytree(world / "teacher", teacher)
+    (teacher / "tokenizer.json").write_text('{"byte": ')
+    refused(capsys, ["convert", "--teacher", str(teacher), "--out", str(tmp_path / "s")], "tokenizer.json")
+    assert not (tmp_path / "s").exists()
