@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import MmmambaError
 from .args import SEED, add_overwrite, int_in, reads_model, shard_size
 
@@ -46,7 +48,7 @@ def cmd_convert(args) -> None:
 
     from ..convert import convert_to_mamba
     from ..convert.layer_spec import parse_auto, parse_keep_attention
-    from ..data.tokenizer import copy_tokenizer, load_tokenizer
+    from ..data.tokenizer import TOKENIZER_FILES, copy_tokenizer, load_tokenizer
     from ..formats import load_checkpoint, save_checkpoint
     from ..formats.loading import load_config
     from ..io import check_checkpoint_output, check_new_output, overlap
@@ -67,7 +69,8 @@ def cmd_convert(args) -> None:
     auto = parse_auto(args.keep_attention, cfg.num_layers)
     if args.auto_rank is not None and auto is None:
         raise MmmambaError(f"--auto-rank {args.auto_rank}: only with --keep-attention auto:K; drop it")
-    load_tokenizer(args.teacher)  # the student carries it: one that does not load is refused now, not at first use
+    if Path(args.teacher).is_file() or any((Path(args.teacher) / n).exists() for n in TOKENIZER_FILES):
+        load_tokenizer(args.teacher)  # the student carries it: one that does not load is refused now, not at first use
     if args.dry_run:
         _convert_estimate(args, cfg, keep, out)
         return

@@ -71,7 +71,7 @@ def add_report(sub) -> None:
 def cmd_eval(args) -> None:
     from ..data.conversations import check_images_match, read_split
     from ..data.text_corpus import is_text_corpus
-    from ..data.tokenizer import load_tokenizer
+    from ..data.tokenizer import check_fits_model, load_tokenizer
     from ..evaluation.evaluate import evaluate
     from ..evaluation.freeform import print_freeform
     from ..evaluation.tasks import print_table
@@ -110,6 +110,7 @@ def cmd_eval(args) -> None:
     samples = read_split(args.data, args.split, args.allow_outside_images, args.limit)
     model = load_checkpoint(args.model).float().to(device)
     tok = load_tokenizer(args.model)
+    check_fits_model(tok, model.config.vocab_size, args.model)
     check_images_match(samples, model.config.vision, f"--model {args.model}")
     teacher = None if args.teacher is None else load_checkpoint(args.teacher).float().to(device)
     report = evaluate(
@@ -155,13 +156,14 @@ def eval_benchmark(args, device) -> None:
 def eval_text(args, device) -> None:
     """``mmmamba eval`` on a ``mmmamba data text`` corpus: perplexity, KL to --teacher, multiple choice."""
     from ..data.text_corpus import check_corpus_vocab, read_text_split
-    from ..data.tokenizer import load_tokenizer
+    from ..data.tokenizer import check_fits_model, load_tokenizer
     from ..evaluation.text import evaluate_text, print_text_report
     from ..formats import load_checkpoint, load_config
     from ..io import write_json_atomic
 
     cfg = load_config(args.model)
     tok = load_tokenizer(args.model)
+    check_fits_model(tok, cfg.vocab_size, args.model)
     check_corpus_vocab(args.data, tok, cfg.vocab_size)  # before any model is loaded
     windows = read_text_split(args.data, args.split, cfg.vocab_size)[: args.limit]
     longest = max(map(len, windows), default=0)

@@ -70,7 +70,7 @@ def _sampling_args(p) -> None:
 
 def _load_for_chat(args):
     from ..data.images import ImageProcessor
-    from ..data.tokenizer import IMAGE_MARK, load_tokenizer
+    from ..data.tokenizer import IMAGE_MARK, check_fits_model, load_tokenizer
     from ..formats import load_checkpoint
     from ..infer import SamplingConfig
 
@@ -88,6 +88,7 @@ def _load_for_chat(args):
     model = load_checkpoint(args.model).float().eval()
     model.set_backends(ssd=args.ssd_backend, mamba_decode=args.decode_backend, prefill_mode=args.prefill_mode)
     tok = load_tokenizer(args.model, args.chat_template)
+    check_fits_model(tok, model.config.vocab_size, args.model)
     image = None
     if args.image:
         if model.config.vision is None:

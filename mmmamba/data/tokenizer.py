@@ -113,7 +113,6 @@ def load_tokenizer(folder, chat_template: str | None = None) -> ChatTokenizer:
     ``chat_template`` (``--chat-template``): a Jinja file or a conversation template's name used in
     place of the folder's own format (``conversation_templates.override_chat_template``)."""
     tok = _load_tokenizer(folder, own_format=chat_template is None)
-    _check_fits_model(tok, folder)
     if chat_template is not None:
         from .conversation_templates import override_chat_template
 
@@ -121,24 +120,13 @@ def load_tokenizer(folder, chat_template: str | None = None) -> ChatTokenizer:
     return tok
 
 
-def _check_fits_model(tok: ChatTokenizer, folder) -> None:
-    """A tokenizer beside a model may not make ids past the model's vocabulary (its embedding has no row for
-    them): ``config.json``'s ``vocab_size`` (ours or Hugging Face's, a HoVLE one's ``llm_config``)."""
-    cfg = Path(folder) / "config.json"
-    if not cfg.is_file():
-        return
-    try:
-        raw = read_json(cfg, "config.json")
-    except MmmambaError:
-        return  # the model's own loader names what is wrong with it
-    vocab = raw.get("vocab_size")
-    if vocab is None and isinstance(raw.get("llm_config"), dict):
-        vocab = raw["llm_config"].get("vocab_size")
+def check_fits_model(tok: ChatTokenizer, vocab_size: int, model) -> None:
+    """The tokenizer may make no id past the model's vocabulary: its embedding has no row for one."""
     n = getattr(tok, "vocab_size", None)
-    if type(vocab) is int and type(n) is int and n > vocab:
+    if type(n) is int and n > vocab_size:
         raise MmmambaError(
-            f"{folder}: its tokenizer has {n} ids but the model's vocabulary is {vocab} (config.json); put the "
-            "model's own tokenizer files beside it"
+            f"{model}: its tokenizer has {n} ids but the model's vocabulary is {vocab_size}; put the model's own "
+            "tokenizer files beside it"
         )
 
 
