@@ -213,6 +213,12 @@ def cmd_chat(args) -> None:
     check_stdin_open()  # before the model loads
     model, tok, image, sampling = _load_for_chat(args)
     length = min(args.max_context or model.config.max_position, model.config.max_position)
+    if length <= args.max_new_tokens:
+        limit = f"--max-context {length}" if args.max_context else f"the model's max_position {length}"
+        raise MmmambaError(
+            f"{limit}: leaves no room for a message and a {args.max_new_tokens}-token answer; lower --max-new-tokens "
+            f"below {length}" + (" or raise --max-context" if args.max_context else "")
+        )
     need = cache_bytes(model.config, 1, length)
     if need > machine_memory() // 2:
         raise MmmambaError(

@@ -192,6 +192,9 @@ def override_chat_template(tok, spec: str) -> None:
     if spec in TEMPLATES:
         use_conversation_template(tok, TEMPLATES[spec])
         return
+    if path.exists():
+        what = "is a folder" if path.is_dir() else "is not a regular file (a device or FIFO)"
+        raise MmmambaError(f"--chat-template {spec}: {what}; give a Jinja file or one of {list(TEMPLATES)}")
     raise MmmambaError(
         f"--chat-template {spec}: no such file, nor a conversation template's name; give a Jinja file or one of "
         f"{list(TEMPLATES)}"

@@ -180,3 +180,10 @@ def test_convert_refuses_a_teacher_whose_tokenizer_does_not_load(world, tmp_path
     (teacher / "tokenizer.json").write_text('{"byte": ')
     refused(capsys, ["convert", "--teacher", str(teacher), "--out", str(tmp_path / "s")], "tokenizer.json")
     assert not (tmp_path / "s").exists()
+
+
+def test_chat_refuses_a_context_with_no_room_for_an_answer(world, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    refused(capsys, ["chat", "--model", str(world / "teacher"), "--max-context", "10"], "--max-context 10", "no room")
