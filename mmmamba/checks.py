@@ -16,6 +16,7 @@ import numbers
 from .errors import MmmambaError
 
 MAX_STEPS = 10_000_000  # the most optimizer steps any run, stage or phase may take (the one definition)
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 100.0  # the stage-3 KL temperature's range
 MAX_BATCH = 1 << 16  # the most samples (or rows) in one batch of any command
 
 

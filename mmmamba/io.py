@@ -30,8 +30,11 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+from typing import TypeVar
 
 from .errors import MmmambaError
+
+T = TypeVar("T")
 
 MAX_JSON_BYTES = 512 * 1024**2  # a Hugging Face tokenizer.json is tens of MB; a config a few KB
 MAX_LINE_BYTES = 32 * 1024**2  # one JSONL record: a 1M-token chunk with its text is about 12 MB
@@ -181,21 +184,22 @@ def publish_new_dir(tmp: Path, final: Path) -> None:
     _fsync_dir(final.parent)
 
 
-def write_dir_atomic(final, write: Callable[[Path], object], replace: bool = True) -> None:
+def write_dir_atomic(final, write: Callable[[Path], T], replace: bool = True) -> T:
     """A whole folder: ``write(tmp)`` fills a temporary sibling, which is then renamed to ``final``
-    (``publish_dir``; with ``replace=False``, ``publish_new_dir``). On any failure or interrupt the
-    temporary is removed and ``final`` is as it was."""
+    (``publish_dir``; with ``replace=False``, ``publish_new_dir``); returns what ``write`` returned. On any
+    failure or interrupt the temporary is removed and ``final`` is as it was."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(final)  # what a killed writer left beside it
     tmp = temp_sibling(final)
     try:
         os.mkdir(tmp)
-        write(tmp)
+        result = write(tmp)
         (publish_dir if replace else publish_new_dir)(tmp, final)
     except BaseException:
         remove_tree(tmp)
         raise
+    return result
 
 
 def link_or_copy_tree(src: Path, dst: Path) -> None:
@@ -345,15 +349,20 @@ def _check_parent_chain(path: Path, flag: str) -> None:
         raise MmmambaError(f"{flag} {path}: {anchor} is not writable; choose a writable location")
 
 
-def check_output_dir(path, flag: str = "--out") -> Path:
-    """An output folder: not a file, not under a file, not a dangling link, writable. Nothing is created."""
-    path = Path(path)
+def _check_name(path: Path, flag: str) -> None:
+    """A path the system can name: not too long, no component that is not a folder (it may not exist)."""
     try:
         path.lstat()
     except FileNotFoundError:
         pass
     except OSError as e:  # a name too long, a component that is not a folder, ...
         raise MmmambaError(f"{flag} {path}: {e.strerror}; choose another path") from None
+
+
+def check_output_dir(path, flag: str = "--out") -> Path:
+    """An output folder: not a file, not under a file, not a dangling link, writable. Nothing is created."""
+    path = Path(path)
+    _check_name(path, flag)
     if path.is_symlink() and not path.is_dir():
         raise MmmambaError(
             f"{flag} {path}: is a dangling link or a link loop (to {os.readlink(path)}); remove it or choose another "
@@ -419,12 +428,7 @@ def check_new_output(path, flag: str, overwrite: bool | None, what: str, ours=()
 def check_output_file(path, flag: str = "--out") -> Path:
     """An output file: not a folder, not under a file, writable. Nothing is created."""
     path = Path(path)
-    try:
-        path.lstat()
-    except FileNotFoundError:
-        pass
-    except OSError as e:  # a name too long, a component that is not a folder, ...
-        raise MmmambaError(f"{flag} {path}: {e.strerror}; choose another path") from None
+    _check_name(path, flag)
     resolved(path)  # a link loop
     if path.is_dir():
         raise MmmambaError(f"{flag} {path}: is a folder, expected a file path; name a file")

@@ -166,12 +166,11 @@ def cmd_data_text(args) -> None:
         raise MmmambaError(f"--val-frac {args.val_frac} + --test-frac {args.test_frac}: leave some text for training")
     check_free_space(out, 12 * sum(f.stat().st_size for f in files), "the text corpus")
     tok = load_tokenizer(args.tokenizer)
-    built = []  # the corpus is written whole into a temporary sibling and renamed in, as `data make`'s suite is
-    write_dir_atomic(out, lambda tmp: built.append(build_text_corpus(
+    # written whole into a temporary sibling and renamed in, as `data make`'s suite is
+    info = write_dir_atomic(out, lambda tmp: build_text_corpus(
         args.inputs, tmp, tok, args.tokenizer, args.seq_len, args.val_frac, args.test_frac, args.seed, args.min_tokens,
         near_duplicate=args.near_duplicate,
-    )), replace=_replaces(out, args.overwrite))  # fmt: skip
-    info = built[0]
+    ), replace=_replaces(out, args.overwrite))  # fmt: skip
     sizes = ", ".join(f"{k} {v['chunks']} chunks / {v['tokens']} tokens" for k, v in info["splits"].items())
     dup = len(info["dropped_near_duplicates"])
     docs = f"{info['documents']} documents ({dup} near-duplicates dropped)"
@@ -201,12 +200,10 @@ def cmd_data_self_distill(args) -> None:
     tok = load_tokenizer(args.teacher)
     teacher = load_checkpoint(args.teacher).to(device=device, dtype=resolve_dtype(args.dtype, device)).eval()
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.seed)
-    made = []  # written whole into a temporary sibling, then renamed in
-    write_dir_atomic(out, lambda tmp: made.append(self_distill(
+    meta = write_dir_atomic(out, lambda tmp: self_distill(  # written whole into a temporary sibling, renamed in
         teacher, tok, prompts, tmp, args.teacher, args.max_new_tokens, args.batch_size, sampling,
         args.val_frac, args.test_frac, args.seed, cut_to_train=args.cut_to_train,
-    )), replace=_replaces(out, args.overwrite))  # fmt: skip
-    meta = made[0]
+    ), replace=_replaces(out, args.overwrite))  # fmt: skip
     cut = f", {meta['cut_kept_in_train']} cut answers kept in train" if args.cut_to_train else ""
     print(
         f"wrote {out}: {meta['kept']} of {meta['prompts']} prompts answered by {args.teacher} on {device} "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..checks import MAX_BATCH
+from ..checks import MAX_BATCH, MAX_TEMPERATURE, MIN_TEMPERATURE
 from ..errors import MmmambaError
 from .args import COUNT, MAX_STEPS, OUTSIDE_HELP, SEED, float_in, int_in, reads_folder, reads_model, resolve_device
 
@@ -29,7 +29,9 @@ def add_distill(sub) -> None:
         "--val-limit", type=COUNT, default=128,
         help="val samples each validation scores (teacher and student forwards: lower it on a CPU)",
     )  # fmt: skip
-    p.add_argument("--temperature", type=float_in(0.05, 100.0), default=1.0, help="stage-3 KL temperature")
+    p.add_argument(
+        "--temperature", type=float_in(MIN_TEMPERATURE, MAX_TEMPERATURE), default=1.0, help="stage-3 KL temperature"
+    )
     p.add_argument(
         "--ce-weight", type=float_in(0.0, 1e6), default=0.0, help="stage-3 weight of cross-entropy on answers"
     )

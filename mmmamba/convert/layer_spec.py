@@ -21,11 +21,7 @@ def parse_keep_attention(spec: str, num_layers: int) -> list[int]:
     numbers = spec.split(":", 1)[1].split(",") if ":" in spec else [] if spec == "none" else spec.split(",")
     if not all(NUMBER.fullmatch(n.strip()) for n in numbers):
         raise MmmambaError(f"--keep-attention {spec!r} is not understood; use {HELP}")
-    if ":" in spec and spec.split(":", 1)[0] in (
-        "every",
-        "head",
-        "tail",
-    ):  # every:N needs N >= 1; head/tail:K 0..layers
+    if spec.partition(":")[0] in ("every", "head", "tail") and ":" in spec:  # every:N >= 1; head/tail:K 0..layers
         n, every = int(numbers[0]), spec.startswith("every:")
         if n < int(every) or (not every and n > num_layers):
             bound = "1 or more" if every else f"between 0 and {num_layers}"

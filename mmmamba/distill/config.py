@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from ..checks import MAX_BATCH, MAX_STEPS
+from ..checks import MAX_BATCH, MAX_STEPS, MAX_TEMPERATURE, MIN_TEMPERATURE
 from ..errors import MmmambaError
 from ..ops.ssd import BACKENDS as SSD_BACKENDS
 from ..training.parallel import MODES
@@ -14,9 +14,6 @@ from .stages import STAGES
 
 # settings that may differ between a run and its resume (the loss of every step stays the same)
 RESUMABLE_WITH_OTHER = ("max_bad_steps", "micro_batch", "parallel", "device", "ssd_backend", "checkpoint_activations")
-
-
-MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 100.0  # the stage-3 KL temperature's range
 
 
 @dataclass
